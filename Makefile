@@ -1,0 +1,47 @@
+# `make demo` and `make test` each work on a fresh machine: they create .venv, install torch
+# only if absent (the CPU build on disk, torch==2.13.0), then sae_fast with its test extras.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.sae_fast-installed
+NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+CUDA_SRC := $(wildcard csrc/cuda/*.cu)
+NVCC ?= nvcc
+
+.PHONY: install test demo lint nvcc-check clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py pyproject.toml $(NATIVE_SRC)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -q setuptools wheel ninja "pybind11>=2.12"
+	SAE_FAST_REQUIRE_EXT=1 $(PIP) install --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check sae_fast tests benchmarks setup.py
+	$(PY) -m ruff format --check sae_fast tests benchmarks setup.py
+
+# CUDA sources must compile even where no GPU exists (sm_80 and sm_90).
+nvcc-check: $(STAMP)
+	@if [ -z "$(CUDA_SRC)" ]; then echo "nvcc-check: no CUDA sources"; \
+	elif ! command -v $(NVCC) >/dev/null; then echo "nvcc-check: nvcc not found, skipped"; \
+	else TORCH_INC=$$($(PY) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I'+p for p in include_paths()))"); \
+	  PY_INC=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+	  for f in $(CUDA_SRC); do for arch in 80 90; do \
+	    echo "nvcc -c $$f (sm_$$arch)"; \
+	    $(NVCC) -c $$f -o /tmp/sae_fast_nvcc_$$arch.o -std=c++17 --expt-relaxed-constexpr \
+	      -gencode arch=compute_$$arch,code=sm_$$arch $$TORCH_INC -I$$PY_INC -Icsrc \
+	      -DTORCH_EXTENSION_NAME=_C || exit 1; done; done; fi
+
+test: $(STAMP) lint nvcc-check
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m sae_fast.demo
+
+clean:
+	rm -rf build *.egg-info sae_fast/_C*.so

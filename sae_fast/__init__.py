@@ -1,0 +1,38 @@
+"""sae_fast: a sparse-autoencoder engine for interpretability, with custom kernels.
+
+import sae_fast
+sae = sae_fast.SparseAutoencoder(d_in=384, d_sae=6144, activation="topk", k=32)
+out = sae(x)  # out.reconstruction, out.values, out.indices
+"""
+
+from __future__ import annotations
+
+import warnings
+
+__version__ = "0.1.0"
+
+from .config import SAEConfig
+from .errors import BackendUnavailableError, ConfigError, FormatError, SAEFastError
+from .ops.dispatch import available_backends
+from .ops.native import NATIVE_AVAILABLE, NATIVE_IMPORT_ERROR
+from .sae import SAEOutput, SparseAutoencoder
+
+if not NATIVE_AVAILABLE:
+    warnings.warn(
+        f"sae_fast._C is not available ({NATIVE_IMPORT_ERROR}); falling back to the 'torch' "
+        "backend on CPU",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "FormatError",
+    "SAEConfig",
+    "SAEFastError",
+    "SAEOutput",
+    "SparseAutoencoder",
+    "__version__",
+    "available_backends",
+]

@@ -1,0 +1,1 @@
+"""Activation sources: synthetic toy data now; transformer activations come with training."""

@@ -1,0 +1,160 @@
+"""Native format = SAELens' format: `cfg.json` + `sae_weights.safetensors`.
+
+Keys and orientation are SAELens': `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
+`W_dec [d_sae, d_in]`, `b_dec [d_in]`, `threshold [d_sae]` (jumprelu). Architectures map
+`standard <-> relu`, `topk`, `batchtopk`, `jumprelu`. A SAELens directory with
+`apply_b_dec_to_input: false` is loaded by folding `b_dec @ W_enc` into `b_enc`, which is
+exact; runtime input normalisations and decoder-norm rescaling are refused, not ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import __version__
+from ..config import SAEConfig, dtype_from_name, dtype_name
+from ..errors import ConfigError, FormatError
+from ._io import (
+    atomic_directory,
+    build_sae,
+    cfg_get,
+    fold_input_bias,
+    read_json,
+    read_safetensors,
+    require_dir,
+    write_json,
+    write_safetensors,
+)
+
+if TYPE_CHECKING:
+    from ..sae import SparseAutoencoder
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SPARSITY_FILENAME = "sparsity.safetensors"
+
+TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
+FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
+
+
+def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
+    """Write `sae` to directory `path` (atomically: temp dir, then rename)."""
+    cfg = sae.cfg
+    meta: dict[str, Any] = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
+    meta.update(cfg.metadata)
+    out: dict[str, Any] = {
+        "architecture": TO_SAELENS[cfg.activation],
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": dtype_name(sae.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+        "sae_fast": {"version": __version__, "activation": cfg.activation},
+    }
+    if cfg.k is not None:
+        out["k"] = cfg.k
+    if sae.batchtopk_threshold is not None:
+        out["sae_fast"]["batchtopk_threshold"] = float(sae.batchtopk_threshold)
+    tensors = {name: p for name, p in sae.named_parameters()}
+    with atomic_directory(path) as tmp:
+        write_safetensors(tensors, tmp / WEIGHTS_FILENAME, {"format": "pt"})
+        write_json(tmp / CFG_FILENAME, out)
+    return Path(path)
+
+
+def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float | None]:
+    """SAELens cfg dict -> (SAEConfig, apply_b_dec_to_input, batchtopk_threshold)."""
+    arch = cfg_get(raw, "architecture", str, where, default="standard")
+    d_in = cfg_get(raw, "d_in", int, where)
+    d_sae = cfg_get(raw, "d_sae", int, where)
+    dtype = cfg_get(raw, "dtype", str, where, default="float32")
+    try:
+        dtype = dtype_name(dtype_from_name(dtype))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    apply_b_dec = cfg_get(raw, "apply_b_dec_to_input", bool, where, default=True)
+    norm = cfg_get(raw, "normalize_activations", str, where, default="none")
+    if norm != "none":
+        raise FormatError(
+            f"{where}: normalize_activations={norm!r} is not supported; "
+            "fold the normalisation into the weights before exporting"
+        )
+    reshape = cfg_get(raw, "reshape_activations", str, where, default="none")
+    if reshape != "none":
+        raise FormatError(f"{where}: reshape_activations={reshape!r} is not supported")
+    if cfg_get(raw, "rescale_acts_by_decoder_norm", bool, where, default=False):
+        raise FormatError(f"{where}: rescale_acts_by_decoder_norm=true is not supported")
+
+    # Older SAELens: architecture "standard" + activation_fn_str "topk" + kwargs {"k": ..}.
+    act_fn = cfg_get(raw, "activation_fn_str", str, where, default="relu")
+    if arch == "standard" and act_fn == "topk":
+        arch = "topk"
+        kwargs = cfg_get(raw, "activation_fn_kwargs", dict, where, default={})
+        raw = {**raw, "k": kwargs.get("k", raw.get("k"))}
+    if arch not in FROM_SAELENS:
+        raise FormatError(
+            f"{where}: architecture {arch!r} is not supported; sae_fast loads "
+            f"{sorted(FROM_SAELENS)}"
+        )
+    activation = FROM_SAELENS[arch]
+    k = None
+    if activation in ("topk", "batchtopk"):
+        k_raw = cfg_get(raw, "k", (int, float), where)
+        if isinstance(k_raw, float) and not k_raw.is_integer():
+            raise ConfigError(f"{where}: k={k_raw} is fractional; sae_fast needs an integer k")
+        k = int(k_raw)
+
+    meta = raw.get("metadata", raw.get("meta", {})) or {}
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where}: 'metadata' must be an object, got {type(meta).__name__}")
+    model_name = meta.get("model_name", raw.get("model_name"))
+    hook_name = meta.get("hook_name", raw.get("hook_name"))
+    extra = {k2: v for k2, v in meta.items() if k2 not in ("model_name", "hook_name")}
+    ours = cfg_get(raw, "sae_fast", dict, where, default={})
+    thr = ours.get("batchtopk_threshold")
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
+        raise ConfigError(f"{where}: sae_fast.batchtopk_threshold must be a number")
+    try:
+        cfg = SAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            activation=activation,
+            k=k,
+            dtype=dtype,
+            model_name=model_name if isinstance(model_name, str) else None,
+            hook_name=hook_name if isinstance(hook_name, str) else None,
+            metadata=extra,
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    return cfg, apply_b_dec, None if thr is None else float(thr)
+
+
+def load_saelens(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    backend: str = "auto",
+) -> SparseAutoencoder:
+    """Load a directory written by sae_fast or SAELens."""
+    path = require_dir(path)
+    cfg, apply_b_dec, thr = _parse_cfg(read_json(path / CFG_FILENAME), str(path / CFG_FILENAME))
+    tensors = read_safetensors(path / WEIGHTS_FILENAME)
+    if not apply_b_dec and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
+        tensors["b_enc"] = fold_input_bias(tensors["W_enc"], tensors["b_enc"], tensors["b_dec"])
+    return build_sae(
+        cfg,
+        tensors,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        batchtopk_threshold=thr,
+        where=str(path / WEIGHTS_FILENAME),
+    )

@@ -1,0 +1,79 @@
+"""Import of EleutherAI sparsify checkpoints: `cfg.json` + `sae.safetensors`.
+
+sparsify stores `encoder.weight [d_sae, d_in]`, `encoder.bias [d_sae]`, `W_dec [d_sae, d_in]`,
+`b_dec [d_in]`, and encodes `topk(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`,
+which is our topk code exactly. Transcoders, skip connections and groupmax are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import SAEConfig, dtype_name
+from ..errors import ConfigError, FormatError
+from ._io import build_sae, cfg_get, check_tensors, read_json, read_safetensors, require_dir
+
+if TYPE_CHECKING:
+    from ..sae import SparseAutoencoder
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae.safetensors"
+
+
+def load_sparsify(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    backend: str = "auto",
+) -> SparseAutoencoder:
+    """Load a sparsify SAE directory (one hookpoint)."""
+    path = require_dir(path)
+    where = str(path / CFG_FILENAME)
+    raw = read_json(path / CFG_FILENAME)
+    d_in = cfg_get(raw, "d_in", int, where)
+    k = cfg_get(raw, "k", int, where)
+    num_latents = cfg_get(raw, "num_latents", int, where, default=0)
+    expansion = cfg_get(raw, "expansion_factor", int, where, default=32)
+    for flag in ("transcode", "skip_connection"):
+        if cfg_get(raw, flag, bool, where, default=False):
+            raise FormatError(f"{where}: {flag}=true is not supported by sae_fast")
+    activation = cfg_get(raw, "activation", str, where, default="topk")
+    if activation != "topk":
+        raise FormatError(f"{where}: activation {activation!r} is not supported (only topk)")
+    d_sae = num_latents or d_in * expansion
+
+    wpath = path / WEIGHTS_FILENAME
+    tensors = read_safetensors(wpath)
+    check_tensors(
+        tensors,
+        {
+            "encoder.weight": (d_sae, d_in),
+            "encoder.bias": (d_sae,),
+            "W_dec": (d_sae, d_in),
+            "b_dec": (d_in,),
+        },
+        str(wpath),
+    )
+    src_dtype = dtype_name(tensors["encoder.weight"].dtype)
+    try:
+        cfg = SAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            activation="topk",
+            k=k,
+            dtype=src_dtype,
+            metadata={"imported_from": "sparsify"},
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    params = {
+        "W_enc": tensors["encoder.weight"].t(),  # [d_in, d_sae]
+        "b_enc": tensors["encoder.bias"],
+        "W_dec": tensors["W_dec"],
+        "b_dec": tensors["b_dec"],
+    }
+    return build_sae(cfg, params, device=device, dtype=dtype, backend=backend, where=str(wpath))

@@ -1,0 +1,242 @@
+"""Pure-torch reference of every SAE op: the single source of truth (DESIGN.md section 3).
+
+Every kernel (Triton, C++, CUDA) is tested against these functions, and the `torch`
+backend of `SparseAutoencoder` is built from them. They favour clarity over speed, but
+never silently differ from the contract:
+
+    pre    = (x - b_dec) @ W_enc + b_enc                  # [B, d_sae]
+    relu:      a = relu(pre)
+    jumprelu:  a = pre * (pre > threshold)
+    topk:      (v, i) = topk(pre, k) per row; v = relu(v)  # ties: lower index wins
+    batchtopk: keep the B*k largest entries of relu(pre) over the whole batch
+    recon  = a @ W_dec + b_dec = sum_j v[b, j] * W_dec[i[b, j]] + b_dec
+
+All functions take 2-D activations `[B, d_in]`; the module flattens leading dims.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
+
+
+class SparseCode(NamedTuple):
+    """Top-k code of each row: `values [B, k]` (>= 0) and `indices [B, k]` (int64)."""
+
+    values: Tensor
+    indices: Tensor
+
+
+class TopKGrads(NamedTuple):
+    """Gradients of a TopK SAE step, as in DESIGN.md section 3 (`None` where not asked for)."""
+
+    d_values: Tensor  # [B, k] dL/dpre at the selected entries (relu mask applied)
+    W_enc: Tensor  # [d_in, d_sae]
+    b_enc: Tensor  # [d_sae]
+    W_dec: Tensor  # [d_sae, d_in]
+    b_dec: Tensor  # [d_in]
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """Dense pre-activations `(x - b_dec) @ W_enc + b_enc`, shape `[B, d_sae]`."""
+    return (x - b_dec) @ W_enc + b_enc  # [B, d_sae]
+
+
+def relu_act(pre: Tensor) -> Tensor:
+    """ReLU code `relu(pre)`."""
+    return torch.relu(pre)
+
+
+def jumprelu_act(pre: Tensor, threshold: Tensor) -> Tensor:
+    """JumpReLU code `pre * (pre > threshold)` (threshold `[d_sae]`, broadcast over rows)."""
+    return pre * (pre > threshold).to(pre.dtype)
+
+
+def topk_select(scores: Tensor, k: int) -> SparseCode:
+    """Top-k of each row with a canonical order: value descending, then index ascending.
+
+    Ties are broken by the lower index, also at the selection boundary, so the result is a
+    pure function of `scores` (bitwise deterministic). Returns raw values (no ReLU).
+    """
+    n = scores.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    vals, idx = torch.topk(scores, k, dim=-1, sorted=True)  # [B, k]
+    # Rows where the k-th value ties with an unselected entry: torch.topk may have picked
+    # any of the tied entries; redo those rows with a stable sort (lower index first).
+    kth = vals[..., -1:]  # [B, 1]
+    n_ge = (scores >= kth).sum(-1)  # [B]
+    ambiguous = n_ge > k
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero(as_tuple=True)[0]
+        _, order = torch.sort(scores[rows], dim=-1, descending=True, stable=True)
+        idx = idx.clone()
+        idx[rows] = order[:, :k]
+        vals = torch.gather(scores, -1, idx)
+    # Canonical order within the selected set: sort by index, then stably by value.
+    idx, perm = torch.sort(idx, dim=-1)
+    vals = torch.gather(vals, -1, perm)
+    vals, perm = torch.sort(vals, dim=-1, descending=True, stable=True)
+    idx = torch.gather(idx, -1, perm)
+    return SparseCode(vals, idx)
+
+
+def topk_act(pre: Tensor, k: int) -> SparseCode:
+    """TopK code: the k largest pre-activations of each row, then ReLU on the values."""
+    vals, idx = topk_select(pre, k)
+    return SparseCode(torch.relu(vals), idx)
+
+
+def batchtopk_act(pre: Tensor, k: int) -> Tensor:
+    """BatchTopK code: keep the `B*k` largest entries of `relu(pre)` over the whole batch.
+
+    Dense `[B, d_sae]` result; ties broken by the lower flat index (row-major).
+    """
+    acts = torch.relu(pre)  # [B, d_sae]
+    flat = acts.reshape(-1)
+    keep = min(k * acts.shape[0], flat.numel())
+    _, idx = topk_select(flat.unsqueeze(0), keep)  # [1, B*k]
+    out = torch.zeros_like(flat)
+    out[idx[0]] = flat[idx[0]]
+    return out.view_as(acts)
+
+
+def encode_dense(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    activation: str,
+    k: int | None = None,
+    threshold: Tensor | None = None,
+) -> Tensor:
+    """Dense code `[B, d_sae]` for any activation (topk scattered into zeros)."""
+    pre = pre_activations(x, W_enc, b_enc, b_dec)
+    if activation == "relu":
+        return relu_act(pre)
+    if activation == "jumprelu":
+        if threshold is None:
+            raise ValueError("jumprelu needs a threshold")
+        return jumprelu_act(pre, threshold)
+    if k is None:
+        raise ValueError(f"{activation} needs k")
+    if activation == "topk":
+        return densify(*topk_act(pre, k), pre.shape[-1])
+    if activation == "batchtopk":
+        return batchtopk_act(pre, k)
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
+    """TopK code of `x`: `values [B, k]` >= 0 and `indices [B, k]`."""
+    return topk_act(pre_activations(x, W_enc, b_enc, b_dec), k)
+
+
+def densify(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
+    """Scatter a sparse code `[B, k]` into a dense `[B, d_sae]` matrix; repeated indices
+    add up, so `decode_dense(densify(v, i)) == decode_sparse(v, i)` always."""
+    out = values.new_zeros(*values.shape[:-1], d_sae)
+    return out.scatter_add(-1, indices, values)
+
+
+def dense_to_sparse(acts: Tensor) -> SparseCode:
+    """Sparse view of a dense code: each row's non-zeros (largest first), zero-padded to
+    the largest row L0 of the batch (at least 1)."""
+    width = max(int((acts != 0).sum(-1).max()), 1) if acts.numel() else 1
+    _, idx = topk_select(acts.abs(), min(width, acts.shape[-1]))  # [B, width]
+    return SparseCode(torch.gather(acts, -1, idx), idx)
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+def decode_dense(acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """Dense decode `acts @ W_dec + b_dec`, shape `[B, d_in]`."""
+    return acts @ W_dec + b_dec
+
+
+def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """Sparse decode `recon[b] = sum_j v[b, j] * W_dec[i[b, j]] + b_dec` (differentiable)."""
+    # embedding_bag is the gather-and-sum written once by torch, with a sparse backward.
+    out = torch.nn.functional.embedding_bag(
+        indices, W_dec, per_sample_weights=values, mode="sum"
+    )  # [B, d_in]
+    return out + b_dec
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def topk_backward(
+    grad_recon: Tensor,
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    W_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    grad_values: Tensor | None = None,
+) -> TopKGrads:
+    """Explicit backward of a TopK SAE (DESIGN.md section 3), written without autograd.
+
+    `grad_recon = dL/drecon [B, d_in]`; `grad_values [B, k]` is an optional extra gradient
+    reaching the code directly (for example from an L1 or AuxK term). `x` needs no gradient.
+    """
+    d_sae = W_dec.shape[0]
+    flat_idx = indices.reshape(-1)  # [B*k]
+    # dL/dv[b, j] = g[b] . W_dec[i[b, j]]  (+ direct gradient), masked by the ReLU on v.
+    g_dot = torch.einsum("bd,bjd->bj", grad_recon, W_dec[indices])  # [B, k]
+    if grad_values is not None:
+        g_dot = g_dot + grad_values
+    d_values = g_dot * (values > 0).to(g_dot.dtype)  # [B, k]
+
+    # dL/dW_dec[f] = sum over (b, j) with i[b, j] = f of v[b, j] * g[b]
+    contrib = values.unsqueeze(-1) * grad_recon.unsqueeze(1)  # [B, k, d_in]
+    dW_dec = torch.zeros_like(W_dec).index_add_(0, flat_idx, contrib.reshape(-1, W_dec.shape[1]))
+
+    # dL/dW_enc[:, f] = sum over (b, j) with i[b, j] = f of dL/dv[b, j] * (x[b] - b_dec)
+    xc = x - b_dec  # [B, d_in]
+    enc_contrib = d_values.unsqueeze(-1) * xc.unsqueeze(1)  # [B, k, d_in]
+    dW_enc_t = torch.zeros(d_sae, W_enc.shape[0], dtype=W_enc.dtype, device=W_enc.device)
+    dW_enc_t.index_add_(0, flat_idx, enc_contrib.reshape(-1, W_enc.shape[0]))
+
+    # dL/db_enc[f] = sum over (b, j) with i[b, j] = f of dL/dv[b, j]
+    db_enc = torch.zeros(d_sae, dtype=W_enc.dtype, device=W_enc.device)
+    db_enc.index_add_(0, flat_idx, d_values.reshape(-1))
+
+    # dL/db_dec = sum_b g[b] - (sum_b dL/dpre[b]) @ W_enc^T, and sum_b dL/dpre[b] = dL/db_enc
+    db_dec = grad_recon.sum(0) - W_enc @ db_enc
+    return TopKGrads(d_values, dW_enc_t.t(), db_enc, dW_dec, db_dec)
+
+
+def dense_backward(
+    grad_recon: Tensor,
+    x: Tensor,
+    acts: Tensor,
+    pre_mask: Tensor,
+    W_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+) -> TopKGrads:
+    """Explicit backward of a dense code `a = pre * mask` (relu, jumprelu, batchtopk).
+
+    `pre_mask [B, d_sae]` is d a / d pre (1 where the entry passed its gate, else 0), the
+    straight-through treatment of the gate itself is the trainer's business.
+    """
+    d_acts = grad_recon @ W_dec.t()  # [B, d_sae]  dL/da = g . W_dec[f]
+    d_pre = d_acts * pre_mask  # [B, d_sae]
+    xc = x - b_dec
+    return TopKGrads(
+        d_values=d_pre,
+        W_enc=xc.t() @ d_pre,  # [d_in, d_sae]
+        b_enc=d_pre.sum(0),
+        W_dec=acts.t() @ grad_recon,  # [d_sae, d_in]
+        b_dec=grad_recon.sum(0) - W_enc @ d_pre.sum(0),
+    )

@@ -1,0 +1,277 @@
+"""`SparseAutoencoder`: the module users hold. Thin: the math lives in `ops/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import SAEConfig, dtype_from_name
+from .errors import ConfigError
+from .ops import reference as ref
+from .ops.dispatch import check_backend_name, get_backend, resolve_backend
+
+
+@dataclass
+class SAEOutput:
+    """Result of `SparseAutoencoder.forward`.
+
+    `values`/`indices` (`[..., k]`, indices int64) are set for topk codes; `feature_acts`
+    (`[..., d_sae]`) for dense codes (relu, jumprelu, batchtopk). `dense_acts()` gives the
+    dense code in every case.
+    """
+
+    reconstruction: Tensor
+    values: Tensor | None = None
+    indices: Tensor | None = None
+    feature_acts: Tensor | None = None
+    d_sae: int = 0
+
+    def dense_acts(self) -> Tensor:
+        """Dense code `[..., d_sae]` (materialised from values/indices for topk)."""
+        if self.feature_acts is not None:
+            return self.feature_acts
+        if self.values is None or self.indices is None:
+            raise ValueError("SAEOutput holds neither a dense nor a sparse code")
+        return ref.densify(self.values, self.indices, self.d_sae)
+
+
+class SparseAutoencoder(nn.Module):
+    """Sparse autoencoder with SAELens parameter names and orientation.
+
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`, and
+    `threshold [d_sae]` for jumprelu. Inputs may have any leading batch dims.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        activation: str = "topk",
+        k: int | None = 32,
+        backend: str = "auto",
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str = "cpu",
+        *,
+        model_name: str | None = None,
+        hook_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        torch_dtype = dtype_from_name(dtype)
+        self.cfg = SAEConfig(
+            d_in=d_in, d_sae=d_sae, activation=activation, k=k,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            model_name=model_name, hook_name=hook_name, metadata=dict(metadata or {}),
+        )  # fmt: skip
+        self.backend = check_backend_name(backend)
+        device = torch.device(device)
+        if backend != "auto":
+            resolve_backend(backend, device)  # fail now, not at the first forward
+
+        # W_dec rows unit norm, W_enc = W_dec^T, biases zero.
+        w = torch.randn(d_sae, d_in, dtype=torch.float32, device=device)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w.to(torch_dtype))  # [d_sae, d_in]
+        self.W_enc = nn.Parameter(w.t().contiguous().to(torch_dtype))  # [d_in, d_sae]
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=torch_dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=torch_dtype, device=device))
+        if activation == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=torch_dtype, device=device))
+        else:
+            self.register_parameter("threshold", None)
+        # BatchTopK at inference: one scalar threshold replaces the batch selection in eval
+        # mode once a trainer (or an import) has estimated it.
+        self.batchtopk_threshold: float | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def activation(self) -> str:
+        return self.cfg.activation
+
+    @property
+    def k(self) -> int | None:
+        return self.cfg.k
+
+    @property
+    def active_backend(self) -> str:
+        """The backend that runs now (`"auto"` resolved for the current device)."""
+        return resolve_backend(self.backend, self.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        return (
+            f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{k}, "
+            f"backend={self.backend!r}, dtype={self.dtype}"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _flatten(self, x: Tensor, width: int, what: str) -> tuple[Tensor, tuple[int, ...]]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != width:
+            raise ValueError(f"{what} must have last dim {width}, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{what} must be a floating tensor, got {x.dtype}")
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{what} has dtype {x.dtype} but the SAE's parameters are {self.dtype}; "
+                f"cast one of them (x.to({self.dtype}) or sae.to({x.dtype}))"
+            )
+        if x.device != self.device:
+            raise ValueError(
+                f"{what} is on {x.device} but the SAE is on {self.device}; move one of them"
+            )
+        lead = tuple(x.shape[:-1])
+        if x.numel() == 0:
+            raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): nothing to encode")
+        return x.reshape(-1, width), lead
+
+    def _ops(self):
+        return get_backend(self.backend, self.device)
+
+    def _dense_code(self, x2: Tensor) -> Tensor:
+        ops = self._ops()
+        if (
+            self.activation == "batchtopk"
+            and not self.training
+            and (self.batchtopk_threshold is not None)
+        ):
+            thr = torch.full(
+                (self.d_sae,), self.batchtopk_threshold, dtype=self.dtype, device=self.device
+            )
+            return ops.encode_dense(x2, self.W_enc, self.b_enc, self.b_dec, "jumprelu", None, thr)
+        return ops.encode_dense(
+            x2, self.W_enc, self.b_enc, self.b_dec, self.activation, self.k, self.threshold
+        )
+
+    # ------------------------------------------------------------------ API
+    def forward(self, x: Tensor) -> SAEOutput:
+        """Encode and decode `x [..., d_in]`; see SAEOutput for what is returned."""
+        x2, lead = self._flatten(x, self.d_in, "x")
+        ops = self._ops()
+        if self.activation == "topk":
+            values, indices = ops.encode_topk(x2, self.W_enc, self.b_enc, self.b_dec, self.k)
+            recon = ops.decode_sparse(values, indices, self.W_dec, self.b_dec)
+            return SAEOutput(
+                recon.reshape(*lead, self.d_in),
+                values=values.reshape(*lead, -1),
+                indices=indices.reshape(*lead, -1),
+                d_sae=self.d_sae,
+            )
+        acts = self._dense_code(x2)
+        recon = ops.decode_dense(acts, self.W_dec, self.b_dec)
+        return SAEOutput(
+            recon.reshape(*lead, self.d_in),
+            feature_acts=acts.reshape(*lead, self.d_sae),
+            d_sae=self.d_sae,
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes `[..., d_sae]`."""
+        x2, lead = self._flatten(x, self.d_in, "x")
+        if self.activation == "topk":
+            values, indices = self._ops().encode_topk(
+                x2, self.W_enc, self.b_enc, self.b_dec, self.k
+            )
+            acts = ref.densify(values, indices, self.d_sae)
+        else:
+            acts = self._dense_code(x2)
+        return acts.reshape(*lead, self.d_sae)
+
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(values, indices)`, each `[..., k]` for topk; for dense codes each row's
+        non-zeros, zero-padded to the batch's largest L0."""
+        x2, lead = self._flatten(x, self.d_in, "x")
+        if self.activation == "topk":
+            values, indices = self._ops().encode_topk(
+                x2, self.W_enc, self.b_enc, self.b_dec, self.k
+            )
+        else:
+            values, indices = ref.dense_to_sparse(self._dense_code(x2))
+        return values.reshape(*lead, -1), indices.reshape(*lead, -1)
+
+    def decode(self, acts: Tensor) -> Tensor:
+        """Reconstruction `[..., d_in]` from dense codes `[..., d_sae]`."""
+        a2, lead = self._flatten(acts, self.d_sae, "acts")
+        return self._ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_in)
+
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Reconstruction `[..., d_in]` from a sparse code `values, indices [..., k]`."""
+        if not isinstance(indices, Tensor) or indices.dtype != torch.int64:
+            got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+            raise TypeError(f"indices must be an int64 tensor, got {got}")
+        if not isinstance(values, Tensor) or values.shape != indices.shape:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"values and indices must have the same shape, got {got} and {tuple(indices.shape)}"
+            )
+        if values.dim() == 0:
+            raise ValueError("values and indices need at least one dim ([..., k])")
+        width = values.shape[-1]
+        v2, lead = self._flatten(values, width, "values")
+        i2 = indices.reshape(-1, width)
+        if i2.device != self.device:
+            raise ValueError(f"indices are on {i2.device} but the SAE is on {self.device}")
+        lo, hi = int(i2.min()), int(i2.max())
+        if lo < 0 or hi >= self.d_sae:
+            raise IndexError(f"indices must be in [0, {self.d_sae}), got range [{lo}, {hi}]")
+        recon = self._ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
+        return recon.reshape(*lead, self.d_in)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write `cfg.json` + `sae_weights.safetensors` (SAELens layout), atomically."""
+        from .formats.saelens import save_saelens
+
+        return save_saelens(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        backend: str = "auto",
+    ) -> SparseAutoencoder:
+        """Load a directory written by sae_fast, SAELens, sparsify or dictionary_learning."""
+        from .formats import load_any
+
+        return load_any(path, device=device, dtype=dtype, backend=backend)
+
+    @classmethod
+    def from_config(cls, cfg: SAEConfig, **kwargs: Any) -> SparseAutoencoder:
+        """Build (freshly initialised) from a config."""
+        if not isinstance(cfg, SAEConfig):
+            raise ConfigError(f"expected an SAEConfig, got {type(cfg).__name__}")
+        return cls(
+            cfg.d_in,
+            cfg.d_sae,
+            activation=cfg.activation,
+            k=cfg.k,
+            dtype=cfg.dtype,
+            model_name=cfg.model_name,
+            hook_name=cfg.hook_name,
+            metadata=cfg.metadata,
+            **kwargs,
+        )

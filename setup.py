@@ -1,0 +1,93 @@
+"""Build of the native extension `sae_fast._C`.
+
+C++ (OpenMP) sources are always built. CUDA sources are added only when the installed torch
+has CUDA and a CUDA toolkit is found; `SAE_FAST_SKIP_CUDA=1` skips them. Any other problem
+(no compiler, no torch) is a warning and a pure-Python install, never a failed one: the
+package then runs on its torch backend. `MAX_JOBS` is honoured by torch's ninja build.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import warnings
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _extensions() -> tuple[list, dict]:
+    if os.environ.get("SAE_FAST_SKIP_EXT") == "1":
+        warnings.warn("SAE_FAST_SKIP_EXT=1: building without sae_fast._C", stacklevel=1)
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import (
+            CUDA_HOME,
+            BuildExtension,
+            CppExtension,
+            CUDAExtension,
+        )
+    except ImportError:
+        warnings.warn("torch is not installed: building without sae_fast._C", stacklevel=1)
+        return [], {}
+
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3", "-std=c++17"]
+    link_flags: list[str] = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+
+    want_cuda = os.environ.get("SAE_FAST_SKIP_CUDA") != "1"
+    has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
+    cu_sources = _sources("csrc/cuda/*.cu")
+    if want_cuda and has_cuda and cu_sources:
+        ext = CUDAExtension(
+            "sae_fast._C",
+            sources + cu_sources,
+            define_macros=[("SAE_FAST_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"],
+            },
+            extra_link_args=link_flags,
+        )
+    else:
+        if want_cuda and cu_sources and not has_cuda:
+            warnings.warn(
+                "torch has no CUDA or no CUDA toolkit was found: building the CPU kernels only",
+                stacklevel=1,
+            )
+        ext = CppExtension(
+            "sae_fast._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class TolerantBuildExt(base):
+        """A compile failure becomes a warning and a pure-Python install (torch backend)."""
+
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as err:
+                if os.environ.get("SAE_FAST_REQUIRE_EXT") == "1":
+                    raise
+                warnings.warn(
+                    f"building sae_fast._C failed ({err}); installing without it", stacklevel=1
+                )
+
+    return [ext], {"build_ext": TolerantBuildExt}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

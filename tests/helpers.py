@@ -1,0 +1,45 @@
+"""Test helpers: a verbose allclose that names the tensor and shows the worst entries."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def assert_close(
+    actual: Tensor,
+    expected: Tensor,
+    name: str,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    show: int = 5,
+) -> None:
+    """Like torch.testing.assert_close, but the message says which tensor and where."""
+    assert actual.shape == expected.shape, (
+        f"[{name}] shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    )
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    diff = (a - e).abs()
+    bad = diff > atol + rtol * e.abs()
+    bad |= torch.isnan(a) != torch.isnan(e)
+    if bool(bad.any()):
+        n_bad = int(bad.sum())
+        worst = torch.topk(diff.nan_to_num(float("inf")).reshape(-1), min(show, diff.numel()))
+        where = [tuple(int(c) for c in torch.unravel_index(i, diff.shape)) for i in worst.indices]
+        detail = ", ".join(f"{w}: got {a[w].item():.6g} want {e[w].item():.6g}" for w in where)
+        raise AssertionError(
+            f"[{name}] {n_bad} of {diff.numel()} mismatched, max abs diff "
+            f"{diff.max().item():.3g} (rtol={rtol}, atol={atol}); worst {detail}"
+        )
+
+
+def make_params(d_in: int, d_sae: int, dtype=torch.float64, seed: int = 0):
+    """Random SAE parameters (non-zero biases) as a dict of leaf tensors."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g, dtype=dtype) / d_in**0.5,
+        "b_enc": torch.randn(d_sae, generator=g, dtype=dtype) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g, dtype=dtype) / d_in**0.5,
+        "b_dec": torch.randn(d_in, generator=g, dtype=dtype) * 0.1,
+    }
