@@ -11,20 +11,31 @@ from collections.abc import Callable
 import torch
 
 
-def median_ms(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of `fn()` in milliseconds."""
+def median_ms(
+    fn: Callable[[], object], repeats: int = 7, warmup: int = 2, device: str = "cpu"
+) -> float:
+    """Median wall time of `fn()` in milliseconds (CUDA work synchronised)."""
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     """One line naming the machine the figures came from."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"

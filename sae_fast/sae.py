@@ -70,7 +70,7 @@ class SparseAutoencoder(nn.Module):
         self.backend = check_backend_name(backend)
         device = torch.device(device)
         if backend != "auto":
-            resolve_backend(backend, device)  # fail now, not at the first forward
+            resolve_backend(backend, device, torch_dtype)  # fail now, not at the first forward
 
         # W_dec rows unit norm, W_enc = W_dec^T, biases zero.
         w = torch.randn(d_sae, d_in, dtype=torch.float32, device=device)
@@ -107,7 +107,7 @@ class SparseAutoencoder(nn.Module):
     @property
     def active_backend(self) -> str:
         """The backend that runs now (`"auto"` resolved for the current device)."""
-        return resolve_backend(self.backend, self.device)
+        return resolve_backend(self.backend, self.device, self.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -147,7 +147,7 @@ class SparseAutoencoder(nn.Module):
         return x.reshape(-1, width), lead
 
     def _ops(self):
-        return get_backend(self.backend, self.device)
+        return get_backend(self.backend, self.device, self.dtype)
 
     def _dense_code(self, x2: Tensor) -> Tensor:
         ops = self._ops()

@@ -43,3 +43,35 @@ def make_params(d_in: int, d_sae: int, dtype=torch.float64, seed: int = 0):
         "W_dec": torch.randn(d_sae, d_in, generator=g, dtype=dtype) / d_in**0.5,
         "b_dec": torch.randn(d_in, generator=g, dtype=dtype) * 0.1,
     }
+
+
+def assert_topk_valid(
+    values: Tensor,
+    indices: Tensor,
+    pre_ref: Tensor,
+    k: int,
+    name: str,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    min_exact: float = 0.99,
+) -> None:
+    """A kernel's TopK against reference pre-activations, tolerant of near-ties only.
+
+    Each row's chosen features must hold the k largest reference values (up to the
+    tolerance), `values` must be relu(pre_ref) at those features, and at least `min_exact`
+    of the rows must match the reference indices exactly.
+    """
+    import sae_fast.ops.reference as ref
+
+    want_v, want_i = ref.topk_select(pre_ref, k)
+    picked = torch.gather(pre_ref, -1, indices)  # reference values at our indices
+    assert_close(
+        torch.sort(picked, dim=-1, descending=True).values,
+        want_v,
+        f"{name}: values of the chosen features",
+        rtol=rtol,
+        atol=atol,
+    )
+    assert_close(values, torch.relu(picked), f"{name}: values", rtol=rtol, atol=atol)
+    exact = (indices == want_i).all(-1).double().mean().item()
+    assert exact >= min_exact, f"[{name}] only {exact:.1%} of rows have the reference indices"

@@ -117,12 +117,22 @@ def test_batchtopk_inference_threshold_only_in_eval():
 
 
 def test_backends_and_dispatch(monkeypatch):
-    assert "torch" in sae_fast.available_backends("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a plain CPU machine
+    assert sae_fast.available_backends("cpu") == ["torch"]
     assert SparseAutoencoder(4, 8, k=2, backend="torch").backend == "torch"
     assert SparseAutoencoder(4, 8, k=2).active_backend == "torch"
     for name in ("triton", "native"):
         with pytest.raises(BackendUnavailableError, match=f"backend '{name}' is not available"):
             SparseAutoencoder(4, 8, k=2, backend=name)
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA device"):
+        SparseAutoencoder(4, 8, k=2, backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert SparseAutoencoder(4, 8, k=2, backend="triton").active_backend == "triton"
+    assert sae_fast.available_backends("cpu") == ["torch", "triton"]  # never auto's pick
+    with pytest.raises(BackendUnavailableError, match="not torch.float64"):
+        SparseAutoencoder(4, 8, k=2, backend="triton", dtype=torch.float64)
+    assert sae_fast.available_backends("cuda", torch.float64)[0] != "triton"
+    monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ConfigError, match="unknown backend 'cuda'"):
         SparseAutoencoder(4, 8, k=2, backend="cuda")
     sae = SparseAutoencoder(4, 8, k=2)

@@ -7,6 +7,7 @@ backend that is not available raises BackendUnavailableError naming what is miss
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Protocol
 
@@ -56,10 +57,27 @@ class TorchBackend:
     decode_dense = staticmethod(ref.decode_dense)
 
 
-_UNAVAILABLE = {
-    "triton": "the fused Triton kernels are not part of this build yet (planned)",
-    "native": "the native training kernels of sae_fast._C are not part of this build yet (planned)",
-}
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _triton_missing(device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """Why the triton backend cannot run here, or None if it can."""
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not (device.type == "cpu" and interpret):
+        return f"it needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors), got {device}"
+    if dtype is not None and dtype not in _TRITON_DTYPES:
+        return f"its kernels support float32/bfloat16/float16, not {dtype}"
+    return None
+
+
+def _native_missing(device: torch.device, dtype: torch.dtype | None) -> str | None:
+    del device, dtype
+    return "the native training kernels of sae_fast._C are not part of this build yet (planned)"
+
+
+_MISSING = {"triton": _triton_missing, "native": _native_missing}
 
 
 def check_backend_name(name: str) -> str:
@@ -69,15 +87,22 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on `device` in this installation."""
-    del device  # every device runs the torch backend; kernels add themselves here
-    return ["torch"]
+def available_backends(
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> list[str]:
+    """Backends that can run on `device` (and `dtype`, if given), in `"auto"`'s order."""
+    device = torch.device(device)
+    # On CPU the Triton interpreter is for tests, never "auto"'s pick, so it comes last.
+    order = (
+        ("triton", "native", "torch") if device.type == "cuda" else ("native", "torch", "triton")
+    )
+    return [n for n in order if n == "torch" or _MISSING[n](device, dtype) is None]
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Concrete backend for `name` on `device`; raises if it cannot run there."""
+def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """Concrete backend for `name` on `device` and `dtype`; raises if it cannot run there."""
     check_backend_name(name)
+    device = torch.device(device)
     if name == "auto":
         override = os.environ.get("SAE_FAST_BACKEND")
         if override:
@@ -86,19 +111,25 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
                     f"SAE_FAST_BACKEND={override!r} is not a backend; "
                     f"expected one of {BACKENDS[1:]}"
                 )
-            return resolve_backend(override, device)
-        return available_backends(device)[0]
-    if name not in available_backends(device):
-        raise BackendUnavailableError(
-            f"backend {name!r} is not available on {torch.device(device)}: {_UNAVAILABLE[name]}; "
-            f"available: {available_backends(device)}"
-        )
+            return resolve_backend(override, device, dtype)
+        return available_backends(device, dtype)[0]
+    if name != "torch":
+        why = _MISSING[name](device, dtype)
+        if why is not None:
+            raise BackendUnavailableError(
+                f"backend {name!r} is not available on {device}: {why}; "
+                f"available: {available_backends(device, dtype)}"
+            )
     return name
 
 
-_BACKENDS: dict[str, Backend] = {"torch": TorchBackend()}
+def get_backend(
+    name: str, device: torch.device | str, dtype: torch.dtype | None = None
+) -> type[Backend]:
+    """The backend (a stateless class of static ops) for `name` on `device` and `dtype`."""
+    resolved = resolve_backend(name, device, dtype)
+    if resolved == "triton":
+        from .triton_backend import TritonBackend  # lazy: Triton's import is not free
 
-
-def get_backend(name: str, device: torch.device | str) -> Backend:
-    """The backend object for `name` (resolving `"auto"`) on `device`."""
-    return _BACKENDS[resolve_backend(name, device)]
+        return TritonBackend
+    return TorchBackend

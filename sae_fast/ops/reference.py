@@ -174,6 +174,25 @@ def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor)
 # ----------------------------------------------------------------------------- backward
 
 
+def b_dec_grad_through_encoder(W_enc: Tensor, db_enc: Tensor) -> Tensor:
+    """The b_dec gradient that flows through `x - b_dec` in the encoder:
+    `-(sum_b dL/dpre[b]) @ W_enc^T = -W_enc @ dL/db_enc` (the decoder adds `sum_b g[b]`)."""
+    return -(W_enc @ db_enc)
+
+
+def encoder_backward_dense(
+    d_pre: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dW_enc, db_enc, db_dec through the encoder, dx) from a dense `dL/dpre [B, d_sae]`."""
+    db_enc = d_pre.sum(0)
+    return (
+        (x - b_dec).t() @ d_pre,  # [d_in, d_sae]
+        db_enc,
+        b_dec_grad_through_encoder(W_enc, db_enc),
+        d_pre @ W_enc.t(),  # [B, d_in]
+    )
+
+
 def topk_backward(
     grad_recon: Tensor,
     x: Tensor,
@@ -212,7 +231,7 @@ def topk_backward(
     db_enc.index_add_(0, flat_idx, d_values.reshape(-1))
 
     # dL/db_dec = sum_b g[b] - (sum_b dL/dpre[b]) @ W_enc^T, and sum_b dL/dpre[b] = dL/db_enc
-    db_dec = grad_recon.sum(0) - W_enc @ db_enc
+    db_dec = grad_recon.sum(0) + b_dec_grad_through_encoder(W_enc, db_enc)
     return TopKGrads(d_values, dW_enc_t.t(), db_enc, dW_dec, db_dec)
 
 
@@ -232,11 +251,11 @@ def dense_backward(
     """
     d_acts = grad_recon @ W_dec.t()  # [B, d_sae]  dL/da = g . W_dec[f]
     d_pre = d_acts * pre_mask  # [B, d_sae]
-    xc = x - b_dec
+    dW_enc, db_enc, db_dec_enc, _ = encoder_backward_dense(d_pre, x, W_enc, b_dec)
     return TopKGrads(
         d_values=d_pre,
-        W_enc=xc.t() @ d_pre,  # [d_in, d_sae]
-        b_enc=d_pre.sum(0),
+        W_enc=dW_enc,
+        b_enc=db_enc,
         W_dec=acts.t() @ grad_recon,  # [d_sae, d_in]
-        b_dec=grad_recon.sum(0) - W_enc @ d_pre.sum(0),
+        b_dec=grad_recon.sum(0) + db_dec_enc,
     )

@@ -1,0 +1,56 @@
+"""The `triton` backend: fused Triton encoder and sparse decoder behind the Backend protocol.
+
+Imported lazily by `dispatch.py`, so `import sae_fast` never pays for Triton's import and
+`TRITON_INTERPRET=1` (CPU testing) can be set any time before the first use.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from . import reference as ref
+from .reference import SparseCode
+from .triton_decoder import triton_decode_sparse
+from .triton_encoder import triton_encode_dense, triton_encode_topk
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class TritonBackend:
+    """Fused encoder (TopK / ReLU / JumpReLU epilogues) and sparse decoder in Triton; the
+    dense decode and BatchTopK's batch-wide selection use torch (cuBLAS, torch.topk)."""
+
+    name = "triton"
+
+    @staticmethod
+    def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
+        return SparseCode(*triton_encode_topk(x, W_enc, b_enc, b_dec, k))
+
+    @staticmethod
+    def encode_dense(
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        b_dec: Tensor,
+        activation: str,
+        k: int | None,
+        threshold: Tensor | None,
+    ) -> Tensor:
+        if activation == "jumprelu":
+            if threshold is None:
+                raise ValueError("jumprelu needs a threshold")
+            return triton_encode_dense(x, W_enc, b_enc, b_dec, threshold)
+        acts = triton_encode_dense(x, W_enc, b_enc, b_dec, None)  # relu(pre)
+        if activation == "relu":
+            return acts
+        if activation == "batchtopk":
+            if k is None:
+                raise ValueError("batchtopk needs k")
+            return ref.batchtopk_act(acts, k)
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ref.ACTIVATIONS}")
+
+    @staticmethod
+    def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+        return triton_decode_sparse(values, indices, W_dec, b_dec)
+
+    decode_dense = staticmethod(ref.decode_dense)

@@ -1,0 +1,199 @@
+"""Triton sparse decoder and the sparse backward pieces (DESIGN.md section 3).
+
+- `sparse_decode_fwd`: recon[b] = sum_j v[b, j] * W[i[b, j]] + b_dec (any row/col strides of
+  W, so `W_enc.T` serves as a dictionary for dL/dx).
+- `grad_values`: dL/dv[b, j] = g[b] . W_dec[i[b, j]]  (B*k gathered dot products).
+- `feature_reduce`: out[f] = sum over (b, j) with i[b, j] = f of coef[b, j] * src[b], over
+  indices sorted by feature (stable sort + CSR offsets): one program per (feature, d-block),
+  fp32 accumulation, no atomics, so the result is deterministic. It gives dL/dW_dec
+  (coef = v, src = g) and dL/dW_enc^T, dL/db_enc (coef = dL/dpre, src = x - b_dec).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _sparse_decode_kernel(
+    v_ptr, i_ptr, w_ptr, b_ptr, out_ptr, K, D, stride_wf, stride_wd,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    ds = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    d_ok = ds < D
+    acc = tl.load(b_ptr + ds, mask=d_ok, other=0.0).to(tl.float32)  # [BD] starts at b_dec
+    for j0 in range(0, K, BLOCK_K):
+        js = j0 + tl.arange(0, BLOCK_K)  # [BK]
+        j_ok = js < K
+        idx = tl.load(i_ptr + b * K + js, mask=j_ok, other=0)  # [BK]
+        v = tl.load(v_ptr + b * K + js, mask=j_ok, other=0.0).to(tl.float32)  # [BK]
+        w = tl.load(
+            w_ptr + idx[:, None] * stride_wf + ds[None, :] * stride_wd,
+            mask=j_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BK, BD]
+        acc += tl.sum(v[:, None] * w, axis=0)
+    tl.store(out_ptr + b * D + ds, acc.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+@triton.jit
+def _grad_values_kernel(
+    g_ptr, i_ptr, w_ptr, dv_ptr, K, D, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    js = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+    j_ok = js < K
+    idx = tl.load(i_ptr + b * K + js, mask=j_ok, other=0)  # [BK]
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        d_ok = ds < D
+        g = tl.load(g_ptr + b * D + ds, mask=d_ok, other=0.0).to(tl.float32)  # [BD]
+        w = tl.load(
+            w_ptr + idx[:, None] * D + ds[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0
+        ).to(tl.float32)  # [BK, BD]
+        acc += tl.sum(w * g[None, :], axis=1)  # dL/dv = g . W_dec[i]
+    tl.store(dv_ptr + b * K + js, acc, mask=j_ok)
+
+
+@triton.jit
+def _feature_reduce_kernel(
+    perm_ptr, offsets_ptr, coef_ptr, src_ptr, out_ptr, sum_ptr, K, D,
+    WITH_SUM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    f = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    ds = pid_d.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    d_ok = ds < D
+    start = tl.load(offsets_ptr + f)
+    end = tl.load(offsets_ptr + f + 1)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    total = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)  # [BP] positions in the feature-sorted order
+        p_ok = ps < end
+        flat = tl.load(perm_ptr + ps, mask=p_ok, other=0)  # [BP] flat (b * K + j)
+        c = tl.load(coef_ptr + flat, mask=p_ok, other=0.0).to(tl.float32)  # [BP]
+        rows = flat // K
+        s = tl.load(
+            src_ptr + rows[:, None] * D + ds[None, :], mask=p_ok[:, None] & d_ok[None, :], other=0.0
+        ).to(tl.float32)  # [BP, BD]
+        acc += tl.sum(c[:, None] * s, axis=0)
+        total += c
+    tl.store(out_ptr + f * D + ds, acc, mask=d_ok)
+    if WITH_SUM:
+        if pid_d == 0:
+            tl.store(sum_ptr + f, tl.sum(total, axis=0))
+
+
+def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """(perm, offsets): flat positions sorted by feature (stable) and CSR offsets `[d_sae+1]`."""
+    flat = indices.reshape(-1)
+    _, perm = torch.sort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=d_sae)
+    offsets = torch.zeros(d_sae + 1, dtype=torch.int64, device=indices.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return perm, offsets
+
+
+def sparse_decode_fwd(values: Tensor, indices: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """`[B, D]` = sum_j values[b, j] * W[indices[b, j]] + b (W may be a strided view)."""
+    B, K = values.shape
+    D = W.shape[1]
+    values, indices, b = values.contiguous(), indices.contiguous(), b.contiguous()
+    out = torch.empty(B, D, dtype=values.dtype, device=values.device)
+    block_d = min(128, triton.next_power_of_2(D))
+    _sparse_decode_kernel[(B, triton.cdiv(D, block_d))](
+        values, indices, W, b, out, K, D, W.stride(0), W.stride(1), BLOCK_K=16, BLOCK_D=block_d,
+    )  # fmt: skip
+    return out
+
+
+def grad_values(grad: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """dL/dv `[B, k]` (fp32) = gathered dot products of `grad [B, d_in]` with W_dec rows."""
+    B, K = indices.shape
+    D = W_dec.shape[1]
+    grad, indices, W_dec = grad.contiguous(), indices.contiguous(), W_dec.contiguous()
+    dv = torch.empty(B, K, dtype=torch.float32, device=grad.device)
+    _grad_values_kernel[(B, triton.cdiv(K, 16))](
+        grad, indices, W_dec, dv, K, D, BLOCK_K=16, BLOCK_D=min(128, triton.next_power_of_2(D)),
+    )  # fmt: skip
+    return dv
+
+
+def feature_reduce(
+    indices: Tensor, coef: Tensor, src: Tensor, d_sae: int, with_sum: bool
+) -> tuple[Tensor, Tensor | None]:
+    """out `[d_sae, D]` (fp32) = per-feature sum of coef[b, j] * src[b]; and sum of coef."""
+    K = indices.shape[1]
+    D = src.shape[1]
+    perm, offsets = feature_segments(indices, d_sae)
+    coef, src = coef.contiguous(), src.contiguous()
+    out = torch.empty(d_sae, D, dtype=torch.float32, device=src.device)
+    sums = torch.empty(d_sae, dtype=torch.float32, device=src.device) if with_sum else out
+    block_d = min(128, triton.next_power_of_2(D))
+    _feature_reduce_kernel[(d_sae, triton.cdiv(D, block_d))](
+        perm, offsets, coef, src, out, sums, K, D, WITH_SUM=with_sum, BLOCK_P=16,
+        BLOCK_D=block_d,
+    )  # fmt: skip
+    return out, (sums if with_sum else None)
+
+
+# ----------------------------------------------------------------------------- backward
+#   dL/dv[b, j]   = g[b] . W_dec[i[b, j]]
+#   dL/dW_dec[f]  = sum over (b, j) with i[b, j] = f of v[b, j] * g[b]
+#   dL/db_dec     = sum_b g[b]          (the encoder adds -W_enc @ dL/db_enc)
+
+
+def decode_sparse_bwd(
+    grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dv, dL/dW_dec, dL/db_dec) of the sparse decoder, in the parameters' dtype."""
+    dv = grad_values(grad, indices, W_dec).to(values.dtype)
+    dW_dec, _ = feature_reduce(indices, values, grad, W_dec.shape[0], with_sum=False)
+    return dv, dW_dec.to(W_dec.dtype), grad.sum(0, dtype=torch.float32).to(W_dec.dtype)
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+
+@torch.library.custom_op("sae_fast::triton_decode_sparse", mutates_args=())
+def triton_decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """Sparse decode `[B, d_in]`, differentiable in values, W_dec and b_dec."""
+    return sparse_decode_fwd(values, indices, W_dec, b_dec)
+
+
+@triton_decode_sparse.register_fake
+def _(values, indices, W_dec, b_dec):
+    return values.new_empty(values.shape[0], W_dec.shape[1])
+
+
+@torch.library.custom_op("sae_fast::triton_decode_sparse_bwd", mutates_args=())
+def triton_decode_sparse_bwd(
+    grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of `triton_decode_sparse`: (dL/dv, dL/dW_dec, dL/db_dec)."""
+    return decode_sparse_bwd(grad, values, indices, W_dec)
+
+
+@triton_decode_sparse_bwd.register_fake
+def _(grad, values, indices, W_dec):
+    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+
+
+def _decode_setup(ctx, inputs, output):
+    values, indices, W_dec, _b_dec = inputs
+    ctx.save_for_backward(values, indices, W_dec)
+
+
+def _decode_backward(ctx, grad):
+    values, indices, W_dec = ctx.saved_tensors
+    dv, dW_dec, db_dec = triton_decode_sparse_bwd(grad, values, indices, W_dec)
+    return dv, None, dW_dec, db_dec
+
+
+triton_decode_sparse.register_autograd(_decode_backward, setup_context=_decode_setup)
