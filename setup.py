@@ -47,7 +47,7 @@ def _extensions() -> tuple[list, dict]:
 
     want_cuda = os.environ.get("SAE_FAST_SKIP_CUDA") != "1"
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    cu_sources = _sources("csrc/cuda/*.cu")
+    cu_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     if want_cuda and has_cuda and cu_sources:
         ext = CUDAExtension(
             "sae_fast._C",

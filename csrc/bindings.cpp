@@ -1,5 +1,6 @@
 // pybind11 module sae_fast._C plus torch.library registration of the ops under
-// torch.ops.sae_fast.* (fake implementations live in sae_fast/ops/native.py).
+// torch.ops.sae_fast.* (fake implementations live in sae_fast/ops/native.py). CUDA
+// implementations are registered in csrc/cuda/ops_cuda.cpp, built only with CUDA.
 #include <torch/extension.h>
 
 #include "cpu/kernels.h"
@@ -20,9 +21,19 @@ int openmp_threads() {
 
 TORCH_LIBRARY(sae_fast, m) {
   m.def("sparse_decode(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec) -> Tensor");
+  m.def("topk_encode(Tensor x, Tensor W_enc, Tensor b_enc, Tensor b_dec, int k, int block) -> (Tensor, Tensor)");
+  m.def("grad_values(Tensor grad, Tensor indices, Tensor W_dec) -> Tensor");
+  m.def("feature_segments(Tensor indices, int d_sae) -> (Tensor, Tensor)");
+  m.def("feature_reduce(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(sae_fast, CPU, m) { m.impl("sparse_decode", &sae_fast::sparse_decode_cpu); }
+TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
+  m.impl("sparse_decode", &sae_fast::sparse_decode_cpu);
+  m.impl("topk_encode", &sae_fast::topk_encode_cpu);
+  m.impl("grad_values", &sae_fast::grad_values_cpu);
+  m.impl("feature_segments", &sae_fast::feature_segments_cpu);
+  m.impl("feature_reduce", &sae_fast::feature_reduce_cpu);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sae_fast native kernels (C++/OpenMP, optional CUDA)";

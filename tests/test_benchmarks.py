@@ -33,3 +33,21 @@ def test_sparse_decode_benchmark_small(capsys):
     )
     out = capsys.readouterr().out
     assert "reference (embedding_bag)" in out and "x vs dense" in out
+
+
+def test_cpu_step_benchmark_small(tmp_path, capsys):
+    import sae_fast
+
+    if not sae_fast.NATIVE_AVAILABLE:
+        pytest.skip(f"sae_fast._C not built: {sae_fast.NATIVE_IMPORT_ERROR}")
+    from benchmarks import cpu_step
+
+    rows = cpu_step.main(["--small", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "check: 100.0% rows with identical indices" in out
+    steps = {r["op"]: r for r in rows if r["benchmark"] == "train_step"}
+    assert steps["encoder GEMM alone"]["ratio_to_gemm"] == 1.0
+    assert steps["native TopK step (fwd+bwd+Adam)"]["ms"] > 0
+    mem = {r["op"]: r["value"] for r in rows if r["benchmark"] == "encode_memory"}
+    assert set(mem) == {"encode (native)", "encode (torch)"}
+    assert len(list(tmp_path.glob("cpu-*-cpu_step.csv"))) == 1

@@ -1,11 +1,33 @@
 // Declarations of the CPU kernels (one .cpp each), bound in csrc/bindings.cpp.
+// Every entry point checks device, dtype, contiguity, shape and index range (csrc/checks.h).
 #pragma once
 #include <torch/extension.h>
+
+#include <tuple>
 
 namespace sae_fast {
 
 // recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] + b_dec   -> [B, d_in]
 at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
                              const at::Tensor& W_dec, const at::Tensor& b_dec);
+
+// TopK of pre = (x - b_dec) @ W_enc + b_enc per row, feature block by feature block (one
+// BLAS call per block, peak extra memory B * block), ties to the lower index, values ReLU'd.
+std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
+                                                   const at::Tensor& b_enc, const at::Tensor& b_dec,
+                                                   int64_t k, int64_t block);
+
+// dv[b, j] = g[b] . W_dec[indices[b, j]]  -> [B, k] in the accumulation dtype
+at::Tensor grad_values_cpu(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& W_dec);
+
+// Stable counting sort of the flat indices by feature: (perm [N], offsets [d_sae + 1]).
+std::tuple<at::Tensor, at::Tensor> feature_segments_cpu(const at::Tensor& indices, int64_t d_sae);
+
+// out[f] = sum over sorted positions p of feature f of coef[perm[p]] * src[perm[p] / k];
+// sums[f] = sum of those coef. Parallel over features: no races, no atomics, and the
+// result does not depend on the thread count.
+std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, const at::Tensor& offsets,
+                                                      const at::Tensor& coef, const at::Tensor& src,
+                                                      bool with_sum);
 
 }  // namespace sae_fast

@@ -1,6 +1,10 @@
 // Sparse decode on the CPU: recon[b] = sum_j v[b, j] * W_dec[i[b, j]] + b_dec.
-// Parallel over rows (OpenMP); the inner loop over d_in is a contiguous axpy that the
-// compiler vectorises. Each row is written by one thread: no races, deterministic.
+// Parallel over rows (OpenMP); each row accumulates in the op-math dtype (fp32 for
+// bf16/fp16) in a thread-local buffer, with a contiguous axpy the compiler vectorises.
+#include <vector>
+
+#include <ATen/OpMathType.h>
+
 #include "../checks.h"
 #include "kernels.h"
 
@@ -13,16 +17,23 @@ static void sparse_decode_rows(const scalar_t* __restrict__ values,  // [B, k]
                                const scalar_t* __restrict__ b_dec,   // [d_in]
                                scalar_t* __restrict__ out,           // [B, d_in]
                                int64_t B, int64_t k, int64_t d_in) {
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    scalar_t* __restrict__ row = out + b * d_in;  // [d_in]
-    for (int64_t d = 0; d < d_in; ++d) row[d] = b_dec[d];
-    for (int64_t j = 0; j < k; ++j) {
-      const scalar_t v = values[b * k + j];
-      if (v == scalar_t(0)) continue;
-      const scalar_t* __restrict__ w = W_dec + indices[b * k + j] * d_in;  // [d_in]
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma omp parallel
+  {
+    std::vector<acc_t> acc(d_in);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t d = 0; d < d_in; ++d) acc[d] = static_cast<acc_t>(b_dec[d]);
+      for (int64_t j = 0; j < k; ++j) {
+        const acc_t v = static_cast<acc_t>(values[b * k + j]);
+        if (v == acc_t(0)) continue;
+        const scalar_t* __restrict__ w = W_dec + indices[b * k + j] * d_in;  // [d_in]
+        acc_t* __restrict__ a = acc.data();
 #pragma omp simd
-      for (int64_t d = 0; d < d_in; ++d) row[d] += v * w[d];
+        for (int64_t d = 0; d < d_in; ++d) a[d] += v * static_cast<acc_t>(w[d]);
+      }
+      scalar_t* __restrict__ row = out + b * d_in;  // [d_in]
+      for (int64_t d = 0; d < d_in; ++d) row[d] = static_cast<scalar_t>(acc[d]);
     }
   }
 }
@@ -44,7 +55,7 @@ at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices
   auto w = W_dec.contiguous();
   auto bd = b_dec.contiguous();
   auto out = at::empty({B, d_in}, W_dec.options());
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "sparse_decode_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "sparse_decode_cpu", [&] {
     sparse_decode_rows<scalar_t>(v.data_ptr<scalar_t>(), i.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
                                  bd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, k, d_in);
   });

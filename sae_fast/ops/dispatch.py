@@ -73,8 +73,15 @@ def _triton_missing(device: torch.device, dtype: torch.dtype | None) -> str | No
 
 
 def _native_missing(device: torch.device, dtype: torch.dtype | None) -> str | None:
-    del device, dtype
-    return "the native training kernels of sae_fast._C are not part of this build yet (planned)"
+    """Why the native backend cannot run here, or None if it can."""
+    from .native import NATIVE_AVAILABLE, NATIVE_IMPORT_ERROR
+
+    if not NATIVE_AVAILABLE:
+        return f"the extension sae_fast._C is not built ({NATIVE_IMPORT_ERROR})"
+    if device.type != "cpu":
+        return f"its TopK encoder runs on CPU tensors only, got {device}"
+    del dtype  # fp32, fp64, bf16 and fp16 are all supported
+    return None
 
 
 _MISSING = {"triton": _triton_missing, "native": _native_missing}
@@ -132,4 +139,8 @@ def get_backend(
         from .triton_backend import TritonBackend  # lazy: Triton's import is not free
 
         return TritonBackend
+    if resolved == "native":
+        from .native_backend import NativeBackend
+
+        return NativeBackend
     return TorchBackend

@@ -1,7 +1,8 @@
 """Loads the compiled extension `sae_fast._C` (C++/OpenMP, optionally CUDA) if it was built.
 
 The package imports without it; `sae_fast/__init__.py` warns once which backend it fell
-back to. Ops are registered by the extension under `torch.ops.sae_fast`.
+back to. The extension registers its ops under `torch.ops.sae_fast`; this module gives them
+fake implementations (for torch.compile) and thin typed wrappers.
 """
 
 from __future__ import annotations
@@ -29,14 +30,79 @@ def _require() -> None:
         )
 
 
+def encode_block(batch: int) -> int:
+    """Features per BLAS call in the native TopK encoder: the `[B, block]` pre-activation
+    block stays near 8 MiB of fp32, between 256 and 4096 features."""
+    return int(min(4096, max(256, (1 << 21) // max(batch, 1))))
+
+
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
     """C++ sparse decode `sum_j v[b, j] * W_dec[i[b, j]] + b_dec` (no autograd)."""
     _require()
-    return torch.ops.sae_fast.sparse_decode(values, indices, W_dec, b_dec)
+    return torch.ops.sae_fast.sparse_decode(values, indices, W_dec.contiguous(), b_dec)
+
+
+def topk_encode(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, block: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """C++ blocked TopK encoder: (values [B, k] ReLU'd, indices [B, k] int64), no autograd."""
+    _require()
+    block = encode_block(x.shape[0]) if block is None else block
+    return torch.ops.sae_fast.topk_encode(x, W_enc, b_enc, b_dec, k, block)
+
+
+def grad_values(grad: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """dL/dv `[B, k]` = g[b] . W_dec[i[b, j]], in fp32 (fp64 for fp64 inputs)."""
+    _require()
+    return torch.ops.sae_fast.grad_values(grad, indices, W_dec)
+
+
+def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """Stable counting sort of the flat indices by feature: (perm, offsets [d_sae + 1]).
+
+    On CUDA tensors (no native counting sort there) the same result comes from torch.sort.
+    """
+    _require()
+    if indices.is_cuda:
+        from .triton_decoder import feature_segments as torch_segments
+
+        return torch_segments(indices, d_sae)
+    return torch.ops.sae_fast.feature_segments(indices, d_sae)
+
+
+def feature_reduce(
+    perm: Tensor, offsets: Tensor, coef: Tensor, src: Tensor, with_sum: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-feature `sum coef[b, j] * src[b]` (and sum of coef), deterministic, no atomics."""
+    _require()
+    return torch.ops.sae_fast.feature_reduce(perm, offsets, coef, src, with_sum)
 
 
 if NATIVE_AVAILABLE:
 
+    def _acc(t: Tensor) -> torch.dtype:
+        return torch.float64 if t.dtype == torch.float64 else torch.float32
+
     @torch.library.register_fake("sae_fast::sparse_decode")
-    def _sparse_decode_fake(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor):
+    def _(values, indices, W_dec, b_dec):
         return values.new_empty(values.shape[0], W_dec.shape[1])
+
+    @torch.library.register_fake("sae_fast::topk_encode")
+    def _(x, W_enc, b_enc, b_dec, k, block):
+        return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
+
+    @torch.library.register_fake("sae_fast::grad_values")
+    def _(grad, indices, W_dec):
+        return grad.new_empty(indices.shape, dtype=_acc(W_dec))
+
+    @torch.library.register_fake("sae_fast::feature_segments")
+    def _(indices, d_sae):
+        return indices.new_empty(indices.numel()), indices.new_empty(d_sae + 1)
+
+    @torch.library.register_fake("sae_fast::feature_reduce")
+    def _(perm, offsets, coef, src, with_sum):
+        d_sae = offsets.shape[0] - 1
+        acc = _acc(src)
+        return src.new_empty(d_sae, src.shape[1], dtype=acc), src.new_empty(
+            d_sae if with_sum else 0, dtype=acc
+        )

@@ -9,9 +9,24 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import reference as ref
+from . import triton_decoder as td
+from . import triton_encoder as te
+from .autograd import register_sparse_ops
 from .reference import SparseCode
-from .triton_decoder import triton_decode_sparse
-from .triton_encoder import triton_encode_dense, triton_encode_topk
+from .triton_encoder import triton_encode_dense
+
+
+class TritonKernels:
+    """The kernel set `ops/autograd.py` wires into differentiable ops."""
+
+    encode_topk = staticmethod(te.encode_topk_fwd)
+    decode = staticmethod(td.sparse_decode_fwd)
+    grad_values = staticmethod(td.grad_values)
+    segments = staticmethod(td.feature_segments)
+    feature_reduce = staticmethod(td.feature_reduce)
+
+
+triton_encode_topk, triton_decode_sparse = register_sparse_ops("triton", TritonKernels)
 
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -7,6 +7,8 @@
   indices sorted by feature (stable sort + CSR offsets): one program per (feature, d-block),
   fp32 accumulation, no atomics, so the result is deterministic. It gives dL/dW_dec
   (coef = v, src = g) and dL/dW_enc^T, dL/db_enc (coef = dL/dpre, src = x - b_dec).
+
+The autograd wiring of these kernels lives in `ops/autograd.py`, shared with the native ones.
 """
 
 from __future__ import annotations
@@ -126,74 +128,19 @@ def grad_values(grad: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 
 
 def feature_reduce(
-    indices: Tensor, coef: Tensor, src: Tensor, d_sae: int, with_sum: bool
-) -> tuple[Tensor, Tensor | None]:
-    """out `[d_sae, D]` (fp32) = per-feature sum of coef[b, j] * src[b]; and sum of coef."""
-    K = indices.shape[1]
+    perm: Tensor, offsets: Tensor, coef: Tensor, src: Tensor, with_sum: bool
+) -> tuple[Tensor, Tensor]:
+    """out `[d_sae, D]` (fp32) = per-feature sum of coef[b, j] * src[b] over the segments of
+    `feature_segments`; and the per-feature sum of coef (empty unless `with_sum`)."""
+    K = coef.shape[1]
     D = src.shape[1]
-    perm, offsets = feature_segments(indices, d_sae)
+    d_sae = offsets.numel() - 1
     coef, src = coef.contiguous(), src.contiguous()
     out = torch.empty(d_sae, D, dtype=torch.float32, device=src.device)
-    sums = torch.empty(d_sae, dtype=torch.float32, device=src.device) if with_sum else out
+    sums = torch.empty(d_sae if with_sum else 0, dtype=torch.float32, device=src.device)
     block_d = min(128, triton.next_power_of_2(D))
     _feature_reduce_kernel[(d_sae, triton.cdiv(D, block_d))](
-        perm, offsets, coef, src, out, sums, K, D, WITH_SUM=with_sum, BLOCK_P=16,
-        BLOCK_D=block_d,
+        perm, offsets, coef, src, out, sums if with_sum else out, K, D, WITH_SUM=with_sum,
+        BLOCK_P=16, BLOCK_D=block_d,
     )  # fmt: skip
-    return out, (sums if with_sum else None)
-
-
-# ----------------------------------------------------------------------------- backward
-#   dL/dv[b, j]   = g[b] . W_dec[i[b, j]]
-#   dL/dW_dec[f]  = sum over (b, j) with i[b, j] = f of v[b, j] * g[b]
-#   dL/db_dec     = sum_b g[b]          (the encoder adds -W_enc @ dL/db_enc)
-
-
-def decode_sparse_bwd(
-    grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dv, dL/dW_dec, dL/db_dec) of the sparse decoder, in the parameters' dtype."""
-    dv = grad_values(grad, indices, W_dec).to(values.dtype)
-    dW_dec, _ = feature_reduce(indices, values, grad, W_dec.shape[0], with_sum=False)
-    return dv, dW_dec.to(W_dec.dtype), grad.sum(0, dtype=torch.float32).to(W_dec.dtype)
-
-
-# ----------------------------------------------------------------------------- torch.library
-
-
-@torch.library.custom_op("sae_fast::triton_decode_sparse", mutates_args=())
-def triton_decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-    """Sparse decode `[B, d_in]`, differentiable in values, W_dec and b_dec."""
-    return sparse_decode_fwd(values, indices, W_dec, b_dec)
-
-
-@triton_decode_sparse.register_fake
-def _(values, indices, W_dec, b_dec):
-    return values.new_empty(values.shape[0], W_dec.shape[1])
-
-
-@torch.library.custom_op("sae_fast::triton_decode_sparse_bwd", mutates_args=())
-def triton_decode_sparse_bwd(
-    grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward of `triton_decode_sparse`: (dL/dv, dL/dW_dec, dL/db_dec)."""
-    return decode_sparse_bwd(grad, values, indices, W_dec)
-
-
-@triton_decode_sparse_bwd.register_fake
-def _(grad, values, indices, W_dec):
-    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
-
-
-def _decode_setup(ctx, inputs, output):
-    values, indices, W_dec, _b_dec = inputs
-    ctx.save_for_backward(values, indices, W_dec)
-
-
-def _decode_backward(ctx, grad):
-    values, indices, W_dec = ctx.saved_tensors
-    dv, dW_dec, db_dec = triton_decode_sparse_bwd(grad, values, indices, W_dec)
-    return dv, None, dW_dec, db_dec
-
-
-triton_decode_sparse.register_autograd(_decode_backward, setup_context=_decode_setup)
+    return out, sums

@@ -243,38 +243,6 @@ def encode_dense_fwd(
     return out
 
 
-# ----------------------------------------------------------------------------- backward
-# Through pre = (x - b_dec) @ W_enc + b_enc with dL/dpre sparse ([B, k] at `indices`):
-#   dL/dW_enc[:, f] = sum_{(b,j): i[b,j]=f} dL/dpre[b,j] * (x[b] - b_dec)
-#   dL/db_enc[f]    = sum_{(b,j): i[b,j]=f} dL/dpre[b,j]
-#   dL/db_dec       = -W_enc @ dL/db_enc         (the decoder adds its own sum_b g[b])
-#   dL/dx[b]        =  sum_j dL/dpre[b,j] * W_enc[:, i[b,j]]
-
-
-def encode_topk_bwd(
-    grad_values: Tensor,
-    x: Tensor,
-    W_enc: Tensor,
-    b_dec: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    need_x_grad: bool,
-):
-    """Gradients (dx | None, dW_enc, db_enc, db_dec) of the TopK encoder."""
-    from .triton_decoder import feature_reduce, sparse_decode_fwd
-
-    d_pre = grad_values * (values > 0).to(grad_values.dtype)  # [B, k] ReLU mask
-    xc = x - b_dec  # [B, d_in]
-    dW_enc_t, db_enc = feature_reduce(indices, d_pre, xc, W_enc.shape[1], with_sum=True)
-    dW_enc = dW_enc_t.t().to(W_enc.dtype)  # [d_in, d_sae]
-    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never an fp32 copy of W_enc
-    db_dec = ref.b_dec_grad_through_encoder(W_enc, db_enc).to(b_dec.dtype)
-    dx = None
-    if need_x_grad:  # a sparse decode with W_enc^T as the dictionary
-        dx = sparse_decode_fwd(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
-    return dx, dW_enc, db_enc, db_dec
-
-
 def encode_dense_bwd(grad: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, acts: Tensor):
     """Gradients (dx, dW_enc, db_enc, db_dec) of the dense encoder: dense GEMMs (cuBLAS).
 
@@ -287,63 +255,7 @@ def encode_dense_bwd(grad: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, acts
 
 
 # ----------------------------------------------------------------------------- torch.library
-# Opaque custom ops with fake implementations, so torch.compile(fullgraph=True) sees through
-# the module; autograd is registered on the forward ops and calls the backward ops.
-
-
-@torch.library.custom_op("sae_fast::triton_encode_topk", mutates_args=())
-def triton_encode_topk(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int
-) -> tuple[Tensor, Tensor]:
-    """Fused TopK encode (values, int64 indices), differentiable in W_enc, b_enc, b_dec, x."""
-    return encode_topk_fwd(x, W_enc, b_enc, b_dec, k)
-
-
-@triton_encode_topk.register_fake
-def _(x, W_enc, b_enc, b_dec, k):
-    return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
-
-
-@torch.library.custom_op("sae_fast::triton_encode_topk_bwd", mutates_args=())
-def triton_encode_topk_bwd(
-    grad_values: Tensor,
-    x: Tensor,
-    W_enc: Tensor,
-    b_dec: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    need_x_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward of `triton_encode_topk`; dx is empty unless `need_x_grad`."""
-    dx, dW_enc, db_enc, db_dec = encode_topk_bwd(
-        grad_values, x, W_enc, b_dec, values, indices, need_x_grad
-    )
-    return (x.new_empty(0) if dx is None else dx), dW_enc.contiguous(), db_enc, db_dec
-
-
-@triton_encode_topk_bwd.register_fake
-def _(grad_values, x, W_enc, b_dec, values, indices, need_x_grad):
-    dx = torch.empty_like(x) if need_x_grad else x.new_empty(0)
-    return dx, torch.empty_like(W_enc), W_enc.new_empty(W_enc.shape[1]), torch.empty_like(b_dec)
-
-
-def _topk_setup(ctx, inputs, output):
-    x, W_enc, _b_enc, b_dec, _k = inputs
-    values, indices = output
-    ctx.save_for_backward(x, W_enc, b_dec, values, indices)
-    ctx.mark_non_differentiable(indices)
-
-
-def _topk_backward(ctx, grad_values, _grad_indices):
-    x, W_enc, b_dec, values, indices = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    dx, dW_enc, db_enc, db_dec = triton_encode_topk_bwd(
-        grad_values, x, W_enc, b_dec, values, indices, need_x
-    )
-    return (dx if need_x else None), dW_enc, db_enc, db_dec, None
-
-
-triton_encode_topk.register_autograd(_topk_backward, setup_context=_topk_setup)
+# The dense-code op (ReLU/JumpReLU); the TopK ops are registered by ops/autograd.py.
 
 
 @torch.library.custom_op("sae_fast::triton_encode_dense", mutates_args=())

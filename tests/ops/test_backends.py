@@ -1,16 +1,38 @@
-"""SparseAutoencoder(backend="triton") end to end: values and every gradient against the
-reference, the low-precision rule, determinism, torch.compile, and training."""
+"""Every kernel backend (triton, native) end to end through SparseAutoencoder: values and
+every gradient against the reference (torch) backend, the low-precision rule, determinism,
+torch.compile, and training. Each test runs for each backend this machine has."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import sae_fast
 from sae_fast import SparseAutoencoder
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import assert_close
 
-pytest.importorskip("triton", reason="triton is not installed")
+BACKENDS = [
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            "triton" not in sae_fast.available_backends(DEVICE),
+            reason="triton backend unavailable (no triton, or no CUDA and no TRITON_INTERPRET)",
+        ),
+    ),
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            "native" not in sae_fast.available_backends("cpu"),
+            reason=f"native backend unavailable: {sae_fast.NATIVE_IMPORT_ERROR}",
+        ),
+    ),
+]
+
+
+def _device(backend: str) -> str:
+    return "cpu" if backend == "native" else DEVICE
+
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 TOPK_SHAPES = [(1, 97, 1031, 1), (33, 97, 1031, 7), (33, 97, 1031, 64), (5, 7, 13, 13)]
@@ -20,11 +42,12 @@ if ON_GPU:
     DENSE_SHAPES += [(1024, 768, 24576, 64)]
 
 
-def _pair(activation, d_in, d_sae, k, dtype=torch.float32, seed=0):
-    """A triton SAE and an identical torch-backend SAE with non-trivial parameters."""
+def _pair(backend, activation, d_in, d_sae, k, dtype=torch.float32, seed=0):
+    """A kernel-backend SAE and an identical torch-backend SAE, non-trivial parameters."""
     torch.manual_seed(seed)
+    dev = _device(backend)
     a = SparseAutoencoder(
-        d_in, d_sae, activation=activation, k=k, backend="triton", dtype=dtype, device=DEVICE
+        d_in, d_sae, activation=activation, k=k, backend=backend, dtype=dtype, device=dev
     )
     with torch.no_grad():
         a.b_enc.normal_(0, 0.1)
@@ -32,7 +55,7 @@ def _pair(activation, d_in, d_sae, k, dtype=torch.float32, seed=0):
         if a.threshold is not None:
             a.threshold.uniform_(0.0, 0.1)
     b = SparseAutoencoder(
-        d_in, d_sae, activation=activation, k=k, backend="torch", dtype=dtype, device=DEVICE
+        d_in, d_sae, activation=activation, k=k, backend="torch", dtype=dtype, device=dev
     )
     b.load_state_dict(a.state_dict())
     return a, b
@@ -59,10 +82,13 @@ def _run(sae, x, seed=1):
     return sae(x.detach()), {n: getattr(sae, n).grad for n in PARAMS} | {"x": x.grad}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B,d_in,d_sae,k", TOPK_SHAPES)
-def test_topk_values_and_gradients_match_reference(B, d_in, d_sae, k):
-    tri, ref_sae = _pair("topk", d_in, d_sae, k)
-    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(B)).to(DEVICE)
+def test_topk_values_and_gradients_match_reference(backend, B, d_in, d_sae, k):
+    if backend == "native" and d_sae > 4096:
+        pytest.skip("GPU-sized shape")
+    tri, ref_sae = _pair(backend, "topk", d_in, d_sae, k)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(B)).to(tri.device)
     out_t, grads_t = _run(tri, x)
     out_r, grads_r = _run(ref_sae, x)
     assert torch.equal(out_t.indices, out_r.indices)
@@ -72,11 +98,14 @@ def test_topk_values_and_gradients_match_reference(B, d_in, d_sae, k):
         assert_close(grads_t[name], g, f"{name}.grad", rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("activation", ["relu", "jumprelu", "batchtopk"])
 @pytest.mark.parametrize("B,d_in,d_sae,k", DENSE_SHAPES)
-def test_dense_codes_values_and_gradients_match_reference(activation, B, d_in, d_sae, k):
-    tri, ref_sae = _pair(activation, d_in, d_sae, k)
-    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(B)).to(DEVICE)
+def test_dense_codes_values_and_gradients_match_reference(backend, activation, B, d_in, d_sae, k):
+    if backend == "native" and d_sae > 4096:
+        pytest.skip("GPU-sized shape")
+    tri, ref_sae = _pair(backend, activation, d_in, d_sae, k)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(B)).to(tri.device)
     out_t, grads_t = _run(tri, x)
     out_r, grads_r = _run(ref_sae, x)
     assert_close(out_t.feature_acts, out_r.feature_acts, "acts", rtol=1e-4, atol=1e-5)
@@ -91,17 +120,19 @@ def _rel_err(a, ref64):
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_error_within_twice_torch(dtype):
+def test_low_precision_error_within_twice_torch(backend, dtype):
     B, d_in, d_sae, k = 33, 97, 1031, 7
-    tri, _ = _pair("topk", d_in, d_sae, k, dtype=torch.float32)
-    exact = SparseAutoencoder(d_in, d_sae, k=k, backend="torch", dtype=torch.float64, device=DEVICE)
+    tri, _ = _pair(backend, "topk", d_in, d_sae, k, dtype=torch.float32)
+    dev = tri.device
+    exact = SparseAutoencoder(d_in, d_sae, k=k, backend="torch", dtype=torch.float64, device=dev)
     exact.load_state_dict({n: t.double() for n, t in tri.state_dict().items()})
-    low_t = SparseAutoencoder(d_in, d_sae, k=k, backend="triton", dtype=dtype, device=DEVICE)
-    low_r = SparseAutoencoder(d_in, d_sae, k=k, backend="torch", dtype=dtype, device=DEVICE)
+    low_t = SparseAutoencoder(d_in, d_sae, k=k, backend=backend, dtype=dtype, device=dev)
+    low_r = SparseAutoencoder(d_in, d_sae, k=k, backend="torch", dtype=dtype, device=dev)
     for m in (low_t, low_r):
         m.load_state_dict({n: t.to(dtype) for n, t in tri.state_dict().items()})
-    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(0)).to(dev)
     out_e, grads_e = _run(exact, x.double())
     out_t, grads_t = _run(low_t, x.to(dtype))
     out_r, grads_r = _run(low_r, x.to(dtype))
@@ -114,9 +145,10 @@ def test_low_precision_error_within_twice_torch(dtype):
         )
 
 
-def test_forward_and_backward_are_bitwise_deterministic():
-    tri, _ = _pair("topk", 97, 1031, 7)
-    x = torch.randn(33, 97, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_and_backward_are_bitwise_deterministic(backend):
+    tri, _ = _pair(backend, "topk", 97, 1031, 7)
+    x = torch.randn(33, 97, generator=torch.Generator().manual_seed(5)).to(tri.device)
     out_a, grads_a = _run(tri, x)
     out_b, grads_b = _run(tri, x)
     assert torch.equal(out_a.indices, out_b.indices)
@@ -125,9 +157,10 @@ def test_forward_and_backward_are_bitwise_deterministic():
         assert torch.equal(grads_a[name], grads_b[name]), name
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    tri, _ = _pair("topk", 16, 64, 4)
-    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    tri, _ = _pair(backend, "topk", 16, 64, 4)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(tri.device)
     torch._dynamo.reset()
     compiled = torch.compile(tri, fullgraph=True)
     out_c = compiled(x)
@@ -142,19 +175,20 @@ def test_torch_compile_fullgraph_matches_eager():
         assert_close(grads_c[n], getattr(tri, n).grad, f"compiled {n}.grad", rtol=1e-5, atol=1e-6)
 
 
-def test_triton_backend_trains_like_the_reference():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_trains_like_the_reference(backend):
     from sae_fast.data.synthetic import ToySuperposition
     from sae_fast.train import fit
 
     toy = ToySuperposition.make(n_features=64, d=16, active_per_sample=2.0, seed=7)
-    tri, ref_sae = _pair("topk", 16, 64, 3)
+    tri, ref_sae = _pair(backend, "topk", 16, 64, 3)
     losses = []
     for sae in (tri, ref_sae):
         gen = torch.Generator().manual_seed(0)
         losses.append(
             fit(
                 sae,
-                lambda b, gen=gen: toy.sample(b, gen).to(DEVICE),
+                lambda b, gen=gen: toy.sample(b, gen).to(tri.device),
                 steps=15,
                 batch_size=64,
                 lr=1e-2,
@@ -165,3 +199,23 @@ def test_triton_backend_trains_like_the_reference():
         torch.tensor(losses[0]), torch.tensor(losses[1]), "loss curve", rtol=1e-3, atol=1e-4
     )
     assert_close(tri.W_dec, ref_sae.W_dec, "trained W_dec", rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("B,d_in,d_sae,k", [(1, 7, 13, 1), (5, 7, 13, 13), (33, 97, 1031, 7)])
+def test_native_float64_gradients_are_tight(B, d_in, d_sae, k):
+    if "native" not in sae_fast.available_backends("cpu"):
+        pytest.skip(f"native backend unavailable: {sae_fast.NATIVE_IMPORT_ERROR}")
+    nat, ref_sae = _pair("native", "topk", d_in, d_sae, k, dtype=torch.float64)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(B), dtype=torch.float64)
+    out_n, grads_n = _run(nat, x)
+    out_r, grads_r = _run(ref_sae, x)
+    assert torch.equal(out_n.indices, out_r.indices)
+    assert_close(out_n.reconstruction, out_r.reconstruction, "recon", rtol=1e-12, atol=1e-12)
+    for name, g in grads_r.items():
+        assert_close(grads_n[name], g, f"fp64 {name}.grad", rtol=1e-10, atol=1e-12)
+
+
+def test_auto_picks_native_on_cpu():
+    if "native" not in sae_fast.available_backends("cpu"):
+        pytest.skip(f"native backend unavailable: {sae_fast.NATIVE_IMPORT_ERROR}")
+    assert SparseAutoencoder(8, 16, k=2).active_backend == "native"

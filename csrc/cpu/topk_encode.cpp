@@ -1,0 +1,136 @@
+// TopK encoder on the CPU: pre = (x - b_dec) @ W_enc + b_enc, one block of features at a
+// time (a BLAS call per block on a strided view of W_enc, no copy), merged into a running
+// per-row top-k kept as a min-heap whose root is the worst kept entry. Peak extra memory is
+// O(B * block), never O(B * d_sae). Order: value descending, then lower index first; a
+// later feature never displaces an equal earlier one, so ties go to the lower index.
+#include <algorithm>
+#include <vector>
+
+#include <ATen/OpMathType.h>
+
+#include "../checks.h"
+#include "kernels.h"
+
+namespace sae_fast {
+
+namespace {
+
+template <typename acc_t>
+struct Entry {
+  acc_t value;
+  int64_t index;
+};
+
+// a ranks before b: larger value, then lower index.
+template <typename acc_t>
+inline bool ranks_before(const Entry<acc_t>& a, const Entry<acc_t>& b) {
+  return a.value > b.value || (a.value == b.value && a.index < b.index);
+}
+
+// Min-heap on rank: heap[0] is the entry that ranks last.
+template <typename acc_t>
+inline void sift_down(Entry<acc_t>* heap, int64_t n, int64_t i) {
+  for (;;) {
+    int64_t worst = i;
+    const int64_t l = 2 * i + 1, r = l + 1;
+    if (l < n && ranks_before(heap[worst], heap[l])) worst = l;
+    if (r < n && ranks_before(heap[worst], heap[r])) worst = r;
+    if (worst == i) return;
+    std::swap(heap[i], heap[worst]);
+    i = worst;
+  }
+}
+
+template <typename acc_t>
+inline void sift_up(Entry<acc_t>* heap, int64_t i) {
+  while (i > 0) {
+    const int64_t parent = (i - 1) / 2;
+    if (!ranks_before(heap[parent], heap[i])) return;
+    std::swap(heap[i], heap[parent]);
+    i = parent;
+  }
+}
+
+// Merge one block of pre-activations [B, nb] (features f0..f0+nb) into the row heaps.
+template <typename scalar_t, typename acc_t>
+void merge_block(const scalar_t* __restrict__ pre, int64_t B, int64_t nb, int64_t f0, int64_t k,
+                 Entry<acc_t>* heaps, int64_t* sizes) {
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    Entry<acc_t>* heap = heaps + b * k;
+    int64_t n = sizes[b];
+    const scalar_t* row = pre + b * nb;
+    int64_t c = 0;
+    for (; c < nb && n < k; ++c) {  // fill phase
+      heap[n] = {static_cast<acc_t>(row[c]), f0 + c};
+      sift_up(heap, n++);
+    }
+    acc_t floor = heap[0].value;  // the worst kept value; strictly greater is needed
+    constexpr int64_t kChunk = 32;
+    while (c < nb) {
+      const int64_t end = std::min(nb, c + kChunk);
+      // Most chunks cannot beat the floor once the heap is warm: test them with one SIMD max.
+      acc_t chunk_max = static_cast<acc_t>(row[c]);
+#pragma omp simd reduction(max : chunk_max)
+      for (int64_t q = c; q < end; ++q) chunk_max = std::max(chunk_max, static_cast<acc_t>(row[q]));
+      if (!(chunk_max > floor)) {  // NaN never displaces a kept entry, as in the scalar path
+        c = end;
+        continue;
+      }
+      for (; c < end; ++c) {
+        const acc_t v = static_cast<acc_t>(row[c]);
+        if (!(v > floor)) continue;  // equal: the kept one has the lower index
+        heap[0] = {v, f0 + c};
+        sift_down(heap, k, 0);
+        floor = heap[0].value;
+      }
+    }
+    sizes[b] = n;
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
+                                                   const at::Tensor& b_enc, const at::Tensor& b_dec,
+                                                   int64_t k, int64_t block) {
+  SAE_CHECK_CPU(x); SAE_CHECK_CPU(W_enc); SAE_CHECK_CPU(b_enc); SAE_CHECK_CPU(b_dec);
+  SAE_CHECK_DIM(x, 2); SAE_CHECK_DIM(W_enc, 2); SAE_CHECK_DIM(b_enc, 1); SAE_CHECK_DIM(b_dec, 1);
+  SAE_CHECK_SAME_DTYPE(x, W_enc); SAE_CHECK_SAME_DTYPE(b_enc, W_enc); SAE_CHECK_SAME_DTYPE(b_dec, W_enc);
+  const int64_t B = x.size(0), d_in = x.size(1), d_sae = W_enc.size(1);
+  TORCH_CHECK(W_enc.size(0) == d_in, "W_enc must have shape [", d_in, ", d_sae] to match x, got ", W_enc.sizes());
+  TORCH_CHECK(b_enc.size(0) == d_sae, "b_enc must have shape [", d_sae, "], got ", b_enc.sizes());
+  TORCH_CHECK(b_dec.size(0) == d_in, "b_dec must have shape [", d_in, "], got ", b_dec.sizes());
+  TORCH_CHECK(k >= 1 && k <= d_sae, "k must be in [1, ", d_sae, "], got ", k);
+  TORCH_CHECK(block >= 1, "block must be >= 1, got ", block);
+  TORCH_CHECK(W_enc.stride(1) == 1, "W_enc must be row-major (stride 1 along d_sae)");
+
+  auto xc = (x - b_dec).contiguous();  // [B, d_in]
+  auto values = at::empty({B, k}, x.options());
+  auto indices = at::empty({B, k}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "topk_encode_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<Entry<acc_t>> heaps(B * k);
+    std::vector<int64_t> sizes(B, 0);
+    for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
+      const int64_t nb = std::min(block, d_sae - f0);
+      // pre block [B, nb] = b_enc[f0:] + xc @ W_enc[:, f0:f0+nb]   (BLAS, strided view)
+      auto pre = at::addmm(b_enc.narrow(0, f0, nb), xc, W_enc.narrow(1, f0, nb)).contiguous();
+      merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), B, nb, f0, k, heaps.data(), sizes.data());
+    }
+    scalar_t* vout = values.data_ptr<scalar_t>();
+    int64_t* iout = indices.data_ptr<int64_t>();
+_Pragma("omp parallel for schedule(static)")
+    for (int64_t b = 0; b < B; ++b) {
+      Entry<acc_t>* heap = heaps.data() + b * k;
+      std::sort(heap, heap + k, ranks_before<acc_t>);
+      for (int64_t j = 0; j < k; ++j) {
+        vout[b * k + j] = static_cast<scalar_t>(std::max(heap[j].value, acc_t(0)));  // ReLU
+        iout[b * k + j] = heap[j].index;
+      }
+    }
+  });
+  return {values, indices};
+}
+
+}  // namespace sae_fast

@@ -1,0 +1,162 @@
+"""The autograd layer joining a TopK encoder, a sparse decoder and the sparse backward.
+
+One implementation of the math for every kernel set (Triton, native C++/CUDA): a backend
+hands `register_sparse_ops` an object with five kernels, and gets back two differentiable
+`torch.library` custom ops (with fake implementations, so `torch.compile(fullgraph=True)`
+sees through them):
+
+    encode_topk(x, W_enc, b_enc, b_dec, k) -> (values [B, k], indices [B, k] int64)
+    decode(values, indices, W [n, D] (may be a strided view), b [D]) -> [B, D]
+    grad_values(g [B, D], indices, W_dec) -> dL/dv [B, k] (fp32 or fp64)
+    segments(indices, d_sae) -> (perm [B*k], offsets [d_sae + 1]), positions sorted by feature
+    feature_reduce(perm, offsets, coef [B, k], src [B, D], with_sum) -> (out [d_sae, D], sums)
+
+Backward (DESIGN.md section 3):
+    decoder: dL/dv = g . W_dec[i];   dL/dW_dec[f] = sum_{i[b,j]=f} v[b,j] g[b]
+             dL/db_dec += sum_b g[b]
+    encoder: dL/dpre = dL/dv * (v > 0)
+             dL/dW_enc[:, f] = sum_{i[b,j]=f} dL/dpre[b,j] (x[b] - b_dec)
+             dL/db_enc[f] = sum_{i[b,j]=f} dL/dpre[b,j];  dL/db_dec += -W_enc @ dL/db_enc
+             dL/dx[b] = sum_j dL/dpre[b,j] W_enc[:, i[b,j]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from . import reference as ref
+
+
+class SparseKernels(Protocol):
+    """The five kernels a backend provides (see the module docstring)."""
+
+    encode_topk: Callable[..., tuple[Tensor, Tensor]]
+    decode: Callable[..., Tensor]
+    grad_values: Callable[..., Tensor]
+    segments: Callable[..., tuple[Tensor, Tensor]]
+    feature_reduce: Callable[..., tuple[Tensor, Tensor]]
+
+
+def topk_encoder_backward(
+    kern: SparseKernels,
+    grad_values: Tensor,
+    x: Tensor,
+    W_enc: Tensor,
+    b_dec: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    need_x_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx or an empty tensor, dW_enc, db_enc, db_dec through the encoder)."""
+    d_pre = grad_values * (values > 0).to(grad_values.dtype)  # [B, k] ReLU mask
+    perm, offsets = kern.segments(indices, W_enc.shape[1])
+    dW_enc_t, db_enc = kern.feature_reduce(perm, offsets, d_pre, x - b_dec, True)
+    dW_enc = dW_enc_t.t().to(W_enc.dtype).contiguous()  # [d_in, d_sae]
+    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
+    db_dec = ref.b_dec_grad_through_encoder(W_enc, db_enc).to(b_dec.dtype)
+    if need_x_grad:  # a sparse decode with W_enc^T as the dictionary
+        dx = kern.decode(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
+    else:
+        dx = x.new_empty(0)
+    return dx, dW_enc, db_enc, db_dec
+
+
+def sparse_decoder_backward(
+    kern: SparseKernels, grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dv, dL/dW_dec, dL/db_dec from the decoder) in the parameters' dtypes."""
+    dv = kern.grad_values(grad, indices, W_dec).to(values.dtype)
+    perm, offsets = kern.segments(indices, W_dec.shape[0])
+    dW_dec, _ = kern.feature_reduce(perm, offsets, values, grad, False)
+    db_dec = grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+    return dv, dW_dec.to(W_dec.dtype), db_dec.to(W_dec.dtype)
+
+
+def register_sparse_ops(prefix: str, kern: SparseKernels) -> tuple[Callable, Callable]:
+    """Register `sae_fast::{prefix}_encode_topk` and `sae_fast::{prefix}_decode_sparse`
+    (and their backward ops) with autograd; returns the two forward ops."""
+    lib = f"sae_fast::{prefix}"
+
+    @torch.library.custom_op(f"{lib}_encode_topk", mutates_args=())
+    def encode_topk(
+        x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int
+    ) -> tuple[Tensor, Tensor]:
+        return kern.encode_topk(x, W_enc, b_enc, b_dec, k)
+
+    @encode_topk.register_fake
+    def _(x, W_enc, b_enc, b_dec, k):
+        return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
+
+    @torch.library.custom_op(f"{lib}_encode_topk_bwd", mutates_args=())
+    def encode_topk_bwd(
+        grad_values: Tensor,
+        x: Tensor,
+        W_enc: Tensor,
+        b_dec: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        need_x_grad: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return topk_encoder_backward(
+            kern, grad_values, x, W_enc, b_dec, values, indices, need_x_grad
+        )
+
+    @encode_topk_bwd.register_fake
+    def _(grad_values, x, W_enc, b_dec, values, indices, need_x_grad):
+        dx = torch.empty_like(x) if need_x_grad else x.new_empty(0)
+        return (
+            dx,
+            torch.empty_like(W_enc),
+            W_enc.new_empty(W_enc.shape[1]),
+            torch.empty_like(b_dec),
+        )
+
+    def encode_setup(ctx, inputs, output):
+        x, W_enc, _b_enc, b_dec, _k = inputs
+        values, indices = output
+        ctx.save_for_backward(x, W_enc, b_dec, values, indices)
+        ctx.mark_non_differentiable(indices)
+
+    def encode_backward(ctx, grad_values, _grad_indices):
+        x, W_enc, b_dec, values, indices = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        dx, dW_enc, db_enc, db_dec = encode_topk_bwd(
+            grad_values, x, W_enc, b_dec, values, indices, need_x
+        )
+        return (dx if need_x else None), dW_enc, db_enc, db_dec, None
+
+    encode_topk.register_autograd(encode_backward, setup_context=encode_setup)
+
+    @torch.library.custom_op(f"{lib}_decode_sparse", mutates_args=())
+    def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+        return kern.decode(values, indices, W_dec, b_dec)
+
+    @decode_sparse.register_fake
+    def _(values, indices, W_dec, b_dec):
+        return values.new_empty(values.shape[0], W_dec.shape[1])
+
+    @torch.library.custom_op(f"{lib}_decode_sparse_bwd", mutates_args=())
+    def decode_sparse_bwd(
+        grad: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return sparse_decoder_backward(kern, grad, values, indices, W_dec)
+
+    @decode_sparse_bwd.register_fake
+    def _(grad, values, indices, W_dec):
+        return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+
+    def decode_setup(ctx, inputs, output):
+        values, indices, W_dec, _b_dec = inputs
+        ctx.save_for_backward(values, indices, W_dec)
+
+    def decode_backward(ctx, grad):
+        values, indices, W_dec = ctx.saved_tensors
+        dv, dW_dec, db_dec = decode_sparse_bwd(grad, values, indices, W_dec)
+        return dv, None, dW_dec, db_dec
+
+    decode_sparse.register_autograd(decode_backward, setup_context=decode_setup)
+    return encode_topk, decode_sparse
