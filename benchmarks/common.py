@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -40,3 +42,16 @@ def machine(device: str = "cpu") -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Write `rows` (dicts with the same keys) to `path` atomically: temp file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return path

@@ -16,7 +16,6 @@ Results are printed and written to `benchmarks/results/cpu-<date>-cpu_step.csv`.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import subprocess
@@ -27,7 +26,7 @@ import torch
 
 from sae_fast import SparseAutoencoder
 
-from .common import machine, median_ms
+from .common import machine, median_ms, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -156,15 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     for r in results:
         r["machine"] = machine()
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"cpu-{dt.date.today().isoformat()}-cpu_step.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(results[0]))
-        w.writeheader()
-        w.writerows(results)
-    tmp.replace(path)
-    print(f"wrote {path}")
+    write_csv(results, a.out / f"cpu-{dt.date.today().isoformat()}-cpu_step.csv")
     return results
 
 

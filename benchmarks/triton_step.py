@@ -13,7 +13,6 @@ step <= 1.25x the GEMM and no B x d_sae buffer; the optimizer step is reported a
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from sae_fast import SparseAutoencoder
 
-from .common import machine, median_ms
+from .common import machine, median_ms, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -136,16 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{name:32s} {ms:9.2f} {row['tflops']:8.1f} {row['ratio_to_gemm']:7.2f} {peak_s:>9s}")
     print(f"(a B x d_sae buffer in {a.dtype} is {dense_buffer_mb:.0f} MB)")
 
-    a.out.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if dev.startswith("cuda") else "cpu-interpreter"
-    path = a.out / f"{tag}-{dt.date.today().isoformat()}-triton_step.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(results[0]))
-        w.writeheader()
-        w.writerows(results)
-    tmp.replace(path)
-    print(f"wrote {path}")
+    write_csv(results, a.out / f"{tag}-{dt.date.today().isoformat()}-triton_step.csv")
     return results
 
 
