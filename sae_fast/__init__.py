@@ -11,11 +11,19 @@ import warnings
 
 __version__ = "0.1.0"
 
-from .config import SAEConfig
+from .config import SAEConfig, TrainConfig
 from .errors import BackendUnavailableError, ConfigError, FormatError, SAEFastError
 from .ops.dispatch import available_backends
 from .ops.native import NATIVE_AVAILABLE, NATIVE_IMPORT_ERROR
 from .sae import SAEOutput, SparseAutoencoder
+
+
+def train(cfg: TrainConfig):
+    """Collect activations, train an SAE as `cfg` says, save it under `cfg.out`/sae."""
+    from .training import train as _train
+
+    return _train(cfg)
+
 
 if not NATIVE_AVAILABLE:
     warnings.warn(
@@ -33,6 +41,8 @@ __all__ = [
     "SAEFastError",
     "SAEOutput",
     "SparseAutoencoder",
+    "TrainConfig",
     "__version__",
     "available_backends",
+    "train",
 ]

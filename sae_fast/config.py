@@ -111,3 +111,104 @@ class SAEConfig:
         if missing:
             raise ConfigError(f"config is missing required keys {missing}")
         return cls(**data)
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field whose help text `sae-fast train --help` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; every field is also a `sae-fast train` flag."""
+
+    model: str = _opt("embedded", 'HF model name or local dir; "embedded" = all-MiniLM-L6-v2')
+    hook: str = _opt("layers.3.residual", "see `sae-fast hooks MODEL`")
+    corpus: str = _opt("embedded", '"embedded", a .txt/.md file or dir, a .jsonl, a datasets dir')
+    text_field: str = _opt("text", "JSONL / datasets field holding the text")
+    context_size: int = _opt(128, "tokens per window, special tokens included")
+    max_tokens: int = _opt(100_000, "activations collected (the training set)")
+    cache: str | None = _opt(None, "activation cache dir (read if present, else written)")
+    activation: str = _opt("topk", "topk | batchtopk | relu | jumprelu")
+    expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
+    d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
+    k: int = _opt(32, "active latents per token (topk) / per token on average (batchtopk)")
+    steps: int = _opt(1500, "optimizer steps")
+    batch_size: int = _opt(1024, "tokens per step")
+    lr: float = _opt(4e-4, "peak Adam learning rate")
+    warmup_steps: int = _opt(50, "linear LR warmup")
+    decay_start: float = _opt(0.8, "fraction of steps after which the LR decays linearly to 0")
+    grad_clip: float | None = _opt(1.0, "max global grad norm (None: off)")
+    auxk_coefficient: float = _opt(1 / 32, "topk / batchtopk")
+    dead_after_tokens: int = _opt(200_000, "a latent is dead after this many tokens without firing")
+    l1_coefficient: float = _opt(5.0, "relu")
+    l1_warmup_steps: int = _opt(200, "relu: L1 coefficient ramps up linearly")
+    l0_coefficient: float = _opt(1.0, "jumprelu")
+    jumprelu_bandwidth: float = _opt(0.001, "jumprelu bandwidth")
+    jumprelu_init_threshold: float = _opt(0.001, "jumprelu init threshold")
+    normalize_activations: bool = _opt(True, "scale inputs to mean norm sqrt(d_in); folded on save")
+    autocast_bf16: bool = _opt(False, "bf16 autocast for the forward pass")
+    backend: str = _opt("auto", "backend")
+    seed: int = _opt(0, "seed")
+    out: str = _opt("runs/sae", "run dir: sae/, checkpoints/, metrics.jsonl")
+    checkpoint_every: int = _opt(500, "steps between checkpoints (0: only at the end / Ctrl-C)")
+    resume: str | None = _opt(None, "checkpoint dir to continue from")
+    log_every: int = _opt(50, "log every")
+    progress: bool = _opt(True, "tqdm progress bar")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that is wrong."""
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
+            )
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        for name, minimum in (
+            ("context_size", 4),
+            ("max_tokens", 1),
+            ("expansion", 1),
+            ("k", 1),
+            ("steps", 0),
+            ("batch_size", 1),
+            ("warmup_steps", 0),
+            ("dead_after_tokens", 1),
+            ("l1_warmup_steps", 0),
+            ("checkpoint_every", 0),
+            ("log_every", 1),
+            ("seed", 0),
+        ):
+            check_int(name, getattr(self, name), minimum)
+        if self.d_sae is not None:
+            check_int("d_sae", self.d_sae, 1)
+        for name in (
+            "lr",
+            "auxk_coefficient",
+            "l1_coefficient",
+            "l0_coefficient",
+            "jumprelu_bandwidth",
+            "jumprelu_init_threshold",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise ConfigError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown train config keys {unknown}")
+        return cls(**data)

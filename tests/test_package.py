@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,30 +44,121 @@ def test_extension_is_built_in_this_install():
         assert sae_fast.NATIVE_AVAILABLE, sae_fast.NATIVE_IMPORT_ERROR
 
 
-def test_demo_runs_and_saves_a_loadable_sae(tmp_path):
-    out = tmp_path / "toy"
+def test_demo_trains_on_the_embedded_default_and_shows_features(tmp_path):
     r = subprocess.run(
         [
             sys.executable,
             "-m",
             "sae_fast.demo",
-            "--features",
-            "128",
-            "--dim",
-            "32",
-            "--k",
-            "4",
             "--steps",
-            "300",
+            "40",
+            "--max-tokens",
+            "4000",
             "--out",
-            str(out),
+            str(tmp_path / "demo"),
         ],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=300,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "recovered" in r.stdout and "true directions" in r.stdout
-    sae = sae_fast.SparseAutoencoder.load(out)
-    assert (sae.d_in, sae.d_sae, sae.k) == (32, 256, 4)
+    assert "trained a topk SAE 384 -> 3072 (k=32) on 4,000 tokens" in r.stdout
+    assert "FVU" in r.stdout and "dead latents" in r.stdout
+    assert "[[" in r.stdout  # at least one feature's top context with its token marked
+    sae = sae_fast.SparseAutoencoder.load(tmp_path / "demo" / "sae")
+    assert (sae.d_in, sae.d_sae, sae.k) == (384, 3072, 32)
+
+
+def test_cli_train_hooks_and_errors(tmp_path):
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "sae_fast.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+
+    r = cli("hooks")
+    assert r.returncode == 0 and r.stdout.split()[:2] == ["embeddings", "layers.0.attn_out"]
+    assert len(r.stdout.split()) == 1 + 6 * 3
+    r = cli("train", "--hook", "layers.9.residual")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: unknown hook 'layers.9.residual'")
+    r = cli(
+        "train",
+        "--steps",
+        "3",
+        "--max-tokens",
+        "500",
+        "--batch-size",
+        "64",
+        "--d-sae",
+        "512",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "saved" in r.stdout and (tmp_path / "run" / "sae" / "cfg.json").exists()
+    r = cli("train", "--help")
+    assert r.returncode == 0 and "--dead-after-tokens" in r.stdout and "(default: 32)" in r.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [
+        sys.executable,
+        "-m",
+        "sae_fast.cli",
+        "train",
+        "--max-tokens",
+        "800",
+        "--batch-size",
+        "64",
+        "--d-sae",
+        "512",
+        "--no-progress",
+        "--log-every",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.Popen(
+        [*args, "--steps", "1000000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "checkpoint saved" in out and "Traceback" not in err
+    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    step = int(ckpt.name.split("_")[1])
+    r = subprocess.run(
+        [*args, "--steps", str(step + 2), "--resume", str(ckpt)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    assert last["step"] == step + 2

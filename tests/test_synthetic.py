@@ -9,7 +9,7 @@ import torch
 
 from sae_fast import SparseAutoencoder
 from sae_fast.data.synthetic import ToySuperposition, recovered_fraction
-from sae_fast.train import fit
+from sae_fast.training import fit
 
 
 def test_topk_sae_recovers_superposed_features():

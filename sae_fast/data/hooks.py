@@ -1,0 +1,145 @@
+"""Uniform hook-point names over Hugging Face transformer module trees.
+
+    embeddings            input of the first block (token + position embeddings)
+    layers.{i}.residual   output of block i (the residual stream after it)
+    layers.{i}.attn_out   output of block i's attention, before the residual add
+    layers.{i}.mlp_out    output of block i's MLP, before the residual add
+
+Resolved for BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style models (with or
+without their task heads). `capture(model, hook)` runs the model and stops the forward pass
+right after the hooked module, so later layers cost nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+# (block list path, attention-out path in a block, mlp-out path in a block) per family.
+_FAMILIES = [
+    ("bert", "encoder.layer", "attention.output.dense", "output.dense"),
+    ("gpt2", "h", "attn", "mlp"),
+    ("gpt_neox", "layers", "attention", "mlp"),
+    ("llama", "layers", "self_attn", "mlp"),
+]
+_PREFIXES = ("", "bert.", "transformer.", "gpt_neox.", "model.", "model.language_model.")
+_HOOK_RE = re.compile(r"^(embeddings|layers\.(\d+)\.(residual|attn_out|mlp_out))$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a hook name lands: a module, and whether to read its input or its output."""
+
+    name: str
+    module: nn.Module
+    read_input: bool
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    mod: nn.Module | None = root
+    for part in path.split("."):
+        if mod is None or not hasattr(mod, part):
+            return None
+        mod = getattr(mod, part)
+    return mod if isinstance(mod, nn.Module) else None
+
+
+def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str]:
+    """(blocks, attention path, mlp path) for a supported model, else ConfigError."""
+    for _family, blocks_path, attn, mlp in _FAMILIES:
+        for prefix in _PREFIXES:
+            blocks = _get(model, prefix + blocks_path)
+            if (
+                isinstance(blocks, nn.ModuleList)
+                and len(blocks)
+                and _get(blocks[0], attn)
+                and _get(blocks[0], mlp)
+            ):
+                return blocks, attn, mlp
+    raise ConfigError(
+        f"cannot find the transformer blocks of {type(model).__name__}: supported are "
+        "BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style module trees"
+    )
+
+
+def list_hooks(model: nn.Module) -> list[str]:
+    """Every hook name valid for `model`, in forward order."""
+    blocks, _, _ = _blocks(model)
+    names = ["embeddings"]
+    for i in range(len(blocks)):
+        names += [f"layers.{i}.attn_out", f"layers.{i}.mlp_out", f"layers.{i}.residual"]
+    return names
+
+
+def resolve_hook(model: nn.Module, hook: str) -> Resolved:
+    """The module and read side for `hook`; ConfigError listing the valid names otherwise."""
+    blocks, attn, mlp = _blocks(model)
+    m = _HOOK_RE.match(hook) if isinstance(hook, str) else None
+    if m is None or (m.group(2) is not None and int(m.group(2)) >= len(blocks)):
+        valid = list_hooks(model)
+        shown = ", ".join([*valid[:7], "...", *valid[-3:]] if len(valid) > 12 else valid)
+        raise ConfigError(f"unknown hook {hook!r} for {type(model).__name__}; valid: {shown}")
+    if hook == "embeddings":
+        return Resolved(hook, blocks[0], read_input=True)
+    block = blocks[int(m.group(2))]
+    kind = m.group(3)
+    if kind == "residual":
+        return Resolved(hook, block, read_input=False)
+    return Resolved(hook, _get(block, attn if kind == "attn_out" else mlp), read_input=False)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the activation is in hand."""
+
+
+def _first_tensor(value) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    raise TypeError(f"hooked module produced {type(value).__name__}, not a tensor")
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, hook: str, stop: bool = True) -> Iterator[dict[str, Tensor]]:
+    """Within the block, each forward of `model` stores the hooked activation in the
+    yielded dict under "act" and (if `stop`) aborts the rest of the forward pass; call
+    the model through `run_to_hook`, which swallows that early stop."""
+    where = resolve_hook(model, hook)
+    box: dict[str, Tensor] = {}
+
+    def on_input(_mod, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        box["act"] = _first_tensor(hidden).detach()
+        if stop:
+            raise _StopForward
+
+    def on_output(_mod, _args, output):
+        box["act"] = _first_tensor(output).detach()
+        if stop:
+            raise _StopForward
+
+    if where.read_input:
+        handle = where.module.register_forward_pre_hook(on_input, with_kwargs=True)
+    else:
+        handle = where.module.register_forward_hook(on_output)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def run_to_hook(model: nn.Module, box: dict[str, Tensor], **inputs) -> Tensor:
+    """Run `model(**inputs)` inside `capture`; return the hooked activation."""
+    box.pop("act", None)
+    with contextlib.suppress(_StopForward):
+        model(**inputs)
+    if "act" not in box:
+        raise RuntimeError("the hooked module did not run during the forward pass")
+    return box["act"]

@@ -1,0 +1,190 @@
+"""Activation storage: an optional on-disk cache and the shuffled in-memory store.
+
+Cache layout (a directory): `shard_00000.safetensors`, ... each holding `acts [n, d]`,
+`tokens`, `window`, `position`, plus `manifest.json` (model, hook, dtype, d_model, token
+count, context size, corpus hash, shard list, complete flag). Each shard is written to a
+temp file and renamed, then the manifest is rewritten (temp + rename), so an interrupted
+write leaves only complete shards and a manifest that says it is incomplete; such a cache,
+or one whose manifest does not match the request, is refused with a clear message.
+
+`ActivationStore` serves batch number `step` as a pure function of (seed, step): a fresh
+permutation per epoch from a seeded generator. Training can therefore resume mid-epoch and
+see exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..errors import ConfigError, FormatError
+from .activations import ActivationBatch
+
+MANIFEST = "manifest.json"
+IDENTITY_KEYS = ("model", "hook", "context_size", "corpus_hash", "max_tokens")
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _concat(batches: list[ActivationBatch]) -> ActivationBatch:
+    return ActivationBatch(
+        *(
+            torch.cat([getattr(b, f) for b in batches])
+            for f in ("acts", "tokens", "window", "position")
+        )
+    )
+
+
+def write_cache(
+    path: str | Path,
+    batches: Iterable[ActivationBatch],
+    identity: dict[str, Any],
+    shard_tokens: int = 65536,
+) -> Path:
+    """Stream `batches` into a cache at `path`; `identity` must hold IDENTITY_KEYS."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create the activation cache {path}: {err}") from err
+    if (path / MANIFEST).exists():
+        raise FileExistsError(f"{path} already holds an activation cache")
+    manifest: dict[str, Any] = {
+        **identity,
+        "version": 1,
+        "complete": False,
+        "n_tokens": 0,
+        "d_model": None,
+        "dtype": "float32",
+        "shards": [],
+    }
+    pending: list[ActivationBatch] = []
+    n_pending = 0
+
+    def flush() -> None:
+        nonlocal pending, n_pending
+        if not pending:
+            return
+        shard = _concat(pending)
+        name = f"shard_{len(manifest['shards']):05d}.safetensors"
+        tmp = path / (name + ".tmp")
+        try:
+            save_file(
+                {
+                    "acts": shard.acts.contiguous(),
+                    "tokens": shard.tokens,
+                    "window": shard.window,
+                    "position": shard.position,
+                },
+                str(tmp),
+            )
+            os.replace(tmp, path / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        manifest["shards"].append({"file": name, "n_tokens": len(shard.tokens)})
+        manifest["n_tokens"] += len(shard.tokens)
+        manifest["d_model"] = int(shard.acts.shape[1])
+        _write_json_atomic(path / MANIFEST, manifest)
+        pending, n_pending = [], 0
+
+    _write_json_atomic(path / MANIFEST, manifest)
+    for batch in batches:
+        pending.append(batch)
+        n_pending += len(batch.tokens)
+        if n_pending >= shard_tokens:
+            flush()
+    flush()
+    if manifest["n_tokens"] == 0:
+        raise ConfigError("no activations were collected (empty corpus?)")
+    manifest["complete"] = True
+    _write_json_atomic(path / MANIFEST, manifest)
+    return path
+
+
+def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> ActivationBatch:
+    """Load a complete cache; FormatError if incomplete/corrupt, ConfigError on mismatch."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path} is not an activation cache (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise FormatError(f"{mpath} is not valid JSON: {err}") from err
+    if not manifest.get("complete"):
+        raise FormatError(
+            f"activation cache {path} is incomplete (its writer was interrupted); "
+            "delete the directory to rebuild it"
+        )
+    if identity is not None:
+        diff = {
+            k: (manifest.get(k), identity[k])
+            for k in IDENTITY_KEYS
+            if k in identity and manifest.get(k) != identity[k]
+        }
+        if diff:
+            detail = "; ".join(
+                f"{k}: cache has {a!r}, requested {b!r}" for k, (a, b) in diff.items()
+            )
+            raise ConfigError(
+                f"activation cache {path} does not match this run ({detail}); "
+                "use another --cache directory or delete it"
+            )
+    parts = []
+    for shard in manifest["shards"]:
+        f = path / shard["file"]
+        try:
+            t = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise FormatError(f"cache shard {f} is missing or corrupt: {err}") from err
+        if len(t.get("tokens", ())) != shard["n_tokens"]:
+            raise FormatError(
+                f"cache shard {f} holds {len(t.get('tokens', ()))} tokens, "
+                f"the manifest says {shard['n_tokens']}"
+            )
+        parts.append(ActivationBatch(t["acts"], t["tokens"], t["window"], t["position"]))
+    return _concat(parts)
+
+
+class ActivationStore:
+    """All activations in memory `[N, d]`; batch `step` is a pure function of (seed, step)."""
+
+    def __init__(self, acts: Tensor, seed: int = 0) -> None:
+        if acts.dim() != 2 or acts.shape[0] == 0:
+            raise ConfigError(f"need a non-empty [N, d] activation matrix, got {tuple(acts.shape)}")
+        self.acts = acts
+        self.seed = seed
+        self._perms: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.acts.shape[0]
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(len(self), generator=g)}  # keep one epoch
+        return self._perms[epoch]
+
+    def batch(self, step: int, batch_size: int) -> Tensor:
+        """Rows for global step `step` (epochs wrap; no row repeats within an epoch)."""
+        n = len(self)
+        pos, need, parts = step * batch_size, batch_size, []
+        while need > 0:
+            epoch, offset = divmod(pos, n)
+            take = min(need, n - offset)
+            parts.append(self._perm(epoch)[offset : offset + take])
+            pos, need = pos + take, need - take
+        return self.acts[torch.cat(parts)]

@@ -1,0 +1,329 @@
+"""The SAE trainer: activations of a frozen transformer in, a trained SAE directory out.
+
+Per step: a batch from the `ActivationStore` (pure function of seed and step), the
+architecture's loss, backward, decoder-parallel gradient removed, global-norm clipping,
+Adam with linear warmup and linear decay, decoder rows renormalised, dead latents tracked as
+tokens since last fired. Inputs are scaled to mean norm sqrt(d_in) (estimated once, at the
+start) and the scale is folded into the saved weights. Checkpoints are atomic directories;
+resuming from one continues bitwise like an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data.activations import ActivationBatch, iter_activations, load_model, token_windows
+from ..data.corpus import corpus_hash, load_texts
+from ..data.hooks import resolve_hook
+from ..data.store import ActivationStore, read_cache, write_cache
+from ..errors import ConfigError, FormatError
+from ..formats._io import atomic_directory, read_json, write_json
+from ..ops import reference as ref
+from ..sae import SparseAutoencoder
+from . import losses
+from .basic import normalize_decoder_rows, project_decoder_grad
+
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.pt"
+COUNTERS_FILE = "counters.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the SAE (normalisation folded in), where it was saved, the
+    training activations with their provenance, and the final metrics."""
+
+    sae: SparseAutoencoder
+    sae_dir: Path
+    activations: ActivationBatch
+    windows: list[list[int]]
+    tokenizer: Any
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decay_from = int(cfg.decay_start * cfg.steps)
+    if step < decay_from or cfg.steps <= decay_from:
+        return warm
+    return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
+
+
+def collect(cfg: TrainConfig) -> tuple[ActivationBatch, list[list[int]], Any]:
+    """Training activations (from the cache when it matches), windows and tokenizer."""
+    model, tokenizer = load_model(cfg.model)
+    resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
+    texts = load_texts(cfg.corpus, cfg.text_field)
+    windows = token_windows(tokenizer, texts, cfg.context_size)
+    identity = {
+        "model": cfg.model,
+        "hook": cfg.hook,
+        "context_size": cfg.context_size,
+        "corpus_hash": corpus_hash(texts),
+        "max_tokens": cfg.max_tokens,
+    }
+    batches = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
+    if cfg.cache is None:
+        acts = list(batches)
+        if not acts:
+            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
+        from ..data.store import _concat
+
+        return _concat(acts), windows, tokenizer
+    cache = Path(cfg.cache)
+    if not (cache / "manifest.json").exists():
+        write_cache(cache, batches, identity)
+    return read_cache(cache, identity), windows, tokenizer
+
+
+def _norm_scale(acts: Tensor) -> float:
+    """sqrt(d_in) / mean ||x|| over (up to) 65536 rows."""
+    sample = acts[:65536].double()
+    return float(math.sqrt(acts.shape[1]) / sample.norm(dim=1).mean().clamp_min(1e-12))
+
+
+class Trainer:
+    """One training run; `run()` trains and saves. Build with `Trainer(cfg)`."""
+
+    def __init__(self, cfg: TrainConfig, data: tuple[ActivationBatch, list, Any] | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
+        self.data, self.windows, self.tokenizer = data if data is not None else collect(cfg)
+        acts = self.data.acts
+        d_in = acts.shape[1]
+        d_sae = cfg.d_sae or cfg.expansion * d_in
+        torch.manual_seed(cfg.seed)
+        self.sae = SparseAutoencoder(
+            d_in,
+            d_sae,
+            activation=cfg.activation,
+            k=cfg.k,
+            backend=cfg.backend,
+            model_name=cfg.model,
+            hook_name=cfg.hook,
+            metadata={"context_size": cfg.context_size},
+        )
+        if self.sae.threshold is not None:
+            with torch.no_grad():
+                self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
+        self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
+        with torch.no_grad():  # b_dec starts at the (scaled) mean, a common choice
+            self.sae.b_dec.copy_(acts[:65536].mean(0) * self.scale)
+        self.store = ActivationStore(acts, seed=cfg.seed)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.step = 0
+        self.since_fired = torch.zeros(d_sae, dtype=torch.int64)
+        self.batchtopk_threshold: float | None = None
+        if cfg.resume:
+            self._load_checkpoint(Path(cfg.resume))
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    # ------------------------------------------------------------------ one step
+    def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
+        cfg, sae = self.cfg, self.sae
+        terms: dict[str, Tensor] = {}
+        if cfg.activation == "jumprelu":
+            pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
+            acts = losses.JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
+            recon = ref.decode_dense(acts, sae.W_dec, sae.b_dec)
+            terms["l0"] = cfg.l0_coefficient * losses.StepL0.apply(
+                pre, sae.threshold, cfg.jumprelu_bandwidth
+            )
+            fired = (acts != 0).any(0)
+            l0 = (acts != 0).sum(-1).float().mean()
+        else:
+            out = sae(x)
+            recon = out.reconstruction
+            if out.values is not None:
+                fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+                fired[out.indices[out.values > 0]] = True
+                l0 = (out.values > 0).sum(-1).float().mean()
+            else:
+                acts = out.feature_acts
+                fired = (acts != 0).any(0)
+                l0 = (acts != 0).sum(-1).float().mean()
+                if cfg.activation == "batchtopk":
+                    kept = acts[acts > 0]
+                    if kept.numel():
+                        low = float(kept.min().detach())
+                        prev = self.batchtopk_threshold
+                        self.batchtopk_threshold = low if prev is None else 0.99 * prev + 0.01 * low
+            if cfg.activation == "relu":
+                ramp = min(1.0, (self.step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1
+                terms["l1"] = cfg.l1_coefficient * ramp * losses.l1(out.feature_acts, sae.W_dec)
+            if cfg.activation in ("topk", "batchtopk") and cfg.auxk_coefficient:
+                dead = self.since_fired >= cfg.dead_after_tokens
+                terms["auxk"] = cfg.auxk_coefficient * losses.auxk(
+                    x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead
+                )
+        terms["mse"] = losses.mse(recon, x)
+        total = sum(terms.values())
+        logs = {n: float(t.detach()) for n, t in terms.items()}
+        logs["fvu"] = float(losses.fvu(recon.detach(), x))
+        logs["l0"] = float(l0)
+        return total, logs, fired
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step; returns the step's logs."""
+        cfg = self.cfg
+        x = self.store.batch(self.step, cfg.batch_size) * self.scale
+        lr = cfg.lr * _lr_factor(self.step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            loss, logs, fired = self._loss(x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        project_decoder_grad(self.sae)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), cfg.grad_clip)
+        self.opt.step()
+        normalize_decoder_rows(self.sae)
+        if self.sae.threshold is not None:
+            with torch.no_grad():
+                self.sae.threshold.clamp_(min=0.0)
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.step += 1
+        logs.update(
+            loss=float(loss.detach()),
+            lr=lr,
+            step=self.step,
+            dead_pct=100.0 * float((self.since_fired >= cfg.dead_after_tokens).float().mean()),
+        )
+        return logs
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoints/step_<n>` atomically; keep the two newest."""
+        from safetensors.torch import save_file
+
+        ckpt_root = self.out / "checkpoints"
+        path = ckpt_root / f"step_{self.step:08d}"
+        with atomic_directory(path) as tmp:
+            self.sae.save(tmp / "sae")
+            torch.save(self.opt.state_dict(), tmp / OPTIM_FILE)
+            save_file({"since_fired": self.since_fired}, str(tmp / COUNTERS_FILE))
+            write_json(
+                tmp / STATE_FILE,
+                {
+                    "step": self.step,
+                    "scale": self.scale,
+                    "batchtopk_threshold": self.batchtopk_threshold,
+                    "config": self.cfg.to_dict(),
+                },
+            )
+        old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = read_json(path / STATE_FILE)
+        saved = SparseAutoencoder.load(path / "sae", backend=self.cfg.backend)
+        if (saved.d_in, saved.d_sae, saved.activation) != (
+            self.sae.d_in,
+            self.sae.d_sae,
+            self.sae.activation,
+        ):
+            raise ConfigError(
+                f"checkpoint {path} is a {saved.activation} SAE {saved.d_in}->{saved.d_sae}, "
+                f"but this run builds {self.sae.activation} {self.sae.d_in}->{self.sae.d_sae} "
+                "(d_in comes from the model and hook)"
+            )
+        self.sae.load_state_dict(saved.state_dict())
+        try:
+            opt_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise FormatError(f"{path / OPTIM_FILE} is unreadable: {err}") from err
+        self.opt.load_state_dict(opt_state)
+        self.since_fired = load_file(str(path / COUNTERS_FILE))["since_fired"]
+        self.step = int(state["step"])
+        self.scale = float(state["scale"])
+        self.batchtopk_threshold = state.get("batchtopk_threshold")
+
+    # ------------------------------------------------------------------ run
+    def final_sae(self) -> SparseAutoencoder:
+        """A copy of the SAE for raw (unnormalised) activations: the scale folded in."""
+        sae = SparseAutoencoder.from_config(self.sae.cfg, backend=self.cfg.backend)
+        sae.load_state_dict(self.sae.state_dict())
+        s = self.scale
+        with torch.no_grad():  # pre((s x)) == pre'(x) with W_enc * s; recon / s
+            sae.W_enc.mul_(s)
+            sae.W_dec.div_(s)
+            sae.b_dec.div_(s)
+        if self.batchtopk_threshold is not None:
+            sae.batchtopk_threshold = self.batchtopk_threshold
+        return sae
+
+    def run(self) -> TrainResult:
+        """Train to `cfg.steps`, checkpointing; Ctrl-C saves a checkpoint, then exits."""
+        cfg = self.cfg
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
+        logs: dict[str, float] = {}
+        t0, tokens0 = time.perf_counter(), self.step * cfg.batch_size
+        try:
+            with open(self.metrics_path, "a") as metrics:
+                while self.step < cfg.steps:
+                    logs = self.train_step()
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        tok_s = (self.step * cfg.batch_size - tokens0) / max(
+                            time.perf_counter() - t0, 1e-9
+                        )
+                        logs["tokens_per_s"] = tok_s
+                        metrics.write(json.dumps(logs) + "\n")
+                        metrics.flush()
+                        if bar is not None:
+                            bar.set_postfix(
+                                tok_s=f"{tok_s:,.0f}",
+                                loss=f"{logs['loss']:.3f}",
+                                fvu=f"{logs['fvu']:.3f}",
+                                l0=f"{logs['l0']:.1f}",
+                                dead=f"{logs['dead_pct']:.1f}%",
+                            )
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            if bar is not None:
+                bar.close()
+            print(
+                f"\ninterrupted at step {self.step}; checkpoint saved to {path} "
+                f"(continue with --resume {path})"
+            )
+            raise SystemExit(130) from None
+        if bar is not None:
+            bar.close()
+        sae = self.final_sae()
+        sae_dir = sae.save(self.out / "sae")
+        return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Collect activations, train an SAE as configured, save it under `cfg.out`/sae."""
+    return Trainer(cfg).run()

@@ -1,0 +1,107 @@
+"""Hook-point names resolve over BERT, GPT-2, GPT-NeoX and Llama module trees (tiny random
+configs built from transformers config classes: no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_fast import ConfigError
+from sae_fast.data.hooks import capture, list_hooks, resolve_hook, run_to_hook
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny(family: str):
+    t = transformers
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return t.GPT2LMHeadModel(
+            t.GPT2Config(
+                n_layer=2,
+                n_embd=32,
+                n_head=2,
+                vocab_size=100,
+                n_positions=64,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
+    if family == "llama":
+        return t.LlamaForCausalLM(
+            t.LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                vocab_size=100,
+            )
+        )
+    if family == "neox":
+        return t.GPTNeoXForCausalLM(
+            t.GPTNeoXConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=64,
+                vocab_size=100,
+            )
+        )
+    return t.BertModel(
+        t.BertConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+        )
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "neox"])
+def test_every_hook_resolves_and_residuals_match_hidden_states(family):
+    model = _tiny(family).eval()
+    hooks = list_hooks(model)
+    assert hooks == [
+        "embeddings",
+        "layers.0.attn_out",
+        "layers.0.mlp_out",
+        "layers.0.residual",
+        "layers.1.attn_out",
+        "layers.1.mlp_out",
+        "layers.1.residual",
+    ]
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    for hook in hooks:
+        with capture(model, hook) as box, torch.no_grad():
+            act = run_to_hook(model, box, input_ids=ids)
+        assert act.shape == (2, 7, 32), hook
+        if hook == "embeddings":
+            torch.testing.assert_close(act, hidden[0])
+        elif hook == "layers.0.residual":
+            torch.testing.assert_close(act, hidden[1])
+
+
+def test_capture_stops_the_forward_pass_early():
+    model = _tiny("gpt2").eval()
+    ran = []
+    model.transformer.h[1].register_forward_hook(lambda *a: ran.append(1))
+    with capture(model, "layers.0.residual") as box:
+        run_to_hook(model, box, input_ids=torch.randint(0, 100, (1, 5)))
+    assert not ran  # block 1 never ran
+    with capture(model, "layers.0.residual", stop=False) as box:
+        run_to_hook(model, box, input_ids=torch.randint(0, 100, (1, 5)))
+    assert ran
+
+
+def test_unknown_hook_lists_the_valid_names():
+    model = _tiny("llama")
+    with pytest.raises(ConfigError, match=r"unknown hook 'layers.7.residual'.*layers.0.attn_out"):
+        resolve_hook(model, "layers.7.residual")
+    with pytest.raises(ConfigError, match="unknown hook 'blocks.0.hook_resid_post'"):
+        resolve_hook(model, "blocks.0.hook_resid_post")
+    with pytest.raises(ConfigError, match="cannot find the transformer blocks"):
+        list_hooks(torch.nn.Linear(3, 3))
