@@ -175,3 +175,23 @@ def test_bf16_autocast_trains(tmp_path, data, activation):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in lines)
     assert lines[-1]["fvu"] < lines[0]["fvu"]
     assert result.sae.W_enc.dtype == torch.float32  # autocast: fp32 master weights
+
+
+def test_resume_with_another_d_in_is_refused(tmp_path, data):
+    from sae_fast.data.activations import ActivationBatch
+
+    small = ActivationBatch(
+        torch.randn(500, 16),
+        torch.zeros(500, dtype=torch.long),
+        torch.zeros(500, dtype=torch.long),
+        torch.arange(500),
+    )
+    t = Trainer(TrainConfig(**{**BASE, "out": str(tmp_path / "a"), "steps": 2}), (small, [], None))
+    t.run()
+    ckpt = t.save_checkpoint()
+    with pytest.raises(
+        ConfigError,
+        match=r"topk SAE 16->768, but this run builds topk "
+        r"384->768 \(d_in comes from the model and hook\)",
+    ):
+        Trainer(TrainConfig(**{**BASE, "out": str(tmp_path / "b"), "resume": str(ckpt)}), data)
