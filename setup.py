@@ -44,6 +44,11 @@ def _extensions() -> tuple[list, dict]:
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
+    # The extension is compiled where it is installed, so it may use that CPU's vector units
+    # (AVX2/AVX-512 for the gather, axpy and selection loops); SAE_FAST_PORTABLE=1 builds
+    # for the baseline ISA instead, e.g. for a wheel that must run on other machines.
+    if os.environ.get("SAE_FAST_PORTABLE") != "1" and not sys.platform.startswith("darwin"):
+        cxx_flags.append("-march=native")
 
     want_cuda = os.environ.get("SAE_FAST_SKIP_CUDA") != "1"
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None

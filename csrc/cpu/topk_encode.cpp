@@ -52,9 +52,11 @@ inline void sift_up(Entry<acc_t>* heap, int64_t i) {
 }
 
 // Merge one block of pre-activations [B, nb] (features f0..f0+nb) into the row heaps.
+// pre[b, c] + bias[c] is the pre-activation of feature f0 + c (the bias is added here, not
+// by addmm, which would first copy it into every row of the block).
 template <typename scalar_t, typename acc_t>
-void merge_block(const scalar_t* __restrict__ pre, int64_t B, int64_t nb, int64_t f0, int64_t k,
-                 Entry<acc_t>* heaps, int64_t* sizes) {
+void merge_block(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ bias, int64_t B,
+                 int64_t nb, int64_t f0, int64_t k, Entry<acc_t>* heaps, int64_t* sizes) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     Entry<acc_t>* heap = heaps + b * k;
@@ -62,7 +64,7 @@ void merge_block(const scalar_t* __restrict__ pre, int64_t B, int64_t nb, int64_
     const scalar_t* row = pre + b * nb;
     int64_t c = 0;
     for (; c < nb && n < k; ++c) {  // fill phase
-      heap[n] = {static_cast<acc_t>(row[c]), f0 + c};
+      heap[n] = {static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]), f0 + c};
       sift_up(heap, n++);
     }
     acc_t floor = heap[0].value;  // the worst kept value; strictly greater is needed
@@ -70,15 +72,16 @@ void merge_block(const scalar_t* __restrict__ pre, int64_t B, int64_t nb, int64_
     while (c < nb) {
       const int64_t end = std::min(nb, c + kChunk);
       // Most chunks cannot beat the floor once the heap is warm: test them with one SIMD max.
-      acc_t chunk_max = static_cast<acc_t>(row[c]);
+      acc_t chunk_max = static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]);
 #pragma omp simd reduction(max : chunk_max)
-      for (int64_t q = c; q < end; ++q) chunk_max = std::max(chunk_max, static_cast<acc_t>(row[q]));
+      for (int64_t q = c; q < end; ++q)
+        chunk_max = std::max(chunk_max, static_cast<acc_t>(row[q]) + static_cast<acc_t>(bias[q]));
       if (!(chunk_max > floor)) {  // NaN never displaces a kept entry, as in the scalar path
         c = end;
         continue;
       }
       for (; c < end; ++c) {
-        const acc_t v = static_cast<acc_t>(row[c]);
+        const acc_t v = static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]);
         if (!(v > floor)) continue;  // equal: the kept one has the lower index
         heap[0] = {v, f0 + c};
         sift_down(heap, k, 0);
@@ -109,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
   // BLAS calls below into bf16 ones behind the kernel's back.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
   auto xc = (x - b_dec).contiguous();  // [B, d_in]
+  auto bias = b_enc.contiguous();       // [d_sae]
   auto values = at::empty({B, k}, x.options());
   auto indices = at::empty({B, k}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "topk_encode_cpu", [&] {
@@ -117,11 +121,10 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
     std::vector<int64_t> sizes(B, 0);
     for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
       const int64_t nb = std::min(block, d_sae - f0);
-      // pre block [B, nb] = b_enc[f0:] + xc @ W_enc[:, f0:f0+nb]   (BLAS, strided view)
-      auto pre = at::addmm(b_enc.narrow(0, f0, nb), xc, W_enc.narrow(1, f0, nb))
-                     .to(x.scalar_type())
-                     .contiguous();
-      merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), B, nb, f0, k, heaps.data(), sizes.data());
+      // pre block [B, nb] = xc @ W_enc[:, f0:f0+nb] (BLAS on a strided view); + b_enc in the merge
+      auto pre = at::mm(xc, W_enc.narrow(1, f0, nb)).to(x.scalar_type()).contiguous();
+      merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>() + f0, B, nb, f0, k,
+                                   heaps.data(), sizes.data());
     }
     scalar_t* vout = values.data_ptr<scalar_t>();
     int64_t* iout = indices.data_ptr<int64_t>();

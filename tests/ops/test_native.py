@@ -292,3 +292,40 @@ def test_results_do_not_depend_on_the_thread_count():
 def test_native_ops_bad_input_is_a_clear_error(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+def _cuda_build() -> bool:
+    import sae_fast
+
+    return bool(torch.cuda.is_available() and native.NATIVE_AVAILABLE and sae_fast._C.with_cuda)
+
+
+@pytest.mark.skipif(not _cuda_build(), reason="needs a GPU and a CUDA build of sae_fast._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,d_in,d_sae,k", [(33, 97, 1031, 7), (4096, 768, 24576, 64)])
+def test_cuda_sparse_backward_matches_reference(dtype, B, d_in, d_sae, k):
+    g = torch.Generator().manual_seed(k)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    src = torch.randn(B, d_in, generator=g)
+    v = torch.rand(B, k, generator=g)
+    i = torch.stack([torch.randperm(d_sae, generator=g)[:k] for _ in range(B)])
+    dev = [t.to("cuda") for t in (W_dec, src, v, i)]
+    W_c, src_c, v_c, i_c = dev[0].to(dtype), dev[1].to(dtype), dev[2], dev[3]
+    dv = native.grad_values(src_c, i_c, W_c)
+    want_dv = torch.einsum("bd,bjd->bj", src_c.double(), W_c.double()[i_c])
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    assert_close(dv, want_dv, f"cuda dL/dv {dtype}", rtol=tol, atol=tol)
+    perm, offsets = native.feature_segments(i_c, d_sae)
+    out, sums = native.feature_reduce(perm, offsets, v_c, src_c, True)
+    want = torch.zeros(d_sae, d_in, dtype=torch.float64, device="cuda")
+    want.index_add_(
+        0,
+        i_c.reshape(-1),
+        (v_c.double().unsqueeze(-1) * src_c.double().unsqueeze(1)).reshape(-1, d_in),
+    )
+    assert_close(out, want, f"cuda feature_reduce {dtype}", rtol=tol, atol=tol)
+    want_sums = torch.zeros(d_sae, dtype=torch.float64, device="cuda")
+    want_sums.index_add_(0, i_c.reshape(-1), v_c.double().reshape(-1))
+    assert_close(sums, want_sums, "cuda sums", rtol=1e-5, atol=1e-5)
+    again, _ = native.feature_reduce(perm, offsets, v_c, src_c, True)
+    assert torch.equal(out, again)  # no atomics: bitwise repeatable
