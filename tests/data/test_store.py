@@ -130,3 +130,12 @@ def test_store_batches_are_a_function_of_step():
     assert not torch.equal(ActivationStore(acts, seed=4).batch(0, 10), s.batch(0, 10))
     with pytest.raises(ConfigError):
         ActivationStore(torch.zeros(0, 3))
+
+
+def test_hugging_face_datasets_directory_corpus(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the datasets package is not installed")
+    ds = datasets.Dataset.from_dict({"content": ["alpha text", "beta text", " "], "id": [1, 2, 3]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    assert load_texts(tmp_path / "ds", text_field="content") == ["alpha text", "beta text"]
+    with pytest.raises(FormatError, match="has no column 'text'; columns: \\['content', 'id'\\]"):
+        load_texts(tmp_path / "ds")
