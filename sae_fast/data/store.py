@@ -38,7 +38,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _concat(batches: list[ActivationBatch]) -> ActivationBatch:
+def concat_batches(batches: list[ActivationBatch]) -> ActivationBatch:
+    """One ActivationBatch holding all rows of `batches`, in order."""
     return ActivationBatch(
         *(
             torch.cat([getattr(b, f) for b in batches])
@@ -77,7 +78,7 @@ def write_cache(
         nonlocal pending, n_pending
         if not pending:
             return
-        shard = _concat(pending)
+        shard = concat_batches(pending)
         name = f"shard_{len(manifest['shards']):05d}.safetensors"
         tmp = path / (name + ".tmp")
         try:
@@ -156,7 +157,7 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
                 f"the manifest says {shard['n_tokens']}"
             )
         parts.append(ActivationBatch(t["acts"], t["tokens"], t["window"], t["position"]))
-    return _concat(parts)
+    return concat_batches(parts)
 
 
 class ActivationStore:

@@ -41,6 +41,19 @@ class SparseKernels(Protocol):
     feature_reduce: Callable[..., tuple[Tensor, Tensor]]
 
 
+def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """(perm, offsets): flat positions sorted by feature (stable) and CSR offsets `[d_sae+1]`.
+
+    Plain torch (any device); the native CPU kernels have a counting sort of their own.
+    """
+    flat = indices.reshape(-1)
+    _, perm = torch.sort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=d_sae)
+    offsets = torch.zeros(d_sae + 1, dtype=torch.int64, device=indices.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return perm, offsets
+
+
 def topk_encoder_backward(
     kern: SparseKernels,
     grad_values: Tensor,

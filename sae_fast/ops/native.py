@@ -64,7 +64,7 @@ def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
     """
     _require()
     if indices.is_cuda:
-        from .triton_decoder import feature_segments as torch_segments
+        from .autograd import feature_segments as torch_segments
 
         return torch_segments(indices, d_sae)
     return torch.ops.sae_fast.feature_segments(indices, d_sae)

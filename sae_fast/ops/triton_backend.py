@@ -11,7 +11,7 @@ from torch import Tensor
 from . import reference as ref
 from . import triton_decoder as td
 from . import triton_encoder as te
-from .autograd import register_sparse_ops
+from .autograd import feature_segments, register_sparse_ops
 from .reference import SparseCode
 from .triton_encoder import triton_encode_dense
 
@@ -22,7 +22,7 @@ class TritonKernels:
     encode_topk = staticmethod(te.encode_topk_fwd)
     decode = staticmethod(td.sparse_decode_fwd)
     grad_values = staticmethod(td.grad_values)
-    segments = staticmethod(td.feature_segments)
+    segments = staticmethod(feature_segments)
     feature_reduce = staticmethod(td.feature_reduce)
 
 

@@ -92,16 +92,6 @@ def _feature_reduce_kernel(
             tl.store(sum_ptr + f, tl.sum(total, axis=0))
 
 
-def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
-    """(perm, offsets): flat positions sorted by feature (stable) and CSR offsets `[d_sae+1]`."""
-    flat = indices.reshape(-1)
-    _, perm = torch.sort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=d_sae)
-    offsets = torch.zeros(d_sae + 1, dtype=torch.int64, device=indices.device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    return perm, offsets
-
-
 def sparse_decode_fwd(values: Tensor, indices: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """`[B, D]` = sum_j values[b, j] * W[indices[b, j]] + b (W may be a strided view)."""
     B, K = values.shape

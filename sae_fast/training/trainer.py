@@ -25,7 +25,7 @@ from ..config import TrainConfig
 from ..data.activations import ActivationBatch, iter_activations, load_model, token_windows
 from ..data.corpus import corpus_hash, load_texts
 from ..data.hooks import resolve_hook
-from ..data.store import ActivationStore, read_cache, write_cache
+from ..data.store import ActivationStore, concat_batches, read_cache, write_cache
 from ..errors import ConfigError, FormatError
 from ..formats._io import atomic_directory, read_json, write_json
 from ..ops import reference as ref
@@ -77,9 +77,7 @@ def collect(cfg: TrainConfig) -> tuple[ActivationBatch, list[list[int]], Any]:
         acts = list(batches)
         if not acts:
             raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
-        from ..data.store import _concat
-
-        return _concat(acts), windows, tokenizer
+        return concat_batches(acts), windows, tokenizer
     cache = Path(cfg.cache)
     if not (cache / "manifest.json").exists():
         write_cache(cache, batches, identity)

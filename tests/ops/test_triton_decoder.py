@@ -11,6 +11,7 @@ from tests.helpers import assert_close
 pytest.importorskip("triton", reason="triton is not installed")
 td = pytest.importorskip("sae_fast.ops.triton_decoder")
 from sae_fast.ops import reference as ref  # noqa: E402
+from sae_fast.ops.autograd import feature_segments  # noqa: E402
 
 CASES = [(1, 97, 1031, 1), (33, 97, 1031, 7), (33, 97, 1031, 64), (5, 7, 13, 13)]
 
@@ -57,7 +58,7 @@ def test_backward_pieces_match_explicit_formulas(B, d_in, d_sae, k):
     want = ref.topk_backward(g, x, v, i, W_enc, W_dec, b_dec)
     dv = td.grad_values(g, i, W_dec)
     assert_close(dv, torch.einsum("bd,bjd->bj", g, W_dec[i]), "dL/dv", rtol=1e-4, atol=1e-4)
-    perm, offsets = td.feature_segments(i, d_sae)
+    perm, offsets = feature_segments(i, d_sae)
     dW_dec, _ = td.feature_reduce(perm, offsets, v, g, with_sum=False)
     assert_close(dW_dec, want.W_dec, "dL/dW_dec", rtol=1e-5, atol=1e-5)
     d_pre = dv * (v > 0)
@@ -71,7 +72,7 @@ def test_backward_pieces_match_explicit_formulas(B, d_in, d_sae, k):
 def test_feature_reduce_is_deterministic_with_repeated_features():
     _, _, _, _, v, _, g = _case(64, 16, 8, 4)
     i = torch.randint(0, 3, (64, 4), device=DEVICE)  # heavy collisions on 3 features
-    perm, offsets = td.feature_segments(i, 8)
+    perm, offsets = feature_segments(i, 8)
     a, _ = td.feature_reduce(perm, offsets, v, g, with_sum=False)
     b, _ = td.feature_reduce(perm.clone(), offsets.clone(), v.clone(), g.clone(), with_sum=False)
     assert torch.equal(a, b)
