@@ -8,6 +8,7 @@ out = sae(x)  # out.reconstruction, out.values, out.indices
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -17,12 +18,23 @@ from .ops.dispatch import available_backends
 from .ops.native import NATIVE_AVAILABLE, NATIVE_IMPORT_ERROR
 from .sae import SAEOutput, SparseAutoencoder
 
+if TYPE_CHECKING:
+    from .eval import EvalResult
+
 
 def train(cfg: TrainConfig):
     """Collect activations, train an SAE as `cfg` says, save it under `cfg.out`/sae."""
     from .training import train as _train
 
     return _train(cfg)
+
+
+def evaluate(sae: SparseAutoencoder | str, *args: Any, **kwargs: Any) -> EvalResult:
+    """Evaluate an SAE (module or directory): reconstruction, sparsity and downstream
+    fidelity on held-out tokens; returns an `EvalResult`. See `sae_fast.eval.evaluate`."""
+    from .eval import evaluate as _evaluate
+
+    return _evaluate(sae, *args, **kwargs)
 
 
 if not NATIVE_AVAILABLE:
@@ -44,5 +56,6 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "available_backends",
+    "evaluate",
     "train",
 ]

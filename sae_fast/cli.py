@@ -1,4 +1,4 @@
-"""`sae-fast`: the command line. Subcommands: `train`, `hooks`.
+"""`sae-fast`: the command line. Subcommands: `train`, `eval`, `sweep`, `hooks`.
 
 Expected errors (bad flags, missing files, unknown hooks) print one line `error: ...` and
 exit with status 2; Ctrl-C during training saves a checkpoint and exits with 130.
@@ -22,18 +22,19 @@ def _parse_optional(kind):
     return parse
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its type, default and help."""
+def _add_train_flags(p: argparse.ArgumentParser, **defaults) -> None:
+    """One flag per TrainConfig field, with its type, default (or `defaults`) and help."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
         annotation = str(f.type)
+        default = defaults.get(f.name, f.default)
         if annotation == "bool":
             p.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=f"{helptext} (default: {f.default})",
+                default=default,
+                help=f"{helptext} (default: {default})",
             )
             continue
         base = {"int": int, "float": float}.get(annotation.split(" |")[0], str)
@@ -41,9 +42,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             flag,
             type=kind,
-            default=f.default,
+            default=default,
             metavar=base.__name__.upper(),
-            help=f"{helptext} (default: {f.default})",
+            help=f"{helptext} (default: {default})",
         )
 
 
@@ -57,6 +58,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
         f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead_pct', float('nan')):.1f}%"
     )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate, save_sparsity
+    from .sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(args.sae_dir, backend=args.backend)
+    result = evaluate(
+        sae,
+        model=args.model,
+        hook=args.hook,
+        corpus=args.corpus,
+        text_field=args.text_field,
+        context_size=args.context_size,
+        max_tokens=args.max_tokens,
+        skip_tokens=args.skip_tokens,
+        downstream=args.downstream,
+        error_term=args.error_term,
+        batch_size=args.batch_size,
+    )
+    result.sae_name = str(args.sae_dir)
+    if args.save_sparsity:
+        try:
+            path = save_sparsity(args.sae_dir, result.density)
+            print(f"wrote {path}", file=sys.stderr)
+        except OSError as err:
+            print(f"warning: could not write the sparsity file: {err}", file=sys.stderr)
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .eval.sweep import parse_expansions, sweep
+
+    expansions = parse_expansions(args.expansions)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    eval_tokens = args.eval_tokens
+    if args.quick:  # a benchmark-sized budget: minutes, not tens of minutes
+        values.update(max_tokens=20_000, steps=300, checkpoint_every=0)
+        eval_tokens = min(eval_tokens, 5_000)
+    result = sweep(TrainConfig(**values), expansions, eval_tokens, downstream=args.downstream)
+    row = result.rows[result.chosen]
+    print(f"chosen: {row.expansion}x (d_sae={row.d_sae}): {result.reason}")
+    for path in result.files.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -77,6 +124,55 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an SAE on a transformer's activations")
     _add_train_flags(t)
     t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("eval", help="evaluate a trained SAE (metrics table, --json)")
+    e.add_argument("sae_dir", help="SAE directory (sae_fast, SAELens, sparsify, ...)")
+    e.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
+    e.add_argument("--hook", default=None, help="hook (default: the SAE's hook_name)")
+    e.add_argument("--corpus", default=None, help="corpus (default: the SAE's training corpus)")
+    e.add_argument("--text-field", default="text", help="JSONL / datasets text field")
+    e.add_argument("--context-size", type=int, default=None, help="(default: the SAE's)")
+    e.add_argument("--max-tokens", type=int, default=20_000, help="tokens to evaluate on")
+    e.add_argument(
+        "--skip-tokens",
+        type=int,
+        default=None,
+        help="tokens to skip first (default: the SAE's training tokens if same corpus)",
+    )
+    e.add_argument(
+        "--downstream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="splice the SAE into the model and score the outputs (default: on)",
+    )
+    e.add_argument("--error-term", action="store_true", help="splice x_hat + (x - x_hat)")
+    e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    e.add_argument("--backend", default="auto", help="SAE backend")
+    e.add_argument(
+        "--save-sparsity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write sparsity.safetensors (log10 density) into SAE_DIR (default: on)",
+    )
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(func=_cmd_eval)
+    s = sub.add_parser(
+        "sweep", help="train several dictionary sizes on one cache, evaluate, pick the elbow"
+    )
+    _add_train_flags(s, out="runs/sweep")
+    s.add_argument("--expansions", default="4,8,16,32", help="d_sae / d_in values (4,8,16,32)")
+    s.add_argument("--eval-tokens", type=int, default=20_000, help="held-out tokens to evaluate")
+    s.add_argument(
+        "--downstream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score by downstream fidelity (else explained variance) (default: on)",
+    )
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="benchmark-sized budget: 20k training tokens, 300 steps, <= 5k eval tokens",
+    )
+    s.set_defaults(func=_cmd_sweep)
     h = sub.add_parser("hooks", help="list the hook points of a model")
     h.add_argument(
         "model",

@@ -75,3 +75,38 @@ def assert_topk_valid(
     assert_close(values, torch.relu(picked), f"{name}: values", rtol=rtol, atol=atol)
     exact = (indices == want_i).all(-1).double().mean().item()
     assert exact >= min_exact, f"[{name}] only {exact:.1%} of rows have the reference indices"
+
+
+def tiny_gpt2_dir(path):
+    """Save a randomly initialised 2-layer GPT-2 (d=32) with the embedded model's tokenizer
+    as a Hugging Face directory (no download); returns `path`."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from sae_fast.data.activations import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=128,
+        vocab_size=tok.vocab_size,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def identity_sae(d_in: int):
+    """A ReLU SAE that reconstructs its input exactly: relu(x) - relu(-x) = x."""
+    from sae_fast import SparseAutoencoder
+
+    sae = SparseAutoencoder(d_in, 2 * d_in, activation="relu")
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae

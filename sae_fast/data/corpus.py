@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,14 +38,16 @@ def _docstrings(module_name: str) -> list[str]:
     except ImportError:
         return []
     docs = [inspect.getdoc(mod) or ""]
-    for name in sorted(dir(mod)):
-        if name.startswith("_"):
-            continue
-        obj = getattr(mod, name, None)
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
-            obj, "__module__", None
-        ) == mod.__name__:
-            docs.append(inspect.getdoc(obj) or "")
+    with warnings.catch_warnings():  # e.g. typing.io / typing.re warn when touched
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in sorted(dir(mod)):
+            if name.startswith("_"):
+                continue
+            obj = getattr(mod, name, None)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
+                obj, "__module__", None
+            ) == mod.__name__:
+                docs.append(inspect.getdoc(obj) or "")
     return [d for d in docs if len(d) > 40]
 
 

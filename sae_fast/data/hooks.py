@@ -8,13 +8,15 @@
 Resolved for BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style models (with or
 without their task heads). `capture(model, hook)` runs the model and stops the forward pass
 right after the hooked module, so later layers cost nothing.
+`patch(model, hook, fn)` replaces the activation there by `fn(activation)` (splicing an SAE
+in, steering, ablating).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -143,3 +145,38 @@ def run_to_hook(model: nn.Module, box: dict[str, Tensor], **inputs) -> Tensor:
     if "act" not in box:
         raise RuntimeError("the hooked module did not run during the forward pass")
     return box["act"]
+
+
+def _replace_first(value, new: Tensor):
+    if isinstance(value, Tensor):
+        return new
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    raise TypeError(f"hooked module produced {type(value).__name__}, not a tensor")
+
+
+@contextlib.contextmanager
+def patch(model: nn.Module, hook: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, every forward of `model` replaces the activation at `hook` by
+    `fn(activation)` (same shape); the model is restored on exit, also after an error."""
+    where = resolve_hook(model, hook)
+
+    def on_input(_mod, args, kwargs):
+        if args:
+            return (_replace_first(args[0], fn(_first_tensor(args[0]))), *args[1:]), kwargs
+        hidden = kwargs["hidden_states"]
+        return args, {**kwargs, "hidden_states": _replace_first(hidden, fn(_first_tensor(hidden)))}
+
+    def on_output(_mod, _args, output):
+        return _replace_first(output, fn(_first_tensor(output)))
+
+    if where.read_input:
+        handle = where.module.register_forward_pre_hook(on_input, with_kwargs=True)
+    else:
+        handle = where.module.register_forward_hook(on_output)
+    try:
+        yield
+    finally:
+        handle.remove()

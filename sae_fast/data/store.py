@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..errors import ConfigError, FormatError
+from ..formats._io import atomic_file
 from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"
@@ -33,9 +34,8 @@ IDENTITY_KEYS = ("model", "hook", "context_size", "corpus_hash", "max_tokens")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def concat_batches(batches: list[ActivationBatch]) -> ActivationBatch:

@@ -78,6 +78,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` in one rename, on
+    error it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as pretty JSON."""
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

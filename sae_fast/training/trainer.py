@@ -116,7 +116,12 @@ class Trainer:
             backend=cfg.backend,
             model_name=cfg.model,
             hook_name=cfg.hook,
-            metadata={"context_size": cfg.context_size},
+            # Read by `evaluate` to hold out the training tokens of the same corpus.
+            metadata={
+                "context_size": cfg.context_size,
+                "corpus": cfg.corpus,
+                "train_tokens": int(acts.shape[0]),
+            },
         )
         if self.sae.threshold is not None:
             with torch.no_grad():

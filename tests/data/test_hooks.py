@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_fast import ConfigError
-from sae_fast.data.hooks import capture, list_hooks, resolve_hook, run_to_hook
+from sae_fast.data.hooks import capture, list_hooks, patch, resolve_hook, run_to_hook
 
 transformers = pytest.importorskip("transformers")
 
@@ -105,3 +105,23 @@ def test_unknown_hook_lists_the_valid_names():
         resolve_hook(model, "blocks.0.hook_resid_post")
     with pytest.raises(ConfigError, match="cannot find the transformer blocks"):
         list_hooks(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "neox"])
+@pytest.mark.parametrize("hook", ["embeddings", "layers.0.attn_out", "layers.1.mlp_out"])
+def test_patch_replaces_the_activation_and_restores_the_model(family, hook):
+    model = _tiny(family).eval()
+    ids = torch.randint(0, 100, (2, 6))
+    with torch.no_grad():
+        clean_out = model(input_ids=ids)[0]
+        with capture(model, hook) as box:
+            clean = run_to_hook(model, box, input_ids=ids)
+        with patch(model, hook, lambda a: 2 * a):
+            with capture(model, hook) as box:  # registered after the patch: sees its result
+                doubled = run_to_hook(model, box, input_ids=ids)
+            patched_out = model(input_ids=ids)[0]
+        torch.testing.assert_close(doubled, 2 * clean)
+        assert not torch.allclose(patched_out, clean_out)
+        with pytest.raises(RuntimeError, match="boom"), patch(model, hook, torch.zeros_like):
+            raise RuntimeError("boom")
+        torch.testing.assert_close(model(input_ids=ids)[0], clean_out, rtol=0, atol=0)

@@ -1,0 +1,269 @@
+"""`evaluate`: reconstruction, sparsity and downstream fidelity of one SAE, as a dataclass.
+
+The evaluation set is a run of token windows of a corpus, by default the tokens right after
+the ones the SAE was trained on (held out): the trainer records its corpus and token count
+in the SAE's metadata, and `skip_tokens=None` skips that many when the corpus is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data.activations import (
+    ActivationBatch,
+    iter_activations,
+    load_model,
+    special_frame,
+    token_windows,
+)
+from ..data.corpus import load_texts
+from ..data.hooks import resolve_hook
+from ..data.store import concat_batches
+from ..errors import ConfigError
+from ..sae import SparseAutoencoder
+from .metrics import ReconstructionMetrics, reconstruction_metrics
+from .splice import Fidelity
+
+DEFAULT_EVAL_TOKENS = 20_000
+
+
+@dataclass
+class EvalSet:
+    """Held-out windows of a corpus, their activations at `hook`, and the model."""
+
+    model: nn.Module
+    tokenizer: Any
+    hook: str
+    windows: list[list[int]]
+    data: ActivationBatch
+    skipped_tokens: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        model: str | nn.Module = "embedded",
+        hook: str = "layers.3.residual",
+        corpus: str = "embedded",
+        text_field: str = "text",
+        context_size: int = 128,
+        max_tokens: int = DEFAULT_EVAL_TOKENS,
+        skip_tokens: int = 0,
+        tokenizer: Any = None,
+    ) -> EvalSet:
+        """Tokenise `corpus`, skip the windows starting before token `skip_tokens` (real
+        tokens), keep windows up to `max_tokens` tokens, and collect their activations."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if isinstance(skip_tokens, bool) or not isinstance(skip_tokens, int) or skip_tokens < 0:
+            raise ConfigError(f"skip_tokens must be an integer >= 0, got {skip_tokens!r}")
+        if isinstance(model, str):
+            model, tokenizer = load_model(model)
+        elif tokenizer is None:
+            raise ConfigError("pass the tokenizer with a model object")
+        resolve_hook(model, hook)
+        windows = token_windows(tokenizer, load_texts(corpus, text_field), context_size)
+        prefix, suffix = special_frame(tokenizer)
+        frame = len(prefix) + len(suffix)
+        seen, start = 0, len(windows)
+        for i, w in enumerate(windows):
+            if seen >= skip_tokens:
+                start = i
+                break
+            seen += len(w) - frame
+        chosen, n = [], 0
+        for w in windows[start:]:
+            if n >= max_tokens:
+                break
+            chosen.append(w)
+            n += len(w) - frame
+        if not chosen:
+            total = sum(len(w) - frame for w in windows)
+            raise ConfigError(
+                f"corpus {corpus!r} has {total} tokens, none left after skipping {skip_tokens} "
+                "(the SAE's training tokens); use a larger corpus or skip_tokens=0 to "
+                "evaluate on training data"
+            )
+        data = concat_batches(list(iter_activations(model, tokenizer, chosen, hook)))
+        return cls(model, tokenizer, hook, chosen, data, skipped_tokens=seen)
+
+    def fidelity(self, batch_size: int = 16) -> Fidelity:
+        """A `Fidelity` on these windows (mean ablation uses their mean activation)."""
+        mean = self.data.acts.double().mean(0).float()
+        return Fidelity(self.model, self.tokenizer, self.windows, self.hook, mean, batch_size)
+
+
+@dataclass
+class EvalResult(ReconstructionMetrics):
+    """Everything `evaluate` measured: the `ReconstructionMetrics` fields plus where they
+    were measured and the downstream results; `to_dict()` for JSON, `table()` for people."""
+
+    sae_name: str = "SparseAutoencoder"
+    hook: str = ""
+    skipped_tokens: int = 0
+    downstream_score: float | None = None
+    downstream: dict[str, float] = field(default_factory=dict)
+    error_term: bool = False
+
+    @classmethod
+    def from_parts(
+        cls,
+        name: str,
+        eval_set: EvalSet,
+        rec: ReconstructionMetrics,
+        downstream: dict[str, float] | None,
+        error_term: bool,
+    ) -> EvalResult:
+        """Combine reconstruction metrics and (optional) downstream results."""
+        return cls(
+            **{f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)},
+            sae_name=name,
+            hook=eval_set.hook,
+            skipped_tokens=eval_set.skipped_tokens,
+            downstream_score=None if downstream is None else downstream["downstream_score"],
+            downstream=dict(downstream or {}),
+            error_term=error_term,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: every field but the per-feature `density`, plus the density
+        histogram; NaN/inf become null."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.pop("density")
+        out["density_histogram"] = self.histogram()
+        return clean(out)
+
+    def to_json(self) -> str:
+        """`to_dict()` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A two-column text table of the main metrics and the density histogram."""
+        rows = [
+            ("tokens evaluated", f"{self.n_tokens:,} (after skipping {self.skipped_tokens:,})"),
+            ("MSE (per token)", f"{self.mse:.4g}"),
+            ("FVU", f"{self.fvu:.4f}"),
+            ("explained variance", f"{self.explained_variance:.4f}"),
+            ("cosine(x, x_hat)", f"{self.cosine:.4f}"),
+            ("L2 ratio ||x_hat||/||x||", f"{self.l2_ratio:.4f}"),
+            ("L0 (active latents/token)", f"{self.l0:.2f}"),
+            ("dead (never fired)", f"{100 * self.dead_fraction:.2f}%"),
+            ("dense (fires on >10%)", f"{100 * self.dense_fraction:.2f}%"),
+        ]
+        d = self.downstream
+        note = " (error term added back)" if self.error_term else ""
+        if "ce_sae" in d:
+            rows += [
+                (f"CE clean / SAE / zero-abl{note}", _triple(d, "ce")),
+                ("CE score (vs zero / mean)", _pair(d, "ce")),
+                ("KL SAE / zero / mean", _triple(d, "kl", runs=("sae", "zero", "mean"))),
+                ("KL score (vs zero / mean)", _pair(d, "kl")),
+            ]
+        elif "emb_cos_sae" in d:
+            rows += [
+                (
+                    f"sentence-emb cos SAE / zero / mean{note}",
+                    _triple(d, "emb_cos", runs=("sae", "zero", "mean")),
+                ),
+                ("sentence-emb cos score (vs zero / mean)", _pair(d, "emb_cos")),
+                ("final-token cos score (vs zero / mean)", _pair(d, "tok_cos")),
+                ("final-token MSE score (vs zero / mean)", _pair(d, "tok_mse")),
+            ]
+        if self.downstream_score is not None:
+            rows.append(("downstream score", f"{self.downstream_score:.4f}"))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{self.sae_name} @ {self.hook}"]
+        lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+        h = self.histogram()
+        lines.append(f"  log10 feature density histogram (dead: {h['dead']}):")
+        peak = max(h["counts"]) or 1
+        for lo, hi, c in zip(h["edges"][:-1], h["edges"][1:], h["counts"], strict=True):
+            if c:
+                lines.append(f"    [{lo:5.1f}, {hi:5.1f})  {c:7d}  {'#' * max(1, 40 * c // peak)}")
+        return "\n".join(lines)
+
+
+def _triple(d: dict[str, float], loss: str, runs=("clean", "sae", "zero")) -> str:
+    return " / ".join(f"{d[f'{loss}_{r}']:.4f}" for r in runs)
+
+
+def _pair(d: dict[str, float], loss: str) -> str:
+    return f"{d[f'{loss}_score_zero']:.4f} / {d[f'{loss}_score_mean']:.4f}"
+
+
+def default_skip(sae: SparseAutoencoder, corpus: str) -> int:
+    """Tokens to skip for a held-out evaluation: the SAE's training tokens when it was
+    trained on `corpus` (from its metadata), else 0."""
+    meta = sae.cfg.metadata
+    if meta.get("corpus") == corpus and isinstance(meta.get("train_tokens"), int):
+        return int(meta["train_tokens"])
+    return 0
+
+
+def evaluate(
+    sae: SparseAutoencoder | str | Path,
+    eval_set: EvalSet | None = None,
+    *,
+    model: str | nn.Module | None = None,
+    tokenizer: Any = None,
+    hook: str | None = None,
+    corpus: str | None = None,
+    text_field: str = "text",
+    context_size: int | None = None,
+    max_tokens: int = DEFAULT_EVAL_TOKENS,
+    skip_tokens: int | None = None,
+    downstream: bool = True,
+    error_term: bool = False,
+    batch_size: int = 16,
+    fidelity: Fidelity | None = None,
+) -> EvalResult:
+    """Evaluate `sae` (a module or an SAE directory). Model, hook, corpus and context size
+    default to the SAE's own metadata; pass `eval_set` (and `fidelity`) to reuse them."""
+    name = str(sae) if isinstance(sae, (str, Path)) else "SparseAutoencoder"
+    if isinstance(sae, (str, Path)):
+        sae = SparseAutoencoder.load(sae)
+    meta = sae.cfg.metadata
+    if eval_set is None:
+        hook = hook or sae.cfg.hook_name
+        model = model if model is not None else sae.cfg.model_name
+        if hook is None or model is None:
+            raise ConfigError(
+                "the SAE does not record its model and hook (cfg model_name / hook_name); "
+                "pass model= and hook="
+            )
+        corpus = corpus or meta.get("corpus", "embedded")
+        eval_set = EvalSet.build(
+            model,
+            hook,
+            corpus,
+            text_field,
+            context_size or int(meta.get("context_size", 128)),
+            max_tokens,
+            default_skip(sae, corpus) if skip_tokens is None else skip_tokens,
+            tokenizer=tokenizer,
+        )
+    if eval_set.data.acts.shape[1] != sae.d_in:
+        raise ConfigError(
+            f"activations at {eval_set.hook} have width {eval_set.data.acts.shape[1]}, "
+            f"the SAE expects d_in={sae.d_in}"
+        )
+    rec = reconstruction_metrics(sae, eval_set.data.acts)
+    down = None
+    if downstream:
+        fidelity = fidelity or eval_set.fidelity(batch_size)
+        down = fidelity.measure(sae, error_term=error_term)
+    return EvalResult.from_parts(name, eval_set, rec, down, error_term)

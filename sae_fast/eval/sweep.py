@@ -1,0 +1,266 @@
+"""The dictionary-size sweep: train every width on one activation cache, evaluate each on
+the same held-out tokens, pick the elbow, write `sweep.csv`, `sweep.md` and `sweep.png`.
+
+Elbow: fidelity (the downstream score, or explained variance when downstream evaluation is
+off) against log2(d_sae). Both axes are scaled to [0, 1] and the elbow is the width whose
+point lies farthest above the chord from the smallest to the largest width: the discrete
+maximum-curvature ("Kneedle", Satopää et al. 2011) point where doubling the dictionary
+starts to buy much less. If no width lies above the chord (fidelity still grows at least
+linearly in log width, or only two widths were trained), there is no elbow and the width
+with the best fidelity is chosen; `SweepResult.reason` says which case applied.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..formats._io import atomic_file
+from ..training.trainer import Trainer, collect
+from .evaluate import DEFAULT_EVAL_TOKENS, EvalResult, EvalSet, evaluate
+from .metrics import save_sparsity
+
+CSV_FILE, MD_FILE, PNG_FILE = "sweep.csv", "sweep.md", "sweep.png"
+
+
+@dataclass
+class SweepRow:
+    """One trained width and its evaluation."""
+
+    expansion: int
+    d_sae: int
+    sae_dir: str
+    train_seconds: float
+    eval_seconds: float
+    result: EvalResult
+
+    @property
+    def fidelity(self) -> float:
+        """The downstream score, or explained variance without downstream evaluation."""
+        s = self.result.downstream_score
+        return self.result.explained_variance if s is None else s
+
+    def record(self) -> dict[str, Any]:
+        """Flat dict for the CSV."""
+        r = self.result
+        return {
+            "expansion": self.expansion,
+            "d_sae": self.d_sae,
+            "eval_tokens": r.n_tokens,
+            "mse": r.mse,
+            "fvu": r.fvu,
+            "explained_variance": r.explained_variance,
+            "cosine": r.cosine,
+            "l2_ratio": r.l2_ratio,
+            "l0": r.l0,
+            "dead_pct": 100 * r.dead_fraction,
+            "dense_pct": 100 * r.dense_fraction,
+            "downstream_score": r.downstream_score,
+            **{k: v for k, v in sorted(r.downstream.items()) if k != "downstream_score"},
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "sae_dir": self.sae_dir,
+        }
+
+
+@dataclass
+class SweepResult:
+    """Rows (by width), the chosen row's index, why it was chosen, and the files written."""
+
+    rows: list[SweepRow]
+    chosen: int
+    reason: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def chosen_expansion(self) -> int:
+        return self.rows[self.chosen].expansion
+
+
+def parse_expansions(text: str) -> list[int]:
+    """`"4,8,16,32"` -> `[4, 8, 16, 32]`; ConfigError unless distinct positive integers."""
+    try:
+        values = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise ConfigError(
+            f"expansions must be distinct positive integers separated by commas, got {text!r}"
+        )
+    return sorted(values)
+
+
+def pick_elbow(widths: list[float], fidelity: list[float]) -> tuple[int, str]:
+    """Index of the elbow of `fidelity` against log2(`widths`) (module docstring), and why."""
+    if len(widths) != len(fidelity) or not widths:
+        raise ValueError("need as many fidelity values as widths, at least one")
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    xs = [math.log2(widths[i]) for i in order]
+    ys = [fidelity[i] for i in order]
+    if any(not math.isfinite(y) for y in ys):
+        raise ValueError(f"fidelity values must be finite, got {fidelity}")
+    best = max(range(len(ys)), key=lambda j: (ys[j], -j))
+    if len(ys) < 3:
+        return order[best], "fewer than 3 widths: no elbow; chose the best fidelity"
+    x0, x1 = xs[0], xs[-1]
+    lo, hi = min(ys), max(ys)
+    if hi - lo <= 1e-12:
+        return order[0], "fidelity is flat: chose the smallest width"
+    xn = [(x - x0) / (x1 - x0) for x in xs]
+    yn = [(y - lo) / (hi - lo) for y in ys]
+    chord = [yn[0] + (yn[-1] - yn[0]) * x for x in xn]
+    above = [yn[j] - chord[j] for j in range(len(ys))]
+    j = max(range(1, len(ys) - 1), key=lambda j: above[j])
+    if above[j] <= 1e-9:
+        return order[best], "no width lies above the chord (no elbow yet): chose the best fidelity"
+    return order[j], f"elbow: farthest above the chord (by {above[j]:.3f} of the scaled range)"
+
+
+def _csv_text(rows: list[SweepRow], chosen: int) -> str:
+    records = [r.record() | {"chosen": i == chosen} for i, r in enumerate(rows)]
+    names: list[str] = []
+    for rec in records:
+        names += [k for k in rec if k not in names]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def _md_text(result: SweepResult, cfg: TrainConfig, eval_tokens: int) -> str:
+    fid = "downstream score" if result.rows[0].result.downstream_score is not None else "EV"
+    lines = [
+        f"# Dictionary-size sweep: {cfg.model} @ {cfg.hook}",
+        "",
+        f"{cfg.activation} SAEs (k={cfg.k}), {cfg.steps} steps of {cfg.batch_size} tokens, "
+        f"trained on one cache of {cfg.max_tokens:,} tokens of corpus `{cfg.corpus}`, "
+        f"evaluated on the next {eval_tokens:,} (held out).",
+        "",
+        f"| expansion | d_sae | FVU | explained var. | {fid} | dead % | dense % | L0 | train s | |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+    ]
+    for i, row in enumerate(result.rows):
+        r = row.result
+        mark = "**chosen**" if i == result.chosen else ""
+        lines.append(
+            f"| {row.expansion}x | {row.d_sae} | {r.fvu:.4f} | {r.explained_variance:.4f} "
+            f"| {row.fidelity:.4f} | {100 * r.dead_fraction:.2f} | {100 * r.dense_fraction:.2f} "
+            f"| {r.l0:.1f} | {row.train_seconds:.0f} | {mark} |"
+        )
+    lines += [
+        "",
+        f"Chosen: **{result.chosen_expansion}x** (d_sae={result.rows[result.chosen].d_sae}); "
+        f"{result.reason}. Method: fidelity against log2(d_sae), both scaled to [0, 1]; the "
+        "elbow is the width farthest above the chord from the smallest to the largest width.",
+        "",
+        f"![sweep]({PNG_FILE})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[SweepRow], chosen: int, path: Path) -> Path:
+    """PNG: FVU, fidelity, dead % and L0 against d_sae (log2 axis), chosen width marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    xs = [r.d_sae for r in rows]
+    has_down = rows[0].result.downstream_score is not None
+    panels = [
+        ("FVU (lower is better)", [r.result.fvu for r in rows]),
+        (
+            "downstream score" if has_down else "explained variance",
+            [r.fidelity for r in rows],
+        ),
+        ("dead latents (%)", [100 * r.result.dead_fraction for r in rows]),
+        ("L0 (active latents / token)", [r.result.l0 for r in rows]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), constrained_layout=True)
+    for ax, (title, ys) in zip(axes.flat, panels, strict=True):
+        ax.plot(xs, ys, "o-", color="tab:blue")
+        ax.plot([xs[chosen]], [ys[chosen]], "o", color="tab:red", markersize=10, zorder=3)
+        ax.axvline(xs[chosen], color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{r.expansion}x\n{r.d_sae}" for r in rows])
+        ax.minorticks_off()
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"dictionary-size sweep (chosen: {rows[chosen].expansion}x, red)")
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_sweep(result: SweepResult, out: Path, cfg: TrainConfig, eval_tokens: int) -> None:
+    """Write sweep.csv, sweep.md and sweep.png into `out` (each atomically)."""
+    for name, text in (
+        (CSV_FILE, _csv_text(result.rows, result.chosen)),
+        (MD_FILE, _md_text(result, cfg, eval_tokens)),
+    ):
+        with atomic_file(out / name) as tmp:
+            tmp.write_text(text)
+        result.files[name] = out / name
+    result.files[PNG_FILE] = plot_sweep(result.rows, result.chosen, out / PNG_FILE)
+
+
+def sweep(
+    cfg: TrainConfig,
+    expansions: list[int],
+    eval_tokens: int = DEFAULT_EVAL_TOKENS,
+    downstream: bool = True,
+    log=print,
+) -> SweepResult:
+    """Train one SAE per expansion (`cfg` otherwise), all on one activation cache (`cfg.cache`,
+    default `cfg.out`/activations), evaluate each on held-out tokens, pick the elbow."""
+    if not expansions:
+        raise ConfigError("expansions must list at least one width")
+    out = Path(cfg.out)
+    cache = cfg.cache or str(out / "activations")
+    base = dataclasses.replace(cfg, cache=cache, d_sae=None)
+    data = collect(base)
+    acts = data[0]
+    log(f"sweep: {len(acts.tokens):,} training activations of width {acts.acts.shape[1]}")
+    eval_set = EvalSet.build(
+        base.model,
+        base.hook,
+        base.corpus,
+        base.text_field,
+        base.context_size,
+        eval_tokens,
+        skip_tokens=len(acts.tokens),
+    )
+    fidelity = eval_set.fidelity() if downstream else None
+    rows = []
+    for e in sorted(expansions):
+        run_cfg = dataclasses.replace(base, expansion=e, out=str(out / f"x{e}"))
+        t0 = time.perf_counter()
+        trained = Trainer(run_cfg, data=data).run()
+        t1 = time.perf_counter()
+        res = evaluate(trained.sae, eval_set, downstream=downstream, fidelity=fidelity)
+        res.sae_name = str(trained.sae_dir)
+        save_sparsity(trained.sae_dir, res.density)
+        t2 = time.perf_counter()
+        row = SweepRow(e, trained.sae.d_sae, str(trained.sae_dir), t1 - t0, t2 - t1, res)
+        rows.append(row)
+        log(
+            f"sweep: {e}x (d_sae={row.d_sae}): FVU {res.fvu:.4f}, fidelity {row.fidelity:.4f}, "
+            f"dead {100 * res.dead_fraction:.1f}%, L0 {res.l0:.1f}; train {t1 - t0:.0f}s, "
+            f"eval {t2 - t1:.0f}s"
+        )
+    chosen, reason = pick_elbow([r.d_sae for r in rows], [r.fidelity for r in rows])
+    result = SweepResult(rows, chosen, reason)
+    write_sweep(result, out, base, eval_set.data.acts.shape[0])
+    return result

@@ -1,0 +1,165 @@
+"""The sweep on a tiny config writes its table, CSV and plot with the right rows; the elbow
+rule; `sae-fast eval` and `sae-fast sweep` on the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+import sae_fast
+from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.cli import main
+from sae_fast.eval import EvalSet, evaluate, load_sparsity
+from sae_fast.eval.sweep import parse_expansions, pick_elbow, sweep
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TINY = dict(
+    max_tokens=3000,
+    context_size=64,
+    steps=20,
+    batch_size=256,
+    k=8,
+    checkpoint_every=0,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    cfg = TrainConfig(**TINY, out=str(out))
+    return out, sweep(cfg, [3, 1, 2], eval_tokens=800, log=lambda _msg: None)
+
+
+def test_sweep_writes_csv_markdown_and_plot_with_one_row_per_width(swept):
+    out, result = swept
+    assert [r.expansion for r in result.rows] == [1, 2, 3]
+    assert [r.d_sae for r in result.rows] == [384, 768, 1152]
+    with open(out / "sweep.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["expansion"]) for r in rows] == [1, 2, 3]
+    assert [r["chosen"] for r in rows].count("True") == 1
+    chosen = next(int(r["expansion"]) for r in rows if r["chosen"] == "True")
+    assert chosen == result.chosen_expansion
+    fidelity = [float(r["downstream_score"]) for r in rows]
+    assert result.chosen == pick_elbow([int(r["d_sae"]) for r in rows], fidelity)[0]
+    for r in rows:
+        assert 0 < float(r["fvu"]) < 1.5 and float(r["l0"]) == pytest.approx(8.0)
+        assert float(r["eval_tokens"]) >= 800
+    md = (out / "sweep.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [line.split("|")[1].strip() for line in table] == ["1x", "2x", "3x"]
+    assert md.count("**chosen**") == 1 and "sweep.png" in md
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(out / "sweep.png").convert("RGB")).astype(int)
+    assert img.shape[1] > 600 and img.shape[0] > 400
+    red = (np.abs(img - np.array([214, 39, 40])).sum(-1) < 30).sum()
+    assert red > 50  # the chosen width is marked in red
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_sweep_shares_one_cache_and_saves_sparsity_and_metadata(swept):
+    out, result = swept
+    assert (out / "activations" / "manifest.json").is_file()
+    for row in result.rows:
+        sae = SparseAutoencoder.load(row.sae_dir)
+        assert sae.cfg.metadata["corpus"] == "embedded"
+        assert sae.cfg.metadata["train_tokens"] == 3000
+        dens = load_sparsity(row.sae_dir)
+        assert dens.shape == (row.d_sae,)
+        assert float((dens == 0).double().mean()) == pytest.approx(
+            row.result.dead_fraction, abs=1e-9
+        )
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "want", "why"),
+    [
+        ([0.5, 0.8, 0.85, 0.87], 1, "elbow"),
+        ([0.1, 0.2, 0.3, 0.4], 3, "no width lies above"),  # linear: no elbow, best
+        ([0.1, 0.12, 0.2, 0.5], 3, "no width lies above"),  # still accelerating
+        ([0.5, 0.5, 0.5, 0.5], 0, "flat"),
+        ([0.5, 0.9, 0.91, 0.8], 1, "elbow"),
+    ],
+)
+def test_pick_elbow(fidelity, want, why):
+    idx, reason = pick_elbow([1536, 3072, 6144, 12288], fidelity)
+    assert idx == want and why in reason
+    # input order does not matter
+    idx2, _ = pick_elbow([12288, 6144, 3072, 1536], fidelity[::-1])
+    assert idx2 == 3 - want
+
+
+def test_pick_elbow_with_two_widths_and_bad_input():
+    assert pick_elbow([4, 8], [0.9, 0.8])[0] == 0
+    with pytest.raises(ValueError, match="finite"):
+        pick_elbow([4, 8, 16], [0.1, float("nan"), 0.3])
+
+
+@pytest.mark.parametrize("text", ["", "4,4", "0,8", "a,b", "4;8"])
+def test_bad_expansions(text):
+    with pytest.raises(ConfigError, match="distinct positive integers"):
+        parse_expansions(text)
+    assert parse_expansions("32,4,8") == [4, 8, 32]
+
+
+def test_evaluate_defaults_to_held_out_tokens_and_reuses_an_eval_set(swept):
+    _out, result = swept
+    sae_dir = result.rows[0].sae_dir
+    res = sae_fast.evaluate(sae_dir, max_tokens=500, downstream=False)  # the public entry
+    assert res.skipped_tokens >= 3000 and res.n_tokens >= 500
+    assert res.downstream_score is None and res.downstream == {}
+    es = EvalSet.build(max_tokens=500, context_size=64, skip_tokens=res.skipped_tokens)
+    again = evaluate(sae_dir, es, downstream=False)
+    assert again.fvu == pytest.approx(res.fvu, rel=1e-12)
+    with pytest.raises(ConfigError, match="none left after skipping"):
+        EvalSet.build(max_tokens=10, context_size=64, skip_tokens=10**9)
+    wrong = SparseAutoencoder(16, 32, k=4)
+    with pytest.raises(ConfigError, match="width 384, the SAE expects d_in=16"):
+        evaluate(wrong, es)
+
+
+def test_cli_eval_prints_table_and_json_and_writes_sparsity(swept, capsys):
+    _out, result = swept
+    sae_dir = result.rows[1].sae_dir
+    os.remove(os.path.join(sae_dir, "sparsity.safetensors"))
+    assert main(["eval", sae_dir, "--max-tokens", "400", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("fvu", "explained_variance", "l0", "dead_fraction", "density_histogram"):
+        assert key in report
+    assert report["downstream_score"] == pytest.approx(report["downstream"]["emb_cos_score_zero"])
+    assert os.path.exists(os.path.join(sae_dir, "sparsity.safetensors"))
+    assert main(["eval", sae_dir, "--max-tokens", "400", "--no-downstream"]) == 0
+    table = capsys.readouterr().out
+    assert "FVU" in table and "log10 feature density" in table and "downstream" not in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "/nonexistent/sae"], "does not exist"),
+        (["sweep", "--expansions", "4,4"], "distinct positive integers"),
+        (["sweep", "--expansions", "4", "--k", "0"], "k must be >= 1"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_cli_eval_skip_beyond_corpus_is_a_clear_error(swept, capsys):
+    _out, result = swept
+    argv = ["eval", result.rows[0].sae_dir, "--skip-tokens", str(10**9), "--no-save-sparsity"]
+    assert main(argv) == 2
+    assert "none left after skipping" in capsys.readouterr().err
+
+
+def test_eval_rejects_a_non_positive_budget():
+    with pytest.raises(ConfigError, match="max_tokens must be a positive integer"):
+        EvalSet.build(max_tokens=0)
