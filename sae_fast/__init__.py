@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .analysis.monitor import Monitor
+from .analysis.steering import steer
+from .analysis.trace import trace
 from .config import SAEConfig, TrainConfig
 from .errors import BackendUnavailableError, ConfigError, FormatError, SAEFastError
 from .ops.dispatch import available_backends
@@ -49,6 +52,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "FormatError",
+    "Monitor",
     "SAEConfig",
     "SAEFastError",
     "SAEOutput",
@@ -57,5 +61,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "evaluate",
+    "steer",
+    "trace",
     "train",
 ]

@@ -1,4 +1,5 @@
-"""`sae-fast`: the command line. Subcommands: `train`, `eval`, `sweep`, `hooks`.
+"""`sae-fast`: the command line. Subcommands: `train`, `eval`, `sweep`, `features`, `label`,
+`steer`, `monitor`, `trace`, `hooks`.
 
 Expected errors (bad flags, missing files, unknown hooks) print one line `error: ...` and
 exit with status 2; Ctrl-C during training saves a checkpoint and exits with 130.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 
 from .config import TrainConfig
-from .errors import SAEFastError
+from .errors import ConfigError, SAEFastError
 
 
 def _parse_optional(kind):
@@ -107,6 +110,143 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_sae_and_model(args: argparse.Namespace):
+    """(sae, model, tokenizer, labels) for the analysis subcommands."""
+    from .analysis.labels import Labels
+    from .data.activations import load_model
+    from .sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(args.sae_dir, backend=getattr(args, "backend", "auto"))
+    name = args.model or sae.cfg.model_name
+    if name is None:
+        raise ConfigError("the SAE does not record its model; pass --model")
+    model, tokenizer = load_model(name)
+    return sae, model, tokenizer, Labels.load(args.sae_dir, sae.d_sae)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from .analysis.browser import build_feature_site
+
+    path = build_feature_site(
+        args.sae_dir,
+        args.out,
+        model=args.model,
+        corpus=args.corpus,
+        text_field=args.text_field,
+        max_tokens=args.max_tokens,
+        n_top=args.top,
+        width=args.width,
+    )
+    print(f"wrote {path} (open it in a browser; no server needed)")
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .analysis.labels import Labels
+    from .sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(args.sae_dir)
+    labels = Labels.load(args.sae_dir, sae.d_sae)
+    if args.clear:
+        labels.check_feature(args.feature)
+        labels.labels.pop(args.feature, None)
+        print(f"feature {args.feature}: label removed")
+    else:
+        if args.label is None:
+            raise ConfigError("give the label text (or --clear)")
+        labels.set(args.feature, args.label, source="human", note=args.note)
+        print(f"feature {args.feature}: {args.label!r} (human, verified)")
+    labels.save()
+    return 0
+
+
+def _parse_feature_values(items: list[str]) -> dict[int, float]:
+    out = {}
+    for item in items:
+        fid, _, value = item.partition("=")
+        try:
+            out[int(fid)] = float(value) if value else 0.0
+        except ValueError:
+            raise ConfigError(f"--feature expects ID=VALUE (e.g. 123=8.0), got {item!r}") from None
+    return out
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from .analysis.steering import compare_embeddings, generate, steer
+    from .data.activations import is_causal_lm
+
+    sae, model, tokenizer, labels = _load_sae_and_model(args)
+    features = _parse_feature_values(args.feature)
+    for f in features:
+        lab = labels.get(f) if 0 <= f < sae.d_sae else None
+        if lab is not None and lab.label:
+            print(f"feature {f}: {lab.label}")
+    if is_causal_lm(model):
+        base = generate(model, tokenizer, args.prompt, args.max_new_tokens)
+        with steer(model, sae, features, args.mode):
+            steered = generate(model, tokenizer, args.prompt, args.max_new_tokens)
+        print(f"prompt:   {args.prompt}\nbaseline: {base}\nsteered:  {steered}")
+        return 0
+    refs = None
+    if args.references:
+        refs = [t.strip() for t in open(args.references, encoding="utf-8") if t.strip()]
+    cmp = compare_embeddings(model, tokenizer, sae, features, args.mode, args.prompt, refs)
+    print(f"text: {args.prompt}")
+    print(f"cosine(baseline, steered) embedding: {cmp['cosine_baseline_vs_steered']:.4f}")
+    print(
+        f"nearest reference, baseline: {cmp['nearest_baseline'][0]!r} "
+        f"({cmp['nearest_baseline'][1]:.3f})"
+    )
+    print(
+        f"nearest reference, steered:  {cmp['nearest_steered'][0]!r} "
+        f"({cmp['nearest_steered'][1]:.3f})"
+    )
+    for ref, b, st in sorted(cmp["similarities"], key=lambda r: r[2] - r[1], reverse=True)[:5]:
+        print(f"  {st - b:+.3f}  {b:.3f} -> {st:.3f}  {ref}")
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from .analysis.monitor import Monitor, load_rules, read_jsonl_inputs
+    from .sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(args.sae_dir)
+    rules = load_rules(args.rules, sae.d_sae)  # rejected here, before any input is read
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"input file {args.input} does not exist")
+    sae, model, tokenizer, _labels = _load_sae_and_model(args)
+    mon = Monitor(sae, rules, model, tokenizer)
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    n_alerts = n_inputs = 0
+    try:
+        for input_id, text in read_jsonl_inputs(args.input, args.text_field):
+            n_inputs += 1
+            for alert in mon.check(text, input_id):
+                n_alerts += 1
+                sink.write(alert.to_json() + "\n")
+                sink.flush()
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    print(f"{n_inputs} inputs, {n_alerts} alerts", file=sys.stderr)
+    return 1 if n_alerts else 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from .analysis.trace import trace
+
+    sae, model, tokenizer, labels = _load_sae_and_model(args)
+    target: str | int | None = args.target
+    if args.target is not None and args.target.isdigit():
+        target = int(args.target)
+    result = trace(model, tokenizer, sae, args.text, args.position, target, labels=labels)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    else:
+        print(result.table(args.top))
+    return 0
+
+
 def _cmd_hooks(args: argparse.Namespace) -> int:
     from .data.activations import load_model
     from .data.hooks import list_hooks
@@ -173,6 +313,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark-sized budget: 20k training tokens, 300 steps, <= 5k eval tokens",
     )
     s.set_defaults(func=_cmd_sweep)
+
+    def analysis_parser(name: str, help: str) -> argparse.ArgumentParser:
+        a = sub.add_parser(name, help=help)
+        a.add_argument("sae_dir", help="SAE directory")
+        a.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
+        return a
+
+    f = analysis_parser("features", "write the feature browser (a static site)")
+    f.add_argument("--out", default="site", help="output directory (default: site)")
+    f.add_argument("--corpus", default=None, help="corpus (default: the SAE's training corpus)")
+    f.add_argument("--text-field", default="text", help="JSONL / datasets text field")
+    f.add_argument("--max-tokens", type=int, default=50_000, help="tokens to scan")
+    f.add_argument("--top", type=int, default=10, help="top contexts per feature")
+    f.add_argument("--width", type=int, default=12, help="context tokens either side")
+    f.set_defaults(func=_cmd_features)
+    lab = sub.add_parser("label", help="set (or --clear) a human label of a feature")
+    lab.add_argument("sae_dir", help="SAE directory")
+    lab.add_argument("feature", type=int, help="feature id")
+    lab.add_argument("label", nargs="?", default=None, help="label text")
+    lab.add_argument("--note", default="", help="free-text note")
+    lab.add_argument("--clear", action="store_true", help="remove the label")
+    lab.set_defaults(func=_cmd_label)
+    st = analysis_parser("steer", "baseline vs steered output of a prompt")
+    st.add_argument("--prompt", required=True, help="text to run")
+    st.add_argument(
+        "--feature", action="append", required=True, help="ID=VALUE (repeatable), e.g. 123=8"
+    )
+    st.add_argument("--mode", default="add", choices=("add", "clamp", "ablate"))
+    st.add_argument("--max-new-tokens", type=int, default=20, help="causal LMs: tokens to add")
+    st.add_argument("--references", default=None, help="encoders: file of reference sentences")
+    st.set_defaults(func=_cmd_steer)
+    mo = analysis_parser("monitor", "check JSONL inputs against feature rules")
+    mo.add_argument("--rules", required=True, help="rules file (.json / .yaml)")
+    mo.add_argument("--input", required=True, help="JSONL inputs ({'id': ..., 'text': ...})")
+    mo.add_argument("--output", default=None, help="alerts JSONL (default: stdout)")
+    mo.add_argument("--text-field", default="text", help="text field of the inputs")
+    mo.set_defaults(func=_cmd_monitor)
+    tr = analysis_parser("trace", "features active at a token and their contributions")
+    tr.add_argument("--text", required=True, help="input text")
+    tr.add_argument("--position", type=int, required=True, help="token index (-1: last)")
+    tr.add_argument("--target", default=None, help="causal LMs: next token (default: top)")
+    tr.add_argument("--top", type=int, default=15, help="features to list")
+    tr.add_argument("--json", action="store_true", help="print JSON")
+    tr.set_defaults(func=_cmd_trace)
     h = sub.add_parser("hooks", help="list the hook points of a model")
     h.add_argument(
         "model",

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ConfigError, FormatError
@@ -85,8 +85,9 @@ def load_texts(source: str | Path, text_field: str = "text") -> list[str]:
     return texts
 
 
-def _jsonl(path: Path, field: str) -> list[str]:
-    out = []
+def iter_jsonl(path: str | Path, field: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line of a JSONL file, read lazily; the record
+    must be an object with a string `field` (FormatError naming the line otherwise)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -99,8 +100,11 @@ def _jsonl(path: Path, field: str) -> list[str]:
                 raise FormatError(
                     f"{path}:{n} has no string field {field!r} (choose the field with --text-field)"
                 )
-            out.append(rec[field])
-    return out
+            yield n, rec
+
+
+def _jsonl(path: Path, field: str) -> list[str]:
+    return [rec[field] for _n, rec in iter_jsonl(path, field)]
 
 
 def _hf_dataset(path: Path, field: str) -> list[str]:

@@ -1,0 +1,180 @@
+"""The feature browser: one self-contained `index.html` (data, CSS and JS inline; no server,
+no external assets) with a searchable, sortable feature list and a panel per feature.
+
+All text reaches the page as JSON inside a `<script type="application/json">` block (with
+`<`, `>` and `&` escaped) and is put into the DOM with `textContent` only, so labels and
+corpus text can never become markup.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..formats._io import atomic_file
+from .features import ACT_EDGES, Example, FeatureReport
+from .labels import Labels
+
+SITE_FILE = "index.html"
+
+
+class TokenPieces:
+    """Display text of token ids: word pieces joined the way the tokenizer would join them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.wordpiece = tokenizer.convert_tokens_to_string(["a", "##b"]) == "ab"
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self.cache:
+            tok = self.tokenizer.convert_ids_to_tokens(int(token_id))
+            if self.wordpiece:
+                text = tok[2:] if tok.startswith("##") else " " + tok
+            else:
+                text = self.tokenizer.convert_tokens_to_string([tok])
+            self.cache[token_id] = text
+        return self.cache[token_id]
+
+
+def _context(ex: Example, windows: list[list[int]], width: int, used: set[int]) -> dict:
+    window = windows[ex.window]
+    lo, hi = max(0, ex.position - width), min(len(window), ex.position + width + 1)
+    ids = window[lo:hi]
+    used.update(ids)
+    acts = ex.context_acts[lo - (ex.position - width) : hi - (ex.position - width)]
+    return {
+        "v": round(ex.value, 4),
+        "w": ex.window,
+        "p": ex.position,
+        "t": ids,
+        "a": [round(a, 4) for a in acts],
+        "c": ex.position - lo,
+    }
+
+
+def _effect_list(ids, vals, used: set[int]) -> list[list]:
+    used.update(int(i) for i in ids)
+    return [[int(i), round(float(v), 4)] for i, v in zip(ids, vals, strict=True)]
+
+
+def site_data(
+    report: FeatureReport,
+    windows: list[list[int]],
+    tokenizer: Any,
+    labels: Labels,
+    effects: tuple | None = None,
+    intro: str = "",
+    n_quantiles: int = 5,
+) -> dict[str, Any]:
+    """The JSON the page renders: features (stats, label, examples, effects) and the pieces
+    of every token id used."""
+    used: set[int] = set()
+    density, mean = report.density, report.mean_act
+    features = []
+    for f in range(report.counts.shape[0]):
+        lab = labels.get(f)
+        entry: dict[str, Any] = {
+            "id": f,
+            "label": lab.label,
+            "source": lab.source if lab.label else "none",
+            "verified": lab.verified,
+            "note": lab.note,
+            "density": float(density[f]),
+            "max": round(float(report.maxima[f]), 5),
+            "mean": round(float(mean[f]), 5),
+            "hist": report.hist[f].tolist(),
+            "top": [_context(e, windows, report.width, used) for e in report.top_examples(f)],
+            "quantiles": [
+                _context(e, windows, report.width, used)
+                for e in report.quantile_examples(f, n_quantiles)
+            ],
+        }
+        if effects is not None:
+            b_ids, b_vals, s_ids, s_vals = effects
+            entry["boost"] = _effect_list(b_ids[f], b_vals[f], used)
+            entry["suppress"] = _effect_list(s_ids[f], s_vals[f], used)
+        features.append(entry)
+    pieces = TokenPieces(tokenizer)
+    return {
+        "intro": intro,
+        "hist_edges": list(ACT_EDGES),
+        "vocab": {str(i): pieces(i) for i in sorted(used)},
+        "features": features,
+    }
+
+
+def _script_json(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_site(data: dict[str, Any], out_dir: str | Path, title: str) -> Path:
+    """Write `out_dir/index.html` (temp file + rename)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create the site directory {out}: {err}") from err
+    template = resources.files("sae_fast.analysis").joinpath("browser.html").read_text("utf-8")
+    page = template.replace("__TITLE__", html.escape(title)).replace("__DATA__", _script_json(data))
+    path = out / SITE_FILE
+    with atomic_file(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
+
+
+def build_feature_site(
+    sae_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    hook: str | None = None,
+    corpus: str | None = None,
+    text_field: str = "text",
+    max_tokens: int = 50_000,
+    n_top: int = 10,
+    n_samples: int = 16,
+    width: int = 12,
+    backend: str = "auto",
+) -> Path:
+    """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
+    (default: the SAE's training corpus), and write the browser into `out_dir`."""
+    from ..data.activations import load_model, token_windows
+    from ..data.corpus import load_texts
+    from ..data.hooks import resolve_hook
+    from ..errors import ConfigError
+    from ..sae import SparseAutoencoder
+    from .features import collect_features, token_effects
+
+    sae = SparseAutoencoder.load(sae_dir, backend=backend)
+    meta = sae.cfg.metadata
+    model_name = model or sae.cfg.model_name
+    hook = hook or sae.cfg.hook_name
+    if model_name is None or hook is None:
+        raise ConfigError("the SAE does not record its model and hook; pass --model and --hook")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    labels = Labels.load(sae_dir, sae.d_sae)
+    net, tokenizer = load_model(model_name)
+    resolve_hook(net, hook)
+    corpus = corpus or meta.get("corpus", "embedded")
+    windows = token_windows(
+        tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
+    )
+    chosen, n = [], 0
+    for w in windows:
+        if n >= max_tokens:
+            break
+        chosen.append(w)
+        n += len(w)
+    report = collect_features(sae, net, tokenizer, chosen, hook, n_top, n_samples, width)
+    intro = (
+        f"{sae.activation} SAE {sae.d_in} -> {sae.d_sae} at {hook} of {model_name}; "
+        f"{report.n_tokens:,} tokens of corpus {corpus}."
+    )
+    data = site_data(report, chosen, tokenizer, labels, token_effects(sae, net), intro)
+    return write_site(data, out_dir, f"sae_fast features: {Path(sae_dir).name}")

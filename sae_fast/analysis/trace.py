@@ -1,0 +1,160 @@
+"""Tracing: which features at one token drive a chosen output, and by how much.
+
+At the SAE's hook, the activation at token `position` is x = Σ_f a_f W_dec[f] + b_dec + e,
+with e = x - x̂ the SAE's error term. For a scalar output m and its gradient g = ∂m/∂x,
+each part's attribution is its dot product with g (gradient x activation, exact for the
+parts' sum to first order):
+
+    feature f    a_f (W_dec[f] · g)
+    error        e · g
+    bias         b_dec · g
+
+The output m is, for causal LMs, the logit of `target` (default: the model's top next-token
+prediction) at `position`; for other models, the projection of the activation on the unit
+direction of its reconstruction, m = x · x̂/||x̂|| (g = x̂/||x̂||): how much of the
+reconstructed direction each feature supplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.activations import is_causal_lm
+from ..data.hooks import patch
+from ..errors import ConfigError
+from ..sae import SparseAutoencoder
+from .labels import Labels
+
+
+@dataclass
+class FeatureAttribution:
+    """One active feature at the traced token."""
+
+    feature: int
+    activation: float
+    attribution: float
+    label: str = ""
+    label_source: str = "none"
+
+
+@dataclass
+class TraceResult:
+    """The traced token, the output, and the attributions (largest |attribution| first)."""
+
+    tokens: list[str]
+    position: int
+    output: str
+    output_value: float
+    features: list[FeatureAttribution]
+    error_attribution: float
+    bias_attribution: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        """Sum of all attributions (features, error and bias)."""
+        return (
+            sum(f.attribution for f in self.features)
+            + self.error_attribution
+            + (self.bias_attribution)
+        )
+
+    def table(self, top: int = 15) -> str:
+        """A text table of the top features and the error term's share."""
+        lines = [
+            f"token {self.position} {self.tokens[self.position]!r}; output: {self.output} = "
+            f"{self.output_value:.4f}",
+            f"{'feature':>8} {'activation':>10} {'attribution':>12}  label",
+        ]
+        for fa in self.features[:top]:
+            tag = "" if fa.label_source in ("none", "human") else f" ({fa.label_source})"
+            lines.append(
+                f"{fa.feature:>8} {fa.activation:>10.3f} {fa.attribution:>12.4f}  {fa.label}{tag}"
+            )
+        denom = sum(abs(f.attribution) for f in self.features) + abs(self.error_attribution)
+        share = abs(self.error_attribution) / denom if denom else 0.0
+        lines.append(
+            f"{'error':>8} {'':>10} {self.error_attribution:>12.4f}  "
+            f"(SAE error term: {share:.1%} of |attribution|)"
+        )
+        lines.append(f"{'bias':>8} {'':>10} {self.bias_attribution:>12.4f}  (b_dec)")
+        return "\n".join(lines)
+
+
+def trace(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SparseAutoencoder,
+    text: str,
+    position: int,
+    target: str | int | None = None,
+    hook: str | None = None,
+    labels: Labels | None = None,
+) -> TraceResult:
+    """Attribute the output at `position` of `text` (tokenised with special tokens; negative
+    counts from the end) to the SAE features active there (module docstring)."""
+    hook = hook or sae.cfg.hook_name
+    if hook is None:
+        raise ConfigError("the SAE does not record its hook; pass hook=")
+    if not isinstance(text, str) or not text:
+        raise ConfigError("text must be a non-empty string")
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    n = ids.shape[1]
+    if isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n:
+        raise ConfigError(f"position must be an integer in [-{n}, {n}), got {position!r}")
+    position %= n
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    causal = is_causal_lm(model)
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(act: torch.Tensor) -> torch.Tensor:
+        act = act.detach().requires_grad_(True)
+        box["act"] = act
+        return act
+
+    with torch.enable_grad(), patch(model, hook, grab):
+        out = model(input_ids=ids)
+    x = box["act"][0, position].detach().to(device=sae.device, dtype=sae.dtype)
+    with torch.no_grad():
+        vals, idx = sae.encode_sparse(x.unsqueeze(0))
+        vals, idx = vals[0], idx[0]
+        keep = vals != 0
+        vals, idx = vals[keep], idx[keep]
+        recon = sae.decode_sparse(vals.unsqueeze(0), idx.unsqueeze(0))[0]
+    if causal:
+        logits = out.logits[0, position]
+        if target is None:
+            tid = int(logits.argmax())
+        elif isinstance(target, int) and not isinstance(target, bool):
+            tid = target
+        else:
+            enc = tokenizer(str(target), add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                raise ConfigError(f"target {target!r} is not a single token ({len(enc)} tokens)")
+            tid = enc[0]
+        if not 0 <= tid < logits.shape[0]:
+            raise ConfigError(f"target token id {tid} is out of range")
+        m = logits[tid]
+        (g,) = torch.autograd.grad(m, box["act"])
+        g = g[0, position].to(device=sae.device, dtype=sae.dtype)
+        output = f"logit of next token {tokenizer.convert_ids_to_tokens(tid)!r}"
+        value = float(m.detach())
+    else:
+        g = recon / recon.norm().clamp_min(1e-12)
+        output = "x · x̂/||x̂|| (activation along its reconstruction)"
+        value = float(x @ g)
+    with torch.no_grad():
+        attr = vals * (sae.W_dec[idx] @ g)
+        err = float((x - recon) @ g)
+        bias = float(sae.b_dec @ g)
+    labels = labels or Labels(sae.d_sae)
+    feats = []
+    for f, a, s in zip(idx.tolist(), vals.tolist(), attr.tolist(), strict=True):
+        lab = labels.get(f)
+        feats.append(FeatureAttribution(f, a, s, lab.label, lab.source if lab.label else "none"))
+    feats.sort(key=lambda fa: (-abs(fa.attribution), fa.feature))
+    return TraceResult(tokens, position, output, value, feats, err, bias)
