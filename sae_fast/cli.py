@@ -61,6 +61,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
         f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead_pct', float('nan')):.1f}%"
     )
+    t = result.timings
+    print(
+        f"time: activation collection {t['collect_seconds']:.1f}s "
+        f"({len(result.activations.tokens):,} tokens, {t['collect_tokens_per_s']:,.0f} tok/s); "
+        f"SAE steps {t['train_seconds']:.1f}s ({t['train_tokens_per_s']:,.0f} tok/s)"
+    )
     return 0
 
 

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(data.tokens):,} tokens of {cfg.hook} in {time.perf_counter() - t0:.0f}s "
         f"(backend {sae.active_backend})"
     )
+    t = result.timings
+    print(
+        f"time: activation collection {t['collect_seconds']:.0f}s "
+        f"({t['collect_tokens_per_s']:,.0f} tok/s), SAE steps {t['train_seconds']:.0f}s "
+        f"({t['train_tokens_per_s']:,.0f} tok/s)"
+    )
     print(f"last batch: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead latents {m['dead_pct']:.1f}%")
     counts = fire_counts(sae, data)
     density = counts.float() / len(data.tokens)

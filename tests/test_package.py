@@ -104,6 +104,7 @@ def test_cli_train_hooks_and_errors(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "saved" in r.stdout and (tmp_path / "run" / "sae" / "cfg.json").exists()
+    assert "time: activation collection" in r.stdout and "SAE steps" in r.stdout
     r = cli("train", "--help")
     assert r.returncode == 0 and "--dead-after-tokens" in r.stdout and "(default: 32)" in r.stdout
 

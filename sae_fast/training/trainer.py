@@ -49,6 +49,9 @@ class TrainResult:
     windows: list[list[int]]
     tokenizer: Any
     metrics: dict[str, float] = field(default_factory=dict)
+    # Where the time went: activation collection (model forward passes, or the cache read)
+    # vs SAE optimisation steps; seconds and tokens per second of each.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -103,7 +106,9 @@ class Trainer:
             probe.unlink()
         except OSError as err:
             raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
+        t0 = time.perf_counter()
         self.data, self.windows, self.tokenizer = data if data is not None else collect(cfg)
+        self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
         acts = self.data.acts
         d_in = acts.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
@@ -326,9 +331,19 @@ class Trainer:
             raise SystemExit(130) from None
         if bar is not None:
             bar.close()
+        train_s = time.perf_counter() - t0
+        n_collected = len(self.data.tokens)
+        timings = {
+            "collect_seconds": self.collect_seconds,
+            "collect_tokens_per_s": n_collected / self.collect_seconds
+            if self.collect_seconds
+            else 0.0,
+            "train_seconds": train_s,
+            "train_tokens_per_s": (self.step * cfg.batch_size - tokens0) / max(train_s, 1e-9),
+        }
         sae = self.final_sae()
         sae_dir = sae.save(self.out / "sae")
-        return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs)
+        return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs, timings)
 
 
 def train(cfg: TrainConfig) -> TrainResult:

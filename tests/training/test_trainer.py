@@ -148,6 +148,10 @@ def test_public_train_function_with_cache_and_bad_inputs(tmp_path):
     )
     result = sae_fast.train(cfg)
     assert (tmp_path / "cache" / "manifest.json").exists() and result.sae_dir.exists()
+    t = result.timings  # where the time went: collection vs SAE steps
+    assert t["collect_seconds"] > 0 and t["collect_tokens_per_s"] > 0
+    assert t["train_seconds"] > 0
+    assert t["train_tokens_per_s"] == pytest.approx(3 * 256 / t["train_seconds"], rel=1e-6)
     again = sae_fast.train(cfg)  # reads the cache, same activations
     assert torch.equal(again.activations.acts, result.activations.acts)
     with pytest.raises(ConfigError, match="does not match this run"):
