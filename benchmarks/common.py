@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from sae_fast.formats import atomic_file
+
 
 def median_ms(
     fn: Callable[[], object], repeats: int = 7, warmup: int = 2, device: str = "cpu"
@@ -47,11 +49,9 @@ def machine(device: str = "cpu") -> str:
 def write_csv(rows: list[dict], path: Path) -> Path:
     """Write `rows` (dicts with the same keys) to `path` atomically: temp file, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
     print(f"wrote {path}")
     return path

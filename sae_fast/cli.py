@@ -116,17 +116,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_sae_and_model(args: argparse.Namespace):
-    """(sae, model, tokenizer, labels) for the analysis subcommands."""
+def _load_sae_and_model(args: argparse.Namespace, sae=None):
+    """(sae, model, tokenizer, labels) for the analysis subcommands (`sae` if loaded)."""
     from .analysis.labels import Labels
     from .data.activations import load_model
     from .sae import SparseAutoencoder
 
-    sae = SparseAutoencoder.load(args.sae_dir, backend=getattr(args, "backend", "auto"))
-    name = args.model or sae.cfg.model_name
-    if name is None:
-        raise ConfigError("the SAE does not record its model; pass --model")
-    model, tokenizer = load_model(name)
+    sae = sae or SparseAutoencoder.load(args.sae_dir)
+    model, tokenizer = load_model(sae.require_model(args.model))
     return sae, model, tokenizer, Labels.load(args.sae_dir, sae.d_sae)
 
 
@@ -154,8 +151,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     sae = SparseAutoencoder.load(args.sae_dir)
     labels = Labels.load(args.sae_dir, sae.d_sae)
     if args.clear:
-        labels.check_feature(args.feature)
-        labels.labels.pop(args.feature, None)
+        labels.remove(args.feature)
         print(f"feature {args.feature}: label removed")
     else:
         if args.label is None:
@@ -220,7 +216,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules, sae.d_sae)  # rejected here, before any input is read
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"input file {args.input} does not exist")
-    sae, model, tokenizer, _labels = _load_sae_and_model(args)
+    sae, model, tokenizer, _labels = _load_sae_and_model(args, sae)
     mon = Monitor(sae, rules, model, tokenizer)
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     n_alerts = n_inputs = 0

@@ -52,6 +52,18 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     return value
 
 
+def check_feature_id(feature: Any, d_sae: int, where: str = "") -> int:
+    """`feature` as a feature id of an SAE with `d_sae` features, else a ConfigError."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(feature, bool) or not isinstance(feature, int):
+        raise ConfigError(f"{prefix}feature id must be an integer, got {feature!r}")
+    if not 0 <= feature < d_sae:
+        raise ConfigError(
+            f"{prefix}unknown feature {feature}: out of range, the SAE has {d_sae} features"
+        )
+    return feature
+
+
 @dataclass
 class SAEConfig:
     """Architecture of one SAE plus where its activations came from (metadata)."""

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.toy:
         return toy(steps=args.steps, out=f"{args.out}/toy_sae")
 
-    from .analysis.contexts import fire_counts, render_context, top_examples
+    from .analysis.contexts import render_context
+    from .analysis.features import feature_report
     from .training import train
 
     cfg = TrainConfig(
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({t['train_tokens_per_s']:,.0f} tok/s)"
     )
     print(f"last batch: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead latents {m['dead_pct']:.1f}%")
-    counts = fire_counts(sae, data)
-    density = counts.float() / len(data.tokens)
+    # One pass over the training activations: densities and each feature's top tokens.
+    report = feature_report(sae, data.chunks(4096), n_top=3, n_samples=0, width=0)
+    counts, density = report.counts, report.density
     print(
         f"over all {len(data.tokens):,} tokens: {int((counts == 0).sum())} of {sae.d_sae} "
         f"latents never fired, {int((density > 0.1).sum())} fire on > 10% of tokens"
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = specific[torch.argsort(density[specific], descending=True)][: args.features]
     for f in shown.tolist():
         print(f"\nfeature {f} (fires on {density[f]:.2%} of tokens):")
-        for ex in top_examples(sae, data, f, n=3):
+        for ex in report.top_examples(f):
             text = render_context(result.tokenizer, result.windows[ex.window], ex.position)
             print(f"  {ex.value:6.2f}  {text}")
     print(f"\nsaved the SAE to {result.sae_dir}")

@@ -117,6 +117,20 @@ class SparseAutoencoder(nn.Module):
     def device(self) -> torch.device:
         return self.W_enc.device
 
+    def require_hook(self, hook: str | None = None) -> str:
+        """`hook`, else the hook the SAE was trained at (cfg.hook_name); ConfigError if neither."""
+        hook = hook or self.cfg.hook_name
+        if hook is None:
+            raise ConfigError("the SAE does not record its hook (cfg hook_name); pass the hook")
+        return hook
+
+    def require_model(self, model: str | None = None) -> str:
+        """`model`, else the SAE's model (cfg.model_name); ConfigError if neither."""
+        model = model or self.cfg.model_name
+        if model is None:
+            raise ConfigError("the SAE does not record its model (cfg model_name); pass the model")
+        return model
+
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.k is not None else ""
         return (

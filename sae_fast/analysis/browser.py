@@ -143,21 +143,17 @@ def build_feature_site(
 ) -> Path:
     """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
-    from ..data.activations import load_model, token_windows
+    from ..config import check_int
+    from ..data.activations import load_model, select_windows, token_windows
     from ..data.corpus import load_texts
     from ..data.hooks import resolve_hook
-    from ..errors import ConfigError
     from ..sae import SparseAutoencoder
     from .features import collect_features, token_effects
 
     sae = SparseAutoencoder.load(sae_dir, backend=backend)
     meta = sae.cfg.metadata
-    model_name = model or sae.cfg.model_name
-    hook = hook or sae.cfg.hook_name
-    if model_name is None or hook is None:
-        raise ConfigError("the SAE does not record its model and hook; pass --model and --hook")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    model_name, hook = sae.require_model(model), sae.require_hook(hook)
+    check_int("max_tokens", max_tokens, 1)
     labels = Labels.load(sae_dir, sae.d_sae)
     net, tokenizer = load_model(model_name)
     resolve_hook(net, hook)
@@ -165,12 +161,7 @@ def build_feature_site(
     windows = token_windows(
         tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
     )
-    chosen, n = [], 0
-    for w in windows:
-        if n >= max_tokens:
-            break
-        chosen.append(w)
-        n += len(w)
+    chosen, _ = select_windows(tokenizer, windows, max_tokens)
     report = collect_features(sae, net, tokenizer, chosen, hook, n_top, n_samples, width)
     intro = (
         f"{sae.activation} SAE {sae.d_in} -> {sae.d_sae} at {hook} of {model_name}; "

@@ -17,13 +17,14 @@ the logits, W_dec[f] @ W_U^T: the most boosted and most suppressed tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data.activations import iter_activations
+from ..data.activations import ActivationBatch, iter_activations
 from ..sae import SparseAutoencoder
 
 # Activation histogram: log10 bins from 1e-3 to 1e3, a quarter decade each (clamped ends).
@@ -225,6 +226,28 @@ def _context_acts(values, indices, window, position, lookup, f, rows, width, chu
 
 
 @torch.no_grad()
+def feature_report(
+    sae: SparseAutoencoder,
+    batches: Iterable[ActivationBatch],
+    n_top: int = 10,
+    n_samples: int = 16,
+    width: int = 12,
+    seed: int = 0,
+) -> FeatureReport:
+    """One pass over activation batches (best each holding whole windows, so that contexts
+    are complete): the SAE's codes into a FeatureCollector."""
+    coll = FeatureCollector(sae.d_sae, n_top, n_samples, width, seed)
+    was_training = sae.training
+    sae.eval()
+    try:
+        for batch in batches:
+            vals, idx = sae.encode_sparse(batch.acts.to(device=sae.device, dtype=sae.dtype))
+            coll.update(vals, idx, batch.window, batch.position)
+    finally:
+        sae.train(was_training)
+    return coll.report()
+
+
 def collect_features(
     sae: SparseAutoencoder,
     model: nn.Module,
@@ -237,17 +260,9 @@ def collect_features(
     batch_size: int = 32,
     seed: int = 0,
 ) -> FeatureReport:
-    """One pass over `windows`: activations at `hook`, the SAE's codes, a FeatureCollector."""
-    coll = FeatureCollector(sae.d_sae, n_top, n_samples, width, seed)
-    was_training = sae.training
-    sae.eval()
-    try:
-        for batch in iter_activations(model, tokenizer, windows, hook, batch_size):
-            vals, idx = sae.encode_sparse(batch.acts.to(device=sae.device, dtype=sae.dtype))
-            coll.update(vals, idx, batch.window, batch.position)
-    finally:
-        sae.train(was_training)
-    return coll.report()
+    """One pass over `windows`: activations at `hook` straight into `feature_report`."""
+    batches = iter_activations(model, tokenizer, windows, hook, batch_size)
+    return feature_report(sae, batches, n_top, n_samples, width, seed)
 
 
 @torch.no_grad()

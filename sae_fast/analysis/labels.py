@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import check_feature_id
 from ..errors import ConfigError, FormatError
 from ..formats._io import atomic_file, read_json
 
@@ -51,11 +52,7 @@ class Labels:
 
     def check_feature(self, feature: Any) -> int:
         """`feature` if it is a valid feature id of this SAE, else ConfigError."""
-        if isinstance(feature, bool) or not isinstance(feature, int):
-            raise ConfigError(f"feature id must be an integer, got {feature!r}")
-        if not 0 <= feature < self.d_sae:
-            raise ConfigError(f"feature {feature} is out of range: this SAE has {self.d_sae}")
-        return feature
+        return check_feature_id(feature, self.d_sae)
 
     @classmethod
     def load(cls, sae_dir: str | Path, d_sae: int) -> Labels:
@@ -93,6 +90,10 @@ class Labels:
         entry = Label(label, source, verified, note)
         self.labels[self.check_feature(feature)] = entry
         return entry
+
+    def remove(self, feature: int) -> None:
+        """Drop the label of `feature` (no-op if it has none)."""
+        self.labels.pop(self.check_feature(feature), None)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write labels.json (temp file + rename)."""

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.activations import special_frame
+from ..config import check_feature_id
+from ..data.activations import iter_activations, token_windows
 from ..data.corpus import iter_jsonl
-from ..data.hooks import capture, run_to_hook
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 
@@ -92,8 +92,7 @@ def _rule(raw: Any, i: int, d_sae: int) -> Rule:
     if not isinstance(feats, list) or not feats:
         raise ConfigError(f"{where}: 'features' must be a non-empty list of feature ids")
     for f in feats:
-        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < d_sae:
-            raise ConfigError(f"{where}: unknown feature {f!r} (the SAE has {d_sae} features)")
+        check_feature_id(f, d_sae, where)
     thr = raw.get("threshold")
     if (
         isinstance(thr, bool)
@@ -156,12 +155,9 @@ class Monitor:
         context_size: int | None = None,
     ) -> None:
         self.sae, self.rules, self.model, self.tokenizer = sae, rules, model, tokenizer
-        self.hook = hook or sae.cfg.hook_name
-        if self.hook is None:
-            raise ConfigError("the SAE does not record its hook; pass hook=")
+        self.hook = sae.require_hook(hook)
         self.context_size = context_size or int(sae.cfg.metadata.get("context_size", 128))
         self.feats = sorted({f for r in rules for f in r.features})
-        self.prefix, self.suffix = special_frame(tokenizer)
 
     @torch.no_grad()
     def check(self, text: str, input_id: Any = None) -> list[Alert]:
@@ -169,23 +165,15 @@ class Monitor:
         spans are then positions in the concatenated windows)."""
         if not isinstance(text, str):
             raise ConfigError(f"input {input_id!r}: text must be a string")
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        body = max(self.context_size - len(self.prefix) - len(self.suffix), 1)
-        tokens, acts = [], []
+        windows = token_windows(self.tokenizer, [text], self.context_size)
+        tokens = [t for w in windows for t in w]
+        starts = torch.tensor([0, *(len(w) for w in windows)]).cumsum(0)
+        # [T, n_feats]; special tokens stay 0: the SAE never saw them in training
+        act = torch.zeros(len(tokens), len(self.feats))
         idx = torch.tensor(self.feats, device=self.sae.device)
-        with capture(self.model, self.hook) as box:
-            for s in range(0, max(len(ids), 1), body):
-                window = self.prefix + ids[s : s + body] + self.suffix
-                x = run_to_hook(self.model, box, input_ids=torch.tensor([window]))[0]
-                code = self.sae.encode(x.to(device=self.sae.device, dtype=self.sae.dtype))
-                a = code[:, idx].float().cpu()
-                special = torch.zeros(len(window), dtype=torch.bool)
-                special[: len(self.prefix)] = True
-                special[len(window) - len(self.suffix) :] = True
-                a[special] = 0.0  # the SAE never saw special tokens in training
-                tokens += window
-                acts.append(a)
-        act = torch.cat(acts)  # [T, n_feats]
+        for batch in iter_activations(self.model, self.tokenizer, windows, self.hook):
+            code = self.sae.encode(batch.acts.to(device=self.sae.device, dtype=self.sae.dtype))
+            act[starts[batch.window] + batch.position] = code[:, idx].float().cpu()
         col = {f: j for j, f in enumerate(self.feats)}
         alerts = []
         for rule in self.rules:

@@ -18,13 +18,15 @@ after an exception.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_feature_id
+from ..data.activations import pooled_embedding
 from ..data.hooks import patch
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
@@ -38,13 +40,8 @@ def check_features(sae: SparseAutoencoder, features: Mapping[int, float]) -> dic
         raise ConfigError("features must be a non-empty {feature id: value} mapping")
     out = {}
     for f, v in features.items():
-        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < sae.d_sae:
-            raise ConfigError(f"feature {f!r} is out of range: the SAE has {sae.d_sae} features")
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not torch.isfinite(torch.tensor(float(v)))
-        ):
+        check_feature_id(f, sae.d_sae, "steering")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"steering value for feature {f} must be a finite number, got {v!r}")
         out[f] = float(v)
     return out
@@ -77,9 +74,7 @@ def steer(
     if mode not in MODES:
         raise ConfigError(f"unknown steering mode {mode!r}; expected one of {MODES}")
     features = check_features(sae, features)
-    hook = hook or sae.cfg.hook_name
-    if hook is None:
-        raise ConfigError("the SAE does not record its hook; pass hook=")
+    hook = sae.require_hook(hook)
 
     @torch.no_grad()
     def edit(act: Tensor) -> Tensor:
@@ -108,9 +103,7 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int 
 def sentence_embeddings(model: nn.Module, tokenizer: Any, texts: list[str]) -> Tensor:
     """L2-normalised attention-masked mean of the final hidden states, `[n, d]`."""
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
-    h = model(**enc).last_hidden_state.float()
-    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-    return F.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
+    return pooled_embedding(model(**enc).last_hidden_state.float(), enc["attention_mask"])
 
 
 REFERENCE_SENTENCES = [

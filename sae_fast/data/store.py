@@ -15,7 +15,6 @@ see exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -80,8 +79,7 @@ def write_cache(
             return
         shard = concat_batches(pending)
         name = f"shard_{len(manifest['shards']):05d}.safetensors"
-        tmp = path / (name + ".tmp")
-        try:
+        with atomic_file(path / name) as tmp:
             save_file(
                 {
                     "acts": shard.acts.contiguous(),
@@ -91,10 +89,6 @@ def write_cache(
                 },
                 str(tmp),
             )
-            os.replace(tmp, path / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         manifest["shards"].append({"file": name, "n_tokens": len(shard.tokens)})
         manifest["n_tokens"] += len(shard.tokens)
         manifest["d_model"] = int(shard.acts.shape[1])

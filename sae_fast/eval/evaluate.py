@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from ..config import check_int
 from ..data.activations import (
     ActivationBatch,
     iter_activations,
     load_model,
-    special_frame,
+    select_windows,
     token_windows,
 )
 from ..data.corpus import load_texts
@@ -59,34 +60,18 @@ class EvalSet:
     ) -> EvalSet:
         """Tokenise `corpus`, skip the windows starting before token `skip_tokens` (real
         tokens), keep windows up to `max_tokens` tokens, and collect their activations."""
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if isinstance(skip_tokens, bool) or not isinstance(skip_tokens, int) or skip_tokens < 0:
-            raise ConfigError(f"skip_tokens must be an integer >= 0, got {skip_tokens!r}")
+        check_int("max_tokens", max_tokens, 1)
+        check_int("skip_tokens", skip_tokens, 0)
         if isinstance(model, str):
             model, tokenizer = load_model(model)
         elif tokenizer is None:
             raise ConfigError("pass the tokenizer with a model object")
         resolve_hook(model, hook)
         windows = token_windows(tokenizer, load_texts(corpus, text_field), context_size)
-        prefix, suffix = special_frame(tokenizer)
-        frame = len(prefix) + len(suffix)
-        seen, start = 0, len(windows)
-        for i, w in enumerate(windows):
-            if seen >= skip_tokens:
-                start = i
-                break
-            seen += len(w) - frame
-        chosen, n = [], 0
-        for w in windows[start:]:
-            if n >= max_tokens:
-                break
-            chosen.append(w)
-            n += len(w) - frame
+        chosen, seen = select_windows(tokenizer, windows, max_tokens, skip_tokens)
         if not chosen:
-            total = sum(len(w) - frame for w in windows)
             raise ConfigError(
-                f"corpus {corpus!r} has {total} tokens, none left after skipping {skip_tokens} "
+                f"corpus {corpus!r} has {seen} tokens, none left after skipping {skip_tokens} "
                 "(the SAE's training tokens); use a larger corpus or skip_tokens=0 to "
                 "evaluate on training data"
             )
@@ -238,13 +223,8 @@ def evaluate(
         sae = SparseAutoencoder.load(sae)
     meta = sae.cfg.metadata
     if eval_set is None:
-        hook = hook or sae.cfg.hook_name
-        model = model if model is not None else sae.cfg.model_name
-        if hook is None or model is None:
-            raise ConfigError(
-                "the SAE does not record its model and hook (cfg model_name / hook_name); "
-                "pass model= and hook="
-            )
+        hook = sae.require_hook(hook)
+        model = model if isinstance(model, nn.Module) else sae.require_model(model)
         corpus = corpus or meta.get("corpus", "embedded")
         eval_set = EvalSet.build(
             model,

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.activations import is_causal_lm, pad_windows
+from ..data.activations import is_causal_lm, pad_windows, pooled_embedding
 from ..data.hooks import patch
 from ..sae import SparseAutoencoder
 
@@ -53,23 +53,16 @@ def score(loss_run: float, loss_baseline: float, loss_clean: float) -> float:
     return (loss_baseline - loss_run) / denom if denom != 0 else float("nan")
 
 
-def sae_replacement(
-    sae: SparseAutoencoder,
-    error_term: bool = False,
-    edit: Callable[[Tensor], Tensor] | None = None,
-) -> Replace:
-    """x -> SAE reconstruction of x (rows `[n, d_in]`, any dtype). `edit` changes the dense
-    code before decoding; `error_term` adds x - SAE(x) back (the unedited error)."""
+def sae_replacement(sae: SparseAutoencoder, error_term: bool = False) -> Replace:
+    """x -> SAE reconstruction of x (rows `[n, d_in]`, any dtype); with `error_term`,
+    x̂ + (x - x̂)."""
 
     @torch.no_grad()
     def replace(x: Tensor) -> Tensor:
         xs = x.to(device=sae.device, dtype=sae.dtype)
-        out = sae(xs)
-        recon = out.reconstruction
-        if edit is not None:
-            recon = sae.decode(edit(out.dense_acts()))
+        recon = sae(xs).reconstruction
         if error_term:
-            recon = recon + (xs - out.reconstruction)
+            recon = recon + (xs - recon)
         return recon.to(device=x.device, dtype=x.dtype)
 
     return replace
@@ -127,14 +120,15 @@ class Fidelity:
         return (out.logits if self.causal else out.last_hidden_state).float()
 
     def _encoder_view(self, h: Tensor, attn: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        m = attn.unsqueeze(-1).to(h.dtype)
-        emb = F.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
-        return h[keep], emb
+        return h[keep], pooled_embedding(h, attn)
 
     def _clean_ref(self, i: int) -> Any:
+        """Causal: (clean logits, next-token log-probs), recomputed; encoder: the clean
+        (real-token states, embeddings), kept."""
         ids, attn, keep = self.batches[i]
         if self.causal:
-            return F.log_softmax(self._forward(ids, attn, keep, None)[:, :-1], dim=-1)
+            logits = self._forward(ids, attn, keep, None)
+            return logits, F.log_softmax(logits[:, :-1], dim=-1)
         if self._clean is None:
             self._clean = [None] * len(self.batches)  # type: ignore[list-item]
         if self._clean[i] is None:
@@ -145,10 +139,11 @@ class Fidelity:
     def _sums(self, ref: Any, out: Tensor, ids: Tensor, attn: Tensor, keep: Tensor) -> dict:
         """{loss name: (sum, count)} of one batch of a run against the clean run."""
         if self.causal:
+            ref_lp = ref[1]
             lp = F.log_softmax(out[:, :-1], dim=-1)
             valid = attn[:, 1:].bool()
             nll = -lp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            kl = (ref.exp() * (ref - lp)).sum(-1)
+            kl = (ref_lp.exp() * (ref_lp - lp)).sum(-1)
             n = int(valid.sum())
             return {"ce": (float(nll[valid].sum()), n), "kl": (float(kl[valid].sum()), n)}
         h_ref, e_ref = ref
@@ -165,7 +160,8 @@ class Fidelity:
         for i, (ids, attn, keep) in enumerate(self.batches):
             ref = self._clean_ref(i)
             for run, replace in runs.items():
-                out = self._forward(ids, attn, keep, replace)
+                clean = replace is None and self.causal  # reuse the reference pass
+                out = ref[0] if clean else self._forward(ids, attn, keep, replace)
                 for loss, (s, n) in self._sums(ref, out, ids, attn, keep).items():
                     acc = sums.setdefault(f"{loss}_{run}", [0.0, 0])
                     acc[0] += s

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import FormatError
-from ._io import atomic_directory, require_dir
+from ._io import atomic_directory, atomic_file, require_dir
 from .dictionary_learning import load_dictionary_learning
 from .saelens import load_saelens, save_saelens
 from .sparsify import load_sparsify
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "atomic_directory",
+    "atomic_file",
     "load_any",
     "load_dictionary_learning",
     "load_saelens",

@@ -161,5 +161,5 @@ def test_cli_eval_skip_beyond_corpus_is_a_clear_error(swept, capsys):
 
 
 def test_eval_rejects_a_non_positive_budget():
-    with pytest.raises(ConfigError, match="max_tokens must be a positive integer"):
+    with pytest.raises(ConfigError, match="max_tokens must be >= 1"):
         EvalSet.build(max_tokens=0)
