@@ -110,13 +110,17 @@ def _browser():
 
 def test_page_in_a_real_browser_search_and_highlighting(site):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     path, live = site
     drv = _browser()
     try:
         drv.get(path.resolve().as_uri())
+        # The list is built by the page's script; once in CI the first query ran before it
+        # had (0 rows, not reproduced since), so wait for it, then check it exactly.
+        WebDriverWait(drv, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.feat"))
         rows = drv.find_elements(By.CSS_SELECTOR, "tr.feat")
-        assert len(rows) == 768
+        assert len(rows) == 768, drv.get_log("browser")
         # sort by density (the default, descending): the first row is the busiest feature
         assert int(rows[0].get_attribute("data-id")) == live
         box = drv.find_element(By.ID, "search")
@@ -142,6 +146,9 @@ def test_page_in_a_real_browser_search_and_highlighting(site):
         assert first.get_attribute("data-id") == "0"
         # auto labels are shown as unverified
         drv.get(path.resolve().as_uri() + "#q=auto-sugg")
+        WebDriverWait(drv, 20).until(
+            lambda d: d.find_element(By.ID, "count").text.startswith("1 of")
+        )
         drv.find_elements(By.CSS_SELECTOR, "tr.feat")[0].click()
         assert "auto · unverified" in drv.find_element(By.ID, "feature").text
         drv.get(path.resolve().as_uri() + f"#f={live}")
