@@ -25,6 +25,7 @@ TORCH_LIBRARY(sae_fast, m) {
   m.def("grad_values(Tensor grad, Tensor indices, Tensor W_dec) -> Tensor");
   m.def("feature_segments(Tensor indices, int d_sae) -> (Tensor, Tensor)");
   m.def("feature_reduce(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
+  m.def("feature_reduce_cols(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
@@ -33,6 +34,7 @@ TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
   m.impl("grad_values", &sae_fast::grad_values_cpu);
   m.impl("feature_segments", &sae_fast::feature_segments_cpu);
   m.impl("feature_reduce", &sae_fast::feature_reduce_cpu);
+  m.impl("feature_reduce_cols", &sae_fast::feature_reduce_cols_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

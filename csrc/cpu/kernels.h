@@ -11,8 +11,9 @@ namespace sae_fast {
 at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
                              const at::Tensor& W_dec, const at::Tensor& b_dec);
 
-// TopK of pre = (x - b_dec) @ W_enc + b_enc per row, feature block by feature block (one
-// BLAS call per block, peak extra memory B * block), ties to the lower index, values ReLU'd.
+// TopK of pre = (x - b_dec) @ W_enc + b_enc per row, by row tile and feature block (one BLAS
+// call each, merged while in cache; peak extra memory threads * tile * block), ties to the
+// lower index, values ReLU'd.
 std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
                                                    const at::Tensor& b_enc, const at::Tensor& b_dec,
                                                    int64_t k, int64_t block);
@@ -29,5 +30,10 @@ std::tuple<at::Tensor, at::Tensor> feature_segments_cpu(const at::Tensor& indice
 std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, const at::Tensor& offsets,
                                                       const at::Tensor& coef, const at::Tensor& src,
                                                       bool with_sum);
+
+// The same sums written as columns: out [D, d_sae], out[:, f] = the row above (W_enc's layout).
+std::tuple<at::Tensor, at::Tensor> feature_reduce_cols_cpu(const at::Tensor& perm, const at::Tensor& offsets,
+                                                           const at::Tensor& coef, const at::Tensor& src,
+                                                           bool with_sum);
 
 }  // namespace sae_fast

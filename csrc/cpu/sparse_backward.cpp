@@ -5,6 +5,7 @@
 //   dL/db_enc[f]    = sum over (b, j) with i[b, j] = f of dL/dpre[b, j]
 // The per-feature sums run over a stable counting sort of the indices, one feature per
 // iteration of a parallel loop: each output row is written by one thread in a fixed order.
+#include <algorithm>
 #include <vector>
 
 #include <ATen/OpMathType.h>
@@ -68,9 +69,13 @@ std::tuple<at::Tensor, at::Tensor> feature_segments_cpu(const at::Tensor& indice
   return {perm, offsets};
 }
 
-std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, const at::Tensor& offsets,
-                                                      const at::Tensor& coef, const at::Tensor& src,
-                                                      bool with_sum) {
+namespace {
+
+// feature_reduce_cpu and feature_reduce_cols_cpu: `columns` writes out[d, f] ([D, d_sae],
+// the layout of W_enc) instead of out[f, d], so dL/dW_enc needs no transpose afterwards.
+std::tuple<at::Tensor, at::Tensor> feature_reduce_impl(const at::Tensor& perm, const at::Tensor& offsets,
+                                                       const at::Tensor& coef, const at::Tensor& src,
+                                                       bool with_sum, bool columns) {
   SAE_CHECK_CPU(perm); SAE_CHECK_CPU(offsets); SAE_CHECK_CPU(coef); SAE_CHECK_CPU(src);
   SAE_CHECK_DTYPE(perm, at::kLong); SAE_CHECK_DTYPE(offsets, at::kLong);
   SAE_CHECK_DIM(perm, 1); SAE_CHECK_DIM(offsets, 1); SAE_CHECK_DIM(coef, 2); SAE_CHECK_DIM(src, 2);
@@ -90,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, co
     using acc_t = at::opmath_type<scalar_t>;
     auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     auto cc = c.to(acc_dtype);  // coef may arrive in the accumulation dtype already
-    out = at::empty({d_sae, D}, s.options().dtype(acc_dtype));
+    out = columns ? at::empty({D, d_sae}, s.options().dtype(acc_dtype))
+                  : at::empty({d_sae, D}, s.options().dtype(acc_dtype));
     sums = at::empty({with_sum ? d_sae : 0}, s.options().dtype(acc_dtype));
     const int64_t* op = off.data_ptr<int64_t>();
     const int64_t* pp = pm.data_ptr<int64_t>();
@@ -98,23 +104,53 @@ std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, co
     const scalar_t* sp = s.data_ptr<scalar_t>();
     acc_t* outp = out.data_ptr<acc_t>();
     acc_t* sump = with_sum ? sums.data_ptr<acc_t>() : nullptr;
-_Pragma("omp parallel for schedule(dynamic, 64)")
-    for (int64_t f = 0; f < d_sae; ++f) {
-      acc_t* __restrict__ row = outp + f * D;  // [D]
-      for (int64_t d = 0; d < D; ++d) row[d] = acc_t(0);
-      acc_t total = 0;
-      for (int64_t p = op[f]; p < op[f + 1]; ++p) {
-        const int64_t pos = pp[p];  // flat (b * k + j)
-        const acc_t w = cp[pos];
-        total += w;
-        const scalar_t* __restrict__ srow = sp + (pos / k) * D;  // [D]
+    // Features go in groups of kGroup; with `columns` a group's rows are summed into scratch
+    // and then stored as whole cache lines of each output row (out[d, f0:f0+kGroup]).
+    constexpr int64_t kGroup = 16;
+    const int64_t n_groups = (d_sae + kGroup - 1) / kGroup;
+_Pragma("omp parallel")
+    {
+      std::vector<acc_t> scratch(columns ? kGroup * D : 0);
+_Pragma("omp for schedule(dynamic, 4)")
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const int64_t f0 = g * kGroup, nf = std::min(kGroup, d_sae - f0);
+        for (int64_t f = f0; f < f0 + nf; ++f) {
+          acc_t* __restrict__ row = columns ? scratch.data() + (f - f0) * D : outp + f * D;  // [D]
+          for (int64_t d = 0; d < D; ++d) row[d] = acc_t(0);
+          acc_t total = 0;
+          for (int64_t p = op[f]; p < op[f + 1]; ++p) {
+            const int64_t pos = pp[p];  // flat (b * k + j)
+            const acc_t w = cp[pos];
+            total += w;
+            const scalar_t* __restrict__ srow = sp + (pos / k) * D;  // [D]
 _Pragma("omp simd")
-        for (int64_t d = 0; d < D; ++d) row[d] += w * static_cast<acc_t>(srow[d]);
+            for (int64_t d = 0; d < D; ++d) row[d] += w * static_cast<acc_t>(srow[d]);
+          }
+          if (sump) sump[f] = total;
+        }
+        if (columns)
+          for (int64_t d = 0; d < D; ++d) {
+            acc_t* __restrict__ dst = outp + d * d_sae + f0;
+            for (int64_t f = 0; f < nf; ++f) dst[f] = scratch[f * D + d];
+          }
       }
-      if (sump) sump[f] = total;
     }
   });
   return {out, sums};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> feature_reduce_cpu(const at::Tensor& perm, const at::Tensor& offsets,
+                                                      const at::Tensor& coef, const at::Tensor& src,
+                                                      bool with_sum) {
+  return feature_reduce_impl(perm, offsets, coef, src, with_sum, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> feature_reduce_cols_cpu(const at::Tensor& perm, const at::Tensor& offsets,
+                                                           const at::Tensor& coef, const at::Tensor& src,
+                                                           bool with_sum) {
+  return feature_reduce_impl(perm, offsets, coef, src, with_sum, true);
 }
 
 }  // namespace sae_fast

@@ -1,7 +1,7 @@
-// TopK encoder on the CPU: pre = (x - b_dec) @ W_enc + b_enc, one block of features at a
-// time (a BLAS call per block on a strided view of W_enc, no copy), merged into a running
-// per-row top-k kept as a min-heap whose root is the worst kept entry. Peak extra memory is
-// O(B * block), never O(B * d_sae). Order: value descending, then lower index first; a
+// TopK encoder on the CPU: pre = (x - b_dec) @ W_enc + b_enc, one tile of rows and one block
+// of features at a time (a BLAS call per tile and block on a strided view of W_enc, no copy),
+// merged into a running per-row top-k kept as a min-heap whose root is the worst kept entry.
+// Peak extra memory is O(threads * rows * block), never O(B * d_sae). Order: value descending, then lower index first; a
 // later feature never displaces an equal earlier one, so ties go to the lower index.
 #include <algorithm>
 #include <vector>
@@ -51,14 +51,13 @@ inline void sift_up(Entry<acc_t>* heap, int64_t i) {
   }
 }
 
-// Merge one block of pre-activations [B, nb] (features f0..f0+nb) into the row heaps.
+// Merge one block of pre-activations [nr, nb] (features f0..f0+nb) into the heaps of nr rows.
 // pre[b, c] + bias[c] is the pre-activation of feature f0 + c (the bias is added here, not
 // by addmm, which would first copy it into every row of the block).
 template <typename scalar_t, typename acc_t>
-void merge_block(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ bias, int64_t B,
+void merge_block(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ bias, int64_t nr,
                  int64_t nb, int64_t f0, int64_t k, Entry<acc_t>* heaps, int64_t* sizes) {
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < nr; ++b) {
     Entry<acc_t>* heap = heaps + b * k;
     int64_t n = sizes[b];
     const scalar_t* row = pre + b * nb;
@@ -92,6 +91,15 @@ void merge_block(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ 
   }
 }
 
+// Rows per tile: a thread's [rows, block] pre-activation tile stays within ~512 KiB, so it is
+// merged from L2 right after its GEMM instead of going out to memory and back; and a batch
+// gives at least 8 tiles when it can (16 rows or more each). A function of B and block only,
+// never of the thread count, so the result does not depend on it.
+inline int64_t tile_rows(int64_t B, int64_t block, int64_t itemsize) {
+  const int64_t by_cache = std::max<int64_t>((int64_t(1) << 19) / (block * itemsize), 16);
+  return std::max<int64_t>(std::min(by_cache, (B + 7) / 8), 16);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
@@ -119,12 +127,31 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<Entry<acc_t>> heaps(B * k);
     std::vector<int64_t> sizes(B, 0);
-    for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
-      const int64_t nb = std::min(block, d_sae - f0);
-      // pre block [B, nb] = xc @ W_enc[:, f0:f0+nb] (BLAS on a strided view); + b_enc in the merge
-      auto pre = at::mm(xc, W_enc.narrow(1, f0, nb)).to(x.scalar_type()).contiguous();
-      merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>() + f0, B, nb, f0, k,
-                                   heaps.data(), sizes.data());
+    const int64_t rows = tile_rows(B, block, x.element_size());
+    const int64_t n_tiles = (B + rows - 1) / rows;
+    const scalar_t* bias_ptr = bias.data_ptr<scalar_t>();
+    // Each thread takes whole row tiles: per tile, one GEMM per feature block into its own
+    // buffer, merged at once. Tiles depend on B only, so the result does not depend on the
+    // thread count.
+_Pragma("omp parallel")
+    {
+      // The dispatcher's thread-local state does not reach OpenMP workers: stay below
+      // autograd and outside autocast here too.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      c10::impl::ExcludeDispatchKeyGuard no_autocast_here(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
+      auto buf = at::empty({rows * block}, x.options());
+_Pragma("omp for schedule(dynamic, 1)")
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        const int64_t r0 = t * rows, nr = std::min(rows, B - r0);
+        auto xt = xc.narrow(0, r0, nr);
+        for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
+          const int64_t nb = std::min(block, d_sae - f0);
+          auto pre = buf.narrow(0, 0, nr * nb).view({nr, nb});
+          at::mm_out(pre, xt, W_enc.narrow(1, f0, nb));  // [nr, nb], strided view of W_enc
+          merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), bias_ptr + f0, nr, nb, f0, k,
+                                       heaps.data() + r0 * k, sizes.data() + r0);
+        }
+      }
     }
     scalar_t* vout = values.data_ptr<scalar_t>();
     int64_t* iout = indices.data_ptr<int64_t>();

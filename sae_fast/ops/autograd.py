@@ -10,6 +10,7 @@ sees through them):
     grad_values(g [B, D], indices, W_dec) -> dL/dv [B, k] (fp32 or fp64)
     segments(indices, d_sae) -> (perm [B*k], offsets [d_sae + 1]), positions sorted by feature
     feature_reduce(perm, offsets, coef [B, k], src [B, D], with_sum) -> (out [d_sae, D], sums)
+    (optional) feature_reduce_cols(...) -> (out [D, d_sae], sums): the same, as columns
 
 Backward (DESIGN.md section 3):
     decoder: dL/dv = g . W_dec[i];   dL/dW_dec[f] = sum_{i[b,j]=f} v[b,j] g[b]
@@ -39,6 +40,7 @@ class SparseKernels(Protocol):
     grad_values: Callable[..., Tensor]
     segments: Callable[..., tuple[Tensor, Tensor]]
     feature_reduce: Callable[..., tuple[Tensor, Tensor]]
+    # Optional: feature_reduce_cols(...) -> (out [D, d_sae], sums), the CPU kernels have it.
 
 
 def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -67,8 +69,13 @@ def topk_encoder_backward(
     """(dx or an empty tensor, dW_enc, db_enc, db_dec through the encoder)."""
     d_pre = grad_values * (values > 0).to(grad_values.dtype)  # [B, k] ReLU mask
     perm, offsets = kern.segments(indices, W_enc.shape[1])
-    dW_enc_t, db_enc = kern.feature_reduce(perm, offsets, d_pre, x - b_dec, True)
-    dW_enc = dW_enc_t.t().to(W_enc.dtype).contiguous()  # [d_in, d_sae]
+    reduce_cols = getattr(kern, "feature_reduce_cols", None)
+    if reduce_cols is not None and x.device.type == "cpu":  # written in W_enc's layout
+        dW_enc, db_enc = reduce_cols(perm, offsets, d_pre, x - b_dec, True)
+        dW_enc = dW_enc.to(W_enc.dtype)  # [d_in, d_sae]
+    else:
+        dW_enc_t, db_enc = kern.feature_reduce(perm, offsets, d_pre, x - b_dec, True)
+        dW_enc = dW_enc_t.t().to(W_enc.dtype).contiguous()  # [d_in, d_sae]
     db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
     db_dec = ref.b_dec_grad_through_encoder(W_enc, db_enc).to(b_dec.dtype)
     if need_x_grad:  # a sparse decode with W_enc^T as the dictionary

@@ -19,6 +19,7 @@ class NativeKernels:
     grad_values = staticmethod(native.grad_values)
     segments = staticmethod(native.feature_segments)
     feature_reduce = staticmethod(native.feature_reduce)
+    feature_reduce_cols = staticmethod(native.feature_reduce_cols)
 
 
 native_encode_topk, native_decode_sparse = register_sparse_ops("native", NativeKernels)

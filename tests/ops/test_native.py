@@ -171,6 +171,8 @@ def test_sparse_backward_ops_match_explicit_formulas(dtype, B, d_in, d_sae, k):
     dW_enc_t, db_enc = native.feature_reduce(perm, offsets, d_pre, xc, True)
     assert_close(dW_enc_t.t(), want.W_enc, "dL/dW_enc", *tol)
     assert_close(db_enc, want.b_enc, "dL/db_enc", *tol)
+    cols, db_cols = native.feature_reduce_cols(perm, offsets, d_pre, xc, True)  # [d_in, d_sae]
+    assert torch.equal(cols, dW_enc_t.t()) and torch.equal(db_cols, db_enc)
 
 
 def test_feature_segments_is_a_stable_counting_sort():
@@ -194,6 +196,7 @@ def test_results_do_not_depend_on_the_thread_count():
                 (
                     native.topk_encode(x, W, be, bd, 9, 100),
                     native.feature_reduce(perm, offsets, v0, x, True),
+                    native.feature_reduce_cols(perm, offsets, v0, x, True),
                     native.grad_values(x, i0, W.t().contiguous()),
                 )
             )
