@@ -8,7 +8,7 @@ NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cu
 CUDA_SRC := $(wildcard csrc/cuda/*.cu)
 NVCC ?= nvcc
 
-.PHONY: install test demo lint nvcc-check browser clean
+.PHONY: install test demo lint nvcc-check browser peers bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -50,8 +50,17 @@ browser:
 	  echo "browser: could not install chromium; the feature-browser test will not run"; \
 	else echo "browser: no chromium; the feature-browser test will be skipped"; fi
 
-test: $(STAMP) lint nvcc-check browser
+# The peer libraries the benchmarks compare against (sparsify, SAELens) in their own
+# environment, benchmarks/peers/.venv; never sae_fast dependencies. About 2 GB, 2 minutes.
+peers: $(STAMP)
+	bash benchmarks/peers/setup.sh
+
+test: $(STAMP) lint nvcc-check browser peers
 	$(PY) -m pytest -q
+
+# The full benchmark suite on this machine (results/<device>-<date>.csv, .md, .png).
+bench: $(STAMP) peers
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks run --suite all
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m sae_fast.demo

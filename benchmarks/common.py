@@ -1,4 +1,6 @@
-"""Timing helpers shared by the benchmarks: median of repeated runs, machine description."""
+"""Shared by the benchmarks: shapes, timing (median of repeated runs), the machine's name,
+atomic CSV output. Kept free of sae_fast imports at module level, so that the peer
+environment (`benchmarks/peers/`) can import it too."""
 
 from __future__ import annotations
 
@@ -8,32 +10,91 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from sae_fast.formats import atomic_file
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark configuration: SAE size, batch and dtype."""
+
+    d_in: int
+    d_sae: int
+    B: int
+    k: int
+    dtype: str = "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def label(self) -> str:
+        return f"d_in={self.d_in} d_sae={self.d_sae} B={self.B} k={self.k} {self.dtype}"
+
+    def with_(self, **kw: int | str) -> Shape:
+        return replace(self, **kw)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# DESIGN.md section 6: the CPU and GPU training rows, the CPU encode-memory row, and a
+# small preset for smoke runs (tests).
+PRESETS = {
+    "cpu": Shape(384, 12288, 4096, 32),
+    "cuda": Shape(4096, 131072, 8192, 64, "bfloat16"),
+    "small": Shape(32, 512, 256, 8),
+}
+ENCODE_MEMORY = {
+    "cpu": Shape(384, 65536, 8192, 32),
+    "cuda": Shape(4096, 131072, 8192, 64, "bfloat16"),
+    "small": Shape(32, 2048, 512, 8),
+}
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work (no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def median_ms(
     fn: Callable[[], object], repeats: int = 7, warmup: int = 2, device: str = "cpu"
 ) -> float:
     """Median wall time of `fn()` in milliseconds (CUDA work synchronised)."""
-
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     for _ in range(warmup):
         fn()
-    sync()
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        sync()
+        sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, device: str = "cpu"
+) -> dict[str, float]:
+    """Median ms of each function, timed in rounds (one call of each per round), so a change
+    in the machine's load touches every entry alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def machine(device: str = "cpu") -> str:
@@ -47,10 +108,14 @@ def machine(device: str = "cpu") -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
-    """Write `rows` (dicts with the same keys) to `path` atomically: temp file, then rename."""
+    """Write `rows` to `path` atomically (temp file, then rename); the columns are the union
+    of the rows' keys in first-seen order."""
+    from sae_fast.formats import atomic_file
+
+    fields = list(dict.fromkeys(key for row in rows for key in row))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {path}")

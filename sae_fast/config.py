@@ -161,6 +161,9 @@ class TrainConfig:
     normalize_activations: bool = _opt(True, "scale inputs to mean norm sqrt(d_in); folded on save")
     autocast_bf16: bool = _opt(False, "bf16 autocast for the forward pass")
     backend: str = _opt("auto", "backend")
+    device: str = _opt(
+        "auto", 'where the SAE trains: "auto" (CUDA when there is one), cpu, cuda[:N]'
+    )
     seed: int = _opt(0, "seed")
     out: str = _opt("runs/sae", "run dir: sae/, checkpoints/, metrics.jsonl")
     checkpoint_every: int = _opt(500, "steps between checkpoints (0: only at the end / Ctrl-C)")

@@ -27,7 +27,7 @@ from ..data.corpus import corpus_hash, load_texts
 from ..data.hooks import resolve_hook
 from ..data.store import ActivationStore, concat_batches, read_cache, write_cache
 from ..errors import ConfigError, FormatError
-from ..formats._io import atomic_directory, read_json, write_json
+from ..formats._io import atomic_directory, atomic_file, read_json, write_json
 from ..ops import reference as ref
 from ..sae import SparseAutoencoder
 from . import losses
@@ -50,7 +50,8 @@ class TrainResult:
     tokenizer: Any
     metrics: dict[str, float] = field(default_factory=dict)
     # Where the time went: activation collection (model forward passes, or the cache read)
-    # vs SAE optimisation steps; seconds and tokens per second of each.
+    # vs SAE optimisation steps; seconds and tokens per second of each (also written to
+    # `<out>/timings.json`).
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -87,6 +88,23 @@ def collect(cfg: TrainConfig) -> tuple[ActivationBatch, list[list[int]], Any]:
     return read_cache(cache, identity), windows, tokenizer
 
 
+def train_device(name: str) -> torch.device:
+    """The device of `TrainConfig.device`: "auto" is CUDA when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
+        ) from err
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: sae_fast trains on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: torch sees no CUDA device here")
+    return device
+
+
 def _norm_scale(acts: Tensor) -> float:
     """sqrt(d_in) / mean ||x|| over (up to) 65536 rows."""
     sample = acts[:65536].double()
@@ -106,6 +124,7 @@ class Trainer:
             probe.unlink()
         except OSError as err:
             raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
+        self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
         t0 = time.perf_counter()
         self.data, self.windows, self.tokenizer = data if data is not None else collect(cfg)
         self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
@@ -119,6 +138,7 @@ class Trainer:
             activation=cfg.activation,
             k=cfg.k,
             backend=cfg.backend,
+            device=self.device,
             model_name=cfg.model,
             hook_name=cfg.hook,
             # Read by `evaluate` to hold out the training tokens of the same corpus.
@@ -133,7 +153,7 @@ class Trainer:
                 self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
         self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
         with torch.no_grad():  # b_dec starts at the (scaled) mean, a common choice
-            self.sae.b_dec.copy_(acts[:65536].mean(0) * self.scale)
+            self.sae.b_dec.copy_((acts[:65536].mean(0) * self.scale).to(self.device))
         self.store = ActivationStore(acts, seed=cfg.seed)
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
@@ -141,7 +161,7 @@ class Trainer:
             self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True
         )
         self.step = 0
-        self.since_fired = torch.zeros(d_sae, dtype=torch.int64)
+        self.since_fired = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
         self.batchtopk_threshold: float | None = None
         if cfg.resume:
             self._load_checkpoint(Path(cfg.resume))
@@ -164,7 +184,7 @@ class Trainer:
             out = sae(x)
             recon = out.reconstruction
             if out.values is not None:
-                fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+                fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
                 fired[out.indices[out.values > 0]] = True
                 l0 = (out.values > 0).sum(-1).float().mean()
             else:
@@ -195,11 +215,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
         cfg = self.cfg
-        x = self.store.batch(self.step, cfg.batch_size) * self.scale
+        x = self.store.batch(self.step, cfg.batch_size).to(self.device) * self.scale
         lr = cfg.lr * _lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
             loss, logs, fired = self._loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,7 +252,7 @@ class Trainer:
         with atomic_directory(path) as tmp:
             self.sae.save(tmp / "sae")
             torch.save(self.opt.state_dict(), tmp / OPTIM_FILE)
-            save_file({"since_fired": self.since_fired}, str(tmp / COUNTERS_FILE))
+            save_file({"since_fired": self.since_fired.cpu()}, str(tmp / COUNTERS_FILE))
             write_json(
                 tmp / STATE_FILE,
                 {
@@ -268,7 +288,7 @@ class Trainer:
         except Exception as err:
             raise FormatError(f"{path / OPTIM_FILE} is unreadable: {err}") from err
         self.opt.load_state_dict(opt_state)
-        self.since_fired = load_file(str(path / COUNTERS_FILE))["since_fired"]
+        self.since_fired = load_file(str(path / COUNTERS_FILE))["since_fired"].to(self.device)
         self.step = int(state["step"])
         self.scale = float(state["scale"])
         self.batchtopk_threshold = state.get("batchtopk_threshold")
@@ -341,6 +361,10 @@ class Trainer:
             "train_seconds": train_s,
             "train_tokens_per_s": (self.step * cfg.batch_size - tokens0) / max(train_s, 1e-9),
         }
+        timings["steps"] = self.step
+        timings["batch_size"] = cfg.batch_size
+        with atomic_file(self.out / "timings.json") as tmp:
+            write_json(tmp, timings)
         sae = self.final_sae()
         sae_dir = sae.save(self.out / "sae")
         return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs, timings)

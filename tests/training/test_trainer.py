@@ -118,6 +118,17 @@ def test_unwritable_output_dir(tmp_path, data):
         Trainer(TrainConfig(**{**BASE, "out": str(tmp_path / "file" / "run")}), data)
 
 
+def test_training_device(tmp_path, data):
+    cfg = TrainConfig(**{**BASE, "out": str(tmp_path / "run"), "device": "cpu"})
+    assert Trainer(cfg, data).sae.W_enc.device.type == "cpu"
+    for name, match in (("tpu:0", "not a device name|trains on cpu or cuda"), ("meta", "trains")):
+        with pytest.raises(ConfigError, match=match):
+            Trainer(TrainConfig(**{**cfg.to_dict(), "device": name}), data)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            Trainer(TrainConfig(**{**cfg.to_dict(), "device": "cuda"}), data)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -152,6 +163,8 @@ def test_public_train_function_with_cache_and_bad_inputs(tmp_path):
     assert t["collect_seconds"] > 0 and t["collect_tokens_per_s"] > 0
     assert t["train_seconds"] > 0
     assert t["train_tokens_per_s"] == pytest.approx(3 * 256 / t["train_seconds"], rel=1e-6)
+    saved = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert saved == {**t, "steps": 3, "batch_size": 256}
     again = sae_fast.train(cfg)  # reads the cache, same activations
     assert torch.equal(again.activations.acts, result.activations.acts)
     with pytest.raises(ConfigError, match="does not match this run"):

@@ -1,0 +1,191 @@
+"""The benchmark runner.
+
+    python -m benchmarks run --device cpu --suite all
+    python -m benchmarks run --device cuda --suite kernels,train,peers
+    python -m benchmarks run --preset small --suite kernels,train,memory --out /tmp/b  # smoke
+
+Suites: kernels (each op vs the reference and the dense form), train (the training step
+against the encoder GEMM, the dense reference and torch.compile of it, at the preset's
+shape and across dictionary and batch sizes), memory (peak memory, fresh processes),
+peers (adds sparsify and SAELens to train and memory; needs `benchmarks/peers/setup.sh`),
+e2e (`sae-fast train` throughput on the embedded default); all = every one (peers when
+its environment exists). Every result is checked against the reference before it is
+timed. Writes `<out>/<device>-<date>.csv`, `.md` and `.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import data, report
+from .common import ENCODE_MEMORY, PRESETS, RESULTS, Shape, machine, write_csv
+
+SUITES = ("kernels", "train", "memory", "peers", "e2e")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run suites, print tables, write CSV, markdown and PNG")
+    r.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if any")
+    r.add_argument("--suite", default="all", help=f"comma list of {', '.join(SUITES)}, or all")
+    r.add_argument("--preset", choices=list(PRESETS), default=None, help="default: the device's")
+    r.add_argument("--backend", default="auto", help="sae_fast backend (auto: native/triton)")
+    r.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, CUDA 10)")
+    r.add_argument("--data", choices=["auto", "minilm", "random"], default="auto")
+    r.add_argument("--no-compile", action="store_true", help="leave out torch.compile(dense)")
+    r.add_argument("--no-sweep", action="store_true", help="only the preset's shape")
+    r.add_argument("--out", type=Path, default=RESULTS)
+    c = sub.add_parser("train-child", help=argparse.SUPPRESS)  # the peer environment's side
+    c.add_argument("spec")
+    return p.parse_args(argv)
+
+
+def _suites(text: str, peers_ready: bool) -> list[str]:
+    asked = [s.strip() for s in text.split(",") if s.strip()]
+    if asked == ["all"]:
+        chosen = [s for s in SUITES if s != "peers" or peers_ready]
+        if not peers_ready:
+            print("note: peers left out: no peer environment (bash benchmarks/peers/setup.sh)")
+        return chosen
+    bad = [s for s in asked if s not in SUITES]
+    if bad or not asked:
+        raise SystemExit(f"unknown suite(s) {bad or text!r}: choose from {', '.join(SUITES)}, all")
+    if "peers" in asked and "train" not in asked:
+        asked.append("train")  # peers are timed inside the train suite
+    return asked
+
+
+def _train_in_peer_env(spec: dict, x: torch.Tensor) -> list[dict]:
+    """Run the train suite inside the peer environment (one process for every library)."""
+    from . import peers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data.save(x, Path(tmp) / "x.safetensors")
+        out = Path(tmp) / "rows.json"
+        spec = {**spec, "data": str(Path(tmp) / "x.safetensors"), "out": str(out)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        cmd = [str(peers.python()), "-m", "benchmarks", "train-child", json.dumps(spec)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=7200)
+        if done.returncode != 0:
+            raise SystemExit(f"the train suite in the peer environment failed ({done.returncode})")
+        return json.loads(out.read_text())
+
+
+def _train_child(spec_text: str) -> None:
+    from . import train
+
+    spec = json.loads(spec_text)
+    rows = train.run(
+        Shape(**spec["shape"]),
+        data.load(Path(spec["data"])),
+        spec["impls"],
+        spec["repeats"],
+        spec["device"],
+        sweep=spec["sweep"],
+        backend=spec["backend"],
+    )
+    Path(spec["out"]).write_text(json.dumps(rows))
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    """Run the chosen suites; returns every row (also written to disk)."""
+    from . import peers
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    preset = a.preset or device
+    main, enc = PRESETS[preset], ENCODE_MEMORY[preset]
+    repeats = a.repeats or (1 if preset == "small" else 10 if device == "cuda" else 5)
+    a.repeats_used = repeats
+    suites = _suites(a.suite, peers.ready())
+    impls = ["sae_fast", "sae_fast[torch]", "dense"] + ([] if a.no_compile else ["compile"])
+    if "peers" in suites:
+        impls += ["sparsify", "saelens"]
+    rows: list[dict] = []
+    x, source = None, ""
+    if {"kernels", "train"} & set(suites):
+        n = max(s.B for s in ([main] if a.no_sweep else _train_shapes(main)))
+        x, source = data.activations(n, main.d_in, a.data)
+    if "kernels" in suites:
+        from . import kernels
+
+        rows += kernels.run(main, device, repeats, x, a.backend)
+    if "train" in suites:
+        spec = {
+            "shape": main.as_dict(),
+            "impls": impls,
+            "repeats": repeats,
+            "device": device,
+            "sweep": not a.no_sweep,
+            "backend": a.backend,
+        }
+        if "peers" in suites:
+            rows += _train_in_peer_env(spec, x)
+        else:
+            from . import train
+
+            rows += train.run(main, x, impls, repeats, device, not a.no_sweep, a.backend)
+    if "memory" in suites:
+        from . import memory
+
+        peer_py = str(peers.python()) if "peers" in suites else None
+        rows += memory.run(enc, main, impls, device, peer_py, a.backend)
+    if "e2e" in suites:
+        from . import e2e
+
+        rows += e2e.run(preset, device)
+    _write(rows, a, device, preset, main, source)
+    return rows
+
+
+def _train_shapes(main: Shape) -> list[Shape]:
+    from .train import sweep_shapes
+
+    return sweep_shapes(main)
+
+
+def _write(
+    rows: list[dict], a: argparse.Namespace, device: str, preset: str, main: Shape, source: str
+) -> None:
+    date = dt.date.today().isoformat()
+    stem = f"{device}-{date}" if preset == device else f"{device}-{preset}-{date}"
+    meta = {
+        "date": date,
+        "machine": machine(device),
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:] if a.argv is None else a.argv),
+        "data": source or "-",
+        "timing": f"median of {a.repeats_used} rounds, implementations interleaved within a round",
+    }
+    write_csv(rows, a.out / f"{stem}.csv")
+    report.write_markdown(report.markdown(rows, device, main, meta), a.out / f"{stem}.md")
+    report.plot(rows, main, f"TopK train step, {meta['machine']}, {date}", a.out / f"{stem}.png")
+    checks = report.targets(rows, device, main)
+    for text, ok in checks:
+        print(f"{'met' if ok else 'MISSED'}: {text}")
+
+
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    """Entry point of `python -m benchmarks`."""
+    a = _parse(argv)
+    if a.command == "train-child":
+        _train_child(a.spec)
+        return None
+    a.argv = argv
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return run(a)
+
+
+if __name__ == "__main__":
+    main()
