@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
 BACKENDS = ("auto", "triton", "native", "torch")
+PARALLEL = ("none", "data")  # training parallelism (sae_fast.training.distributed)
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -164,6 +165,7 @@ class TrainConfig:
     device: str = _opt(
         "auto", 'where the SAE trains: "auto" (CUDA when there is one), cpu, cuda[:N]'
     )
+    parallel: str = _opt("none", "none | data (launch with torchrun; see README, Scaling out)")
     seed: int = _opt(0, "seed")
     out: str = _opt("runs/sae", "run dir: sae/, checkpoints/, metrics.jsonl")
     checkpoint_every: int = _opt(500, "steps between checkpoints (0: only at the end / Ctrl-C)")
@@ -179,6 +181,10 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
+            )
+        if self.parallel not in PARALLEL:
+            raise ConfigError(
+                f"unknown parallel mode {self.parallel!r}; expected one of {PARALLEL}"
             )
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")

@@ -10,8 +10,10 @@ resuming from one continues bitwise like an uninterrupted run on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from ..errors import ConfigError, FormatError
 from ..formats._io import atomic_directory, atomic_file, read_json, write_json
 from ..ops import reference as ref
 from ..sae import SparseAutoencoder
-from . import losses
+from . import distributed, losses
 from .basic import normalize_decoder_rows, project_decoder_grad
 
 STATE_FILE = "trainer_state.json"
@@ -119,15 +121,25 @@ class Trainer:
         self.out = Path(cfg.out)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write_test"
+            probe = self.out / f".write_test-{os.getpid()}"
             probe.write_text("")
             probe.unlink()
         except OSError as err:
             raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
         self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
+        self.group, self.device = distributed.init(cfg.parallel, self.device)
         t0 = time.perf_counter()
+        if data is None and cfg.cache and self.group.world > 1:
+            # rank 0 writes the activation cache, the others read it once it is complete
+            if not self.group.is_main:
+                distributed.barrier(self.group)
+            data = collect(cfg)
+            if self.group.is_main:
+                distributed.barrier(self.group)
+            self.collect_seconds = time.perf_counter() - t0
         self.data, self.windows, self.tokenizer = data if data is not None else collect(cfg)
-        self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
+        if not hasattr(self, "collect_seconds"):
+            self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
         acts = self.data.acts
         d_in = acts.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
@@ -215,7 +227,9 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
         cfg = self.cfg
-        x = self.store.batch(self.step, cfg.batch_size).to(self.device) * self.scale
+        # every rank draws the same global batch and keeps its share (data parallel)
+        rows = distributed.share(self.store.batch(self.step, cfg.batch_size), self.group)
+        x = rows.to(self.device) * self.scale
         lr = cfg.lr * _lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -223,6 +237,7 @@ class Trainer:
             loss, logs, fired = self._loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(list(self.sae.parameters()), self.group)
         project_decoder_grad(self.sae)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), cfg.grad_clip)
@@ -231,7 +246,8 @@ class Trainer:
         if self.sae.threshold is not None:
             with torch.no_grad():
                 self.sae.threshold.clamp_(min=0.0)
-        self.since_fired += x.shape[0]
+        fired = distributed.any_rank(fired, self.group)
+        self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
         self.step += 1
         logs.update(
@@ -240,15 +256,19 @@ class Trainer:
             step=self.step,
             dead_pct=100.0 * float((self.since_fired >= cfg.dead_after_tokens).float().mean()),
         )
-        return logs
+        return distributed.mean_logs(logs, self.group, self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step_<n>` atomically; keep the two newest."""
+        """Write `checkpoints/step_<n>` atomically; keep the two newest. Data parallel: the
+        ranks hold identical weights and optimiser state, so rank 0 writes, the others wait."""
         from safetensors.torch import save_file
 
         ckpt_root = self.out / "checkpoints"
         path = ckpt_root / f"step_{self.step:08d}"
+        if not self.group.is_main:
+            distributed.barrier(self.group)
+            return path
         with atomic_directory(path) as tmp:
             self.sae.save(tmp / "sae")
             torch.save(self.opt.state_dict(), tmp / OPTIM_FILE)
@@ -265,6 +285,7 @@ class Trainer:
         old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
         for p in old:
             shutil.rmtree(p, ignore_errors=True)
+        distributed.barrier(self.group)
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -311,19 +332,20 @@ class Trainer:
         """Train to `cfg.steps`, checkpointing; Ctrl-C saves a checkpoint, then exits."""
         cfg = self.cfg
         bar = None
-        if cfg.progress:
+        main = self.group.is_main  # data parallel: rank 0 logs, checkpoints and saves
+        if cfg.progress and main:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
         logs: dict[str, float] = {}
         t0, tokens0 = time.perf_counter(), self.step * cfg.batch_size
         try:
-            with open(self.metrics_path, "a") as metrics:
+            with open(self.metrics_path, "a") if main else contextlib.nullcontext() as metrics:
                 while self.step < cfg.steps:
                     logs = self.train_step()
                     if bar is not None:
                         bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         tok_s = (self.step * cfg.batch_size - tokens0) / max(
                             time.perf_counter() - t0, 1e-9
                         )
@@ -363,10 +385,13 @@ class Trainer:
         }
         timings["steps"] = self.step
         timings["batch_size"] = cfg.batch_size
-        with atomic_file(self.out / "timings.json") as tmp:
-            write_json(tmp, timings)
         sae = self.final_sae()
-        sae_dir = sae.save(self.out / "sae")
+        sae_dir = self.out / "sae"
+        if main:
+            with atomic_file(self.out / "timings.json") as tmp:
+                write_json(tmp, timings)
+            sae.save(sae_dir)
+        distributed.barrier(self.group)  # the saved SAE exists on return, on every rank
         return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs, timings)
 
 

@@ -1,0 +1,124 @@
+"""Data-parallel training on 2 gloo processes (spawned here, bounded in time) against the
+single-process run with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.training.trainer import Trainer, collect, train
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = dict(
+    max_tokens=2048,
+    context_size=64,
+    steps=8,
+    batch_size=256,
+    d_sae=768,
+    k=8,
+    checkpoint_every=4,
+    log_every=2,
+    progress=False,
+    dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
+    seed=3,
+)
+TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, cfg: dict) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        HF_HUB_OFFLINE="1",
+    )
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(**cfg))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _run_data_parallel(cfg: dict, world: int = 2) -> None:
+    ctx = mp.start_processes(
+        _rank_main, args=(world, _free_port(), cfg), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"data-parallel run did not finish in {TIMEOUT_S} s")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return SparseAutoencoder.load(path).state_dict()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("acts") / "cache"
+    collect(TrainConfig(**BASE, cache=str(path)))
+    return str(path)
+
+
+def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
+    single = train(TrainConfig(**BASE, cache=cache, out=str(tmp_path / "single")))
+    assert single.metrics["dead_pct"] > 0  # the dead-latent path was exercised
+    dp = dict(BASE, cache=cache, out=str(tmp_path / "dp"), parallel="data")
+    _run_data_parallel(dp)
+    want = _weights(tmp_path / "single" / "sae")
+    got = _weights(tmp_path / "dp" / "sae")
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    lines = (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # rank 0 alone logs (steps 2, 4, 6, 8)
+    # the checkpoint is one ordinary SAE directory, loadable in a single process
+    ckpt = tmp_path / "dp" / "checkpoints" / "step_00000004"
+    assert SparseAutoencoder.load(ckpt / "sae").d_sae == 768
+    # resume the data-parallel run from step 4: same weights as the uninterrupted runs
+    _run_data_parallel(dict(dp, out=str(tmp_path / "resumed"), resume=str(ckpt)))
+    again = _weights(tmp_path / "resumed" / "sae")
+    for name, w in want.items():
+        torch.testing.assert_close(again[name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_torchrun_command_line(tmp_path, cache):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    cmd += ["-m", "sae_fast.cli", "train", "--parallel", "data", "--cache", cache]
+    cmd += ["--max-tokens", "2048", "--steps", "3", "--batch-size", "128", "--d-sae", "512"]
+    cmd += ["--context-size", "64", "--seed", "3"]
+    cmd += ["--k", "8", "--no-progress", "--checkpoint-every", "0", "--out", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert SparseAutoencoder.load(tmp_path / "sae").d_sae == 512
+    assert done.stdout.count("saved ") == 2  # each rank reports the one saved SAE
+
+
+def test_data_parallel_refuses_bad_setups(tmp_path, cache, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = TrainConfig(**BASE, cache=cache, out=str(tmp_path), parallel="data")
+    with pytest.raises(ConfigError, match="needs torchrun"):
+        Trainer(cfg)
+    with pytest.raises(ConfigError, match="unknown parallel mode"):
+        TrainConfig(**BASE, parallel="pipeline")
