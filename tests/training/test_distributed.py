@@ -16,18 +16,15 @@ import torch.multiprocessing as mp
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.training.trainer import Trainer, collect, train
+from tests.training.test_trainer import BASE as TRAIN_BASE
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(
+    TRAIN_BASE,
     max_tokens=2048,
-    context_size=64,
     steps=8,
-    batch_size=256,
-    d_sae=768,
-    k=8,
     checkpoint_every=4,
     log_every=2,
-    progress=False,
     dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
     seed=3,
 )
