@@ -1,7 +1,6 @@
 // Sparse decode on the CPU: recon[b] = sum_j v[b, j] * W_dec[i[b, j]] + b_dec.
 // Parallel over rows (OpenMP); each row accumulates in the op-math dtype (fp32 for
-// bf16/fp16) in a thread-local buffer, with a contiguous axpy the compiler vectorises.
-#include <vector>
+// bf16/fp16), a register tile of d_in at a time, with axpys the compiler vectorises.
 
 #include <ATen/OpMathType.h>
 
@@ -18,22 +17,41 @@ static void sparse_decode_rows(const scalar_t* __restrict__ values,  // [B, k]
                                scalar_t* __restrict__ out,           // [B, d_in]
                                int64_t B, int64_t k, int64_t d_in) {
   using acc_t = at::opmath_type<scalar_t>;
-#pragma omp parallel
-  {
-    std::vector<acc_t> acc(d_in);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t d = 0; d < d_in; ++d) acc[d] = static_cast<acc_t>(b_dec[d]);
-      for (int64_t j = 0; j < k; ++j) {
-        const acc_t v = static_cast<acc_t>(values[b * k + j]);
-        if (v == acc_t(0)) continue;
-        const scalar_t* __restrict__ w = W_dec + indices[b * k + j] * d_in;  // [d_in]
-        acc_t* __restrict__ a = acc.data();
+  // d_in in tiles of kTile: a tile's accumulators stay in registers across the k gathered
+  // rows (one load of each W_dec slice, no load/store of the accumulator per row). Each
+  // output element still sums its k terms in order j = 0..k-1.
+  constexpr int64_t kTile = 64;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const scalar_t* __restrict__ vrow = values + b * k;
+    const int64_t* __restrict__ irow = indices + b * k;
+    scalar_t* __restrict__ row = out + b * d_in;  // [d_in]
+    for (int64_t d0 = 0; d0 < d_in; d0 += kTile) {
+      if (d0 + kTile <= d_in) {
+        acc_t acc[kTile];
 #pragma omp simd
-        for (int64_t d = 0; d < d_in; ++d) a[d] += v * static_cast<acc_t>(w[d]);
+        for (int64_t d = 0; d < kTile; ++d) acc[d] = static_cast<acc_t>(b_dec[d0 + d]);
+        for (int64_t j = 0; j < k; ++j) {
+          const acc_t v = static_cast<acc_t>(vrow[j]);
+          if (v == acc_t(0)) continue;
+          const scalar_t* __restrict__ w = W_dec + irow[j] * d_in + d0;
+#pragma omp simd
+          for (int64_t d = 0; d < kTile; ++d) acc[d] += v * static_cast<acc_t>(w[d]);
+        }
+#pragma omp simd
+        for (int64_t d = 0; d < kTile; ++d) row[d0 + d] = static_cast<scalar_t>(acc[d]);
+      } else {  // the last, partial tile
+        const int64_t n = d_in - d0;
+        acc_t acc[kTile];
+        for (int64_t d = 0; d < n; ++d) acc[d] = static_cast<acc_t>(b_dec[d0 + d]);
+        for (int64_t j = 0; j < k; ++j) {
+          const acc_t v = static_cast<acc_t>(vrow[j]);
+          if (v == acc_t(0)) continue;
+          const scalar_t* __restrict__ w = W_dec + irow[j] * d_in + d0;
+          for (int64_t d = 0; d < n; ++d) acc[d] += v * static_cast<acc_t>(w[d]);
+        }
+        for (int64_t d = 0; d < n; ++d) row[d0 + d] = static_cast<scalar_t>(acc[d]);
       }
-      scalar_t* __restrict__ row = out + b * d_in;  // [d_in]
-      for (int64_t d = 0; d < d_in; ++d) row[d] = static_cast<scalar_t>(acc[d]);
     }
   }
 }

@@ -18,7 +18,9 @@ TOL = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-12)}
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
-    "B,d_in,d_sae,k", [(1, 97, 1031, 1), (33, 97, 1031, 7), (5, 7, 13, 13), (2, 1, 3, 2)]
+    "B,d_in,d_sae,k",
+    # d_in: whole 64-wide register tiles, a tile plus a tail, a tail alone
+    [(1, 97, 1031, 1), (33, 97, 1031, 7), (9, 128, 300, 5), (5, 7, 13, 13), (2, 1, 3, 2)],
 )
 def test_sparse_decode_matches_reference(dtype, B, d_in, d_sae, k):
     g = torch.Generator().manual_seed(B * k)
