@@ -28,6 +28,7 @@ import torch
 
 from . import data, report
 from .common import ENCODE_MEMORY, PRESETS, RESULTS, Shape, machine, write_csv
+from .train import sweep_shapes
 
 SUITES = ("kernels", "train", "memory", "peers", "e2e")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def run(a: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     x, source = None, ""
     if {"kernels", "train"} & set(suites):
-        n = max(s.B for s in ([main] if a.no_sweep else _train_shapes(main)))
+        n = max(s.B for s in ([main] if a.no_sweep else sweep_shapes(main)))
         x, source = data.activations(n, main.d_in, a.data)
     if "kernels" in suites:
         from . import kernels
@@ -148,12 +149,6 @@ def run(a: argparse.Namespace) -> list[dict]:
         rows += e2e.run(preset, device)
     _write(rows, a, device, preset, main, source)
     return rows
-
-
-def _train_shapes(main: Shape) -> list[Shape]:
-    from .train import sweep_shapes
-
-    return sweep_shapes(main)
 
 
 def _write(

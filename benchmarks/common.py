@@ -56,6 +56,11 @@ ENCODE_MEMORY = {
 }
 
 
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| in fp32 (the checks' measure of agreement)."""
+    return float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-12))
+
+
 def sync(device: str) -> None:
     """Wait for queued GPU work (no-op on the CPU)."""
     if device.startswith("cuda"):

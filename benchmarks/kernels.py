@@ -15,7 +15,7 @@ from torch import Tensor
 from sae_fast.ops import reference as ref
 from sae_fast.ops.dispatch import get_backend
 
-from .common import Shape, interleaved_medians, machine, sync
+from .common import Shape, interleaved_medians, machine, rel_err, sync
 from .train import gemm_fn
 from .workloads import initial_state, tolerance
 
@@ -34,10 +34,6 @@ class Case:
     op: str
     impl: str
     fn: Callable[[], object]
-
-
-def _rel(a: Tensor, b: Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 def _require(ok: bool, what: str) -> None:
@@ -63,13 +59,13 @@ def cases(shape: Shape, device: str, x: Tensor | None = None, backend: str = "au
     want = ref.encode_topk(x, W_enc, b_enc, b_dec, k)
     agree = float((i == want.indices).all(-1).float().mean())
     _require(agree >= (1.0 if shape.dtype == "float32" else 0.9), f"encode indices {agree:.1%}")
-    _require(_rel(v, want.values) <= tol, f"encode values rel err {_rel(v, want.values):.1e}")
+    _require(rel_err(v, want.values) <= tol, f"encode values rel err {rel_err(v, want.values):.1e}")
 
     # decode
     with torch.no_grad():
         got = be.decode_sparse(v, i, W_dec, b_dec)
     want_r = ref.decode_sparse(v, i, W_dec, b_dec)
-    _require(_rel(got, want_r) <= tol, f"decode rel err {_rel(got, want_r):.1e}")
+    _require(rel_err(got, want_r) <= tol, f"decode rel err {rel_err(got, want_r):.1e}")
 
     # backward: sae_fast's autograd graph vs the explicit sparse and dense backward
     params = [t.clone().requires_grad_() for t in (W_enc, b_enc, W_dec, b_dec)]
@@ -84,7 +80,7 @@ def cases(shape: Shape, device: str, x: Tensor | None = None, backend: str = "au
         (want_g.W_enc, want_g.b_enc, want_g.W_dec, want_g.b_dec),
         strict=True,
     ):
-        _require(_rel(got_g, exp) <= tol, f"backward d{name} rel err {_rel(got_g, exp):.1e}")
+        _require(rel_err(got_g, exp) <= tol, f"backward d{name} rel err {rel_err(got_g, exp):.1e}")
     acts = ref.densify(v, i, shape.d_sae)
     mask = (acts > 0).to(dt)
 

@@ -20,15 +20,13 @@ def shape_of(row: dict) -> Shape:
     return Shape(**{k: row[k] for k in Shape.__dataclass_fields__})
 
 
-def _at(rows: list[dict], suite: str, shape: Shape, **match: str) -> dict[str, dict]:
-    """Rows of `suite` at `shape` (and `match`), by implementation."""
+def _at(rows: list[dict], suite: str, shape: Shape) -> dict[str, dict]:
+    """Rows of `suite` at `shape`, by implementation."""
     keys = shape.as_dict()
     return {
         r["impl"]: r
         for r in rows
-        if r["suite"] == suite
-        and all(r.get(k) == v for k, v in keys.items())
-        and all(r.get(k) == v for k, v in match.items())
+        if r["suite"] == suite and all(r.get(k) == v for k, v in keys.items())
     }
 
 

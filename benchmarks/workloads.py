@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .common import Shape
+from .common import Shape, rel_err
 
 Step = Callable[[], None]
 
@@ -169,7 +169,7 @@ def check(impl: Impl, x: Tensor, want: tuple[float, dict[str, Tensor]], tol: flo
     want_loss, want_grads = want
     errs = {"loss": abs(loss - want_loss) / max(abs(want_loss), 1e-12)}
     for n, g in want_grads.items():
-        errs[n] = float((grads[n] - g).norm() / g.norm().clamp_min(1e-12))
+        errs[n] = rel_err(grads[n], g)
     worst = max(errs, key=errs.get)
     if not errs[worst] <= tol:  # also catches NaN
         raise SystemExit(

@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# A small training run on the embedded default that the trainer, sweep, analysis and
+# distributed tests build on (each sets its own steps and sizes on top).
+SMALL_TRAIN = dict(
+    max_tokens=3000,
+    context_size=64,
+    batch_size=256,
+    k=8,
+    checkpoint_every=0,
+    progress=False,
+)
+
 
 def assert_close(
     actual: Tensor,

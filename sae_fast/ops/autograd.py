@@ -70,7 +70,7 @@ def topk_encoder_backward(
     d_pre = grad_values * (values > 0).to(grad_values.dtype)  # [B, k] ReLU mask
     perm, offsets = kern.segments(indices, W_enc.shape[1])
     reduce_cols = getattr(kern, "feature_reduce_cols", None)
-    if reduce_cols is not None and x.device.type == "cpu":  # written in W_enc's layout
+    if reduce_cols is not None:  # written in W_enc's layout, no transpose
         dW_enc, db_enc = reduce_cols(perm, offsets, d_pre, x - b_dec, True)
         dW_enc = dW_enc.to(W_enc.dtype)  # [d_in, d_sae]
     else:

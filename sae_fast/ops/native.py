@@ -85,9 +85,12 @@ def feature_reduce(
 def feature_reduce_cols(
     perm: Tensor, offsets: Tensor, coef: Tensor, src: Tensor, with_sum: bool
 ) -> tuple[Tensor, Tensor]:
-    """`feature_reduce` written as columns, `[D, d_sae]` (W_enc's layout): CPU only; saves the
-    transpose (and a fresh `[d_sae, D]` buffer) of dL/dW_enc."""
+    """`feature_reduce` written as columns, `[D, d_sae]` (W_enc's layout). The CPU kernel
+    writes them directly (no transpose, no `[d_sae, D]` buffer); CUDA transposes the rows."""
     _require()
+    if src.is_cuda:
+        out, sums = feature_reduce(perm, offsets, coef, src, with_sum)
+        return out.t().contiguous(), sums
     return torch.ops.sae_fast.feature_reduce_cols(perm, offsets, coef, src, with_sum)
 
 

@@ -31,10 +31,6 @@ class Group:
     local_rank: int = 0
 
     @property
-    def active(self) -> bool:
-        return self.world > 1 or dist.is_initialized()
-
-    @property
     def is_main(self) -> bool:
         return self.rank == 0
 

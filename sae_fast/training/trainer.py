@@ -129,17 +129,8 @@ class Trainer:
         self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
         self.group, self.device = distributed.init(cfg.parallel, self.device)
         t0 = time.perf_counter()
-        if data is None and cfg.cache and self.group.world > 1:
-            # rank 0 writes the activation cache, the others read it once it is complete
-            if not self.group.is_main:
-                distributed.barrier(self.group)
-            data = collect(cfg)
-            if self.group.is_main:
-                distributed.barrier(self.group)
-            self.collect_seconds = time.perf_counter() - t0
-        self.data, self.windows, self.tokenizer = data if data is not None else collect(cfg)
-        if not hasattr(self, "collect_seconds"):
-            self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
+        self.data, self.windows, self.tokenizer = data if data is not None else self._collect()
+        self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
         acts = self.data.acts
         d_in = acts.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
@@ -178,6 +169,17 @@ class Trainer:
         if cfg.resume:
             self._load_checkpoint(Path(cfg.resume))
         self.metrics_path = self.out / "metrics.jsonl"
+
+    def _collect(self) -> tuple[ActivationBatch, list, Any]:
+        """`collect`; in a parallel run with a cache, rank 0 writes the cache first and the
+        other ranks read it once it is complete."""
+        ordered = self.cfg.cache is not None and self.group.world > 1
+        if ordered and not self.group.is_main:
+            distributed.barrier(self.group)
+        data = collect(self.cfg)
+        if ordered and self.group.is_main:
+            distributed.barrier(self.group)
+        return data
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:

@@ -9,18 +9,10 @@ import pytest
 
 from sae_fast import TrainConfig
 from sae_fast.training import train
-from tests.helpers import tiny_gpt2_dir
+from tests.helpers import SMALL_TRAIN, tiny_gpt2_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SMALL = dict(
-    max_tokens=3000,
-    context_size=64,
-    steps=40,
-    batch_size=256,
-    k=8,
-    checkpoint_every=0,
-    progress=False,
-)
+SMALL = dict(SMALL_TRAIN, steps=40)
 
 
 @pytest.fixture(scope="session")

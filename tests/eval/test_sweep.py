@@ -14,17 +14,10 @@ from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.cli import main
 from sae_fast.eval import EvalSet, evaluate, load_sparsity
 from sae_fast.eval.sweep import parse_expansions, pick_elbow, sweep
+from tests.helpers import SMALL_TRAIN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-TINY = dict(
-    max_tokens=3000,
-    context_size=64,
-    steps=20,
-    batch_size=256,
-    k=8,
-    checkpoint_every=0,
-    progress=False,
-)
+TINY = dict(SMALL_TRAIN, steps=20)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ import torch.multiprocessing as mp
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.training.trainer import Trainer, collect, train
-from tests.training.test_trainer import BASE as TRAIN_BASE
+from tests.helpers import SMALL_TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(
-    TRAIN_BASE,
+    SMALL_TRAIN,
+    d_sae=768,
     max_tokens=2048,
     steps=8,
     checkpoint_every=4,

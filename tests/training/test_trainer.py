@@ -12,20 +12,10 @@ import sae_fast
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.ops import reference as ref
 from sae_fast.training.trainer import Trainer, collect
+from tests.helpers import SMALL_TRAIN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-BASE = dict(
-    max_tokens=3000,
-    context_size=64,
-    steps=30,
-    batch_size=256,
-    d_sae=768,
-    k=8,
-    checkpoint_every=0,
-    log_every=10,
-    progress=False,
-    dead_after_tokens=2000,
-)
+BASE = dict(SMALL_TRAIN, steps=30, d_sae=768, log_every=10, dead_after_tokens=2000)
 
 
 @pytest.fixture(scope="module")
