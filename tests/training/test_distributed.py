@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.training import distributed
 from sae_fast.training.trainer import Trainer, collect, train
 from tests.helpers import SMALL_TRAIN
 
@@ -54,16 +55,46 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _run_data_parallel(cfg: dict, world: int = 2) -> None:
+def _collectives_main(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
+    os.environ.update(WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    group, _ = distributed.init("data", torch.device("cpu"))
+    try:
+        # gradients: the mean over ranks, not the sum (Adam would hide a wrong scale)
+        p = torch.nn.Parameter(torch.zeros(3))
+        p.grad = torch.full((3,), float(rank + 1))
+        distributed.average_gradients([p], group)
+        assert torch.equal(p.grad, torch.full((3,), 1.5)), p.grad
+        fired = torch.tensor([rank == 0, rank == 1, False])
+        assert distributed.any_rank(fired, group).tolist() == [True, True, False]
+        assert distributed.mean_logs({"l0": float(rank)}, group, torch.device("cpu")) == {"l0": 0.5}
+        assert distributed.share(torch.arange(8), group).tolist() == [
+            4 * rank + i for i in range(4)
+        ]
+        with pytest.raises(ConfigError, match="multiple of the world size 2"):
+            distributed.share(torch.arange(7), group)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_collectives_average_or_and_split(tmp_path):
+    _spawn(_collectives_main, ())
+
+
+def _spawn(fn, args: tuple, world: int = 2) -> None:
     ctx = mp.start_processes(
-        _rank_main, args=(world, _free_port(), cfg), nprocs=world, join=False, start_method="spawn"
+        fn, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail(f"data-parallel run did not finish in {TIMEOUT_S} s")
+            pytest.fail(f"{world}-process run did not finish in {TIMEOUT_S} s")
+
+
+def _run_data_parallel(cfg: dict) -> None:
+    _spawn(_rank_main, (cfg,))
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
