@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
 BACKENDS = ("auto", "triton", "native", "torch")
-PARALLEL = ("none", "data")  # training parallelism (sae_fast.training.distributed)
+PARALLEL = ("none", "data", "features")  # training parallelism (sae_fast.training.distributed)
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -165,7 +165,12 @@ class TrainConfig:
     device: str = _opt(
         "auto", 'where the SAE trains: "auto" (CUDA when there is one), cpu, cuda[:N]'
     )
-    parallel: str = _opt("none", "none | data (launch with torchrun; see README, Scaling out)")
+    parallel: str = _opt(
+        "none", "none | data | features (launch with torchrun; see README, Scaling out)"
+    )
+    feature_shards: int = _opt(
+        0, "features: shards per data replica (0: all ranks; fewer: a replicas x shards grid)"
+    )
     seed: int = _opt(0, "seed")
     out: str = _opt("runs/sae", "run dir: sae/, checkpoints/, metrics.jsonl")
     checkpoint_every: int = _opt(500, "steps between checkpoints (0: only at the end / Ctrl-C)")
@@ -201,6 +206,7 @@ class TrainConfig:
             ("checkpoint_every", 0),
             ("log_every", 1),
             ("seed", 0),
+            ("feature_shards", 0),
         ):
             check_int(name, getattr(self, name), minimum)
         if self.d_sae is not None:

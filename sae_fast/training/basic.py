@@ -13,6 +13,28 @@ from torch import Tensor
 
 from ..sae import SparseAutoencoder
 
+INIT_BLOCK = 4096  # decoder rows per generator in `init_decoder_rows`
+
+
+def init_decoder_rows(
+    d_sae: int, d_in: int, seed: int, lo: int = 0, hi: int | None = None
+) -> Tensor:
+    """Unit-norm random decoder rows `[lo, hi)` of a `d_sae x d_in` dictionary (fp32, CPU).
+
+    Each block of INIT_BLOCK rows has a generator of its own, so a slice equals the same rows
+    of the whole: a feature-sharded run starts from the single-process weights, and no rank
+    ever draws the whole dictionary."""
+    hi = d_sae if hi is None else hi
+    blocks = []
+    for block in range(lo // INIT_BLOCK, (hi + INIT_BLOCK - 1) // INIT_BLOCK):
+        start = block * INIT_BLOCK
+        rows = min(INIT_BLOCK, d_sae - start)
+        g = torch.Generator().manual_seed((seed * 1_000_003 + block) % 2**63)
+        w = torch.randn(rows, d_in, generator=g)
+        blocks.append(w[max(lo - start, 0) : hi - start])
+    w = torch.cat(blocks) if blocks else torch.empty(0, d_in)
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
 
 @torch.no_grad()
 def normalize_decoder_rows(sae: SparseAutoencoder) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..ops import reference as ref
+from .sharded import Shard
 
 
 def mse(recon: Tensor, x: Tensor) -> Tensor:
@@ -35,17 +36,21 @@ def auxk(
     W_dec: Tensor,
     b_dec: Tensor,
     dead: Tensor,
+    shard: Shard | None = None,
 ) -> Tensor:
-    """AuxK loss over the dead latents (`dead`: bool `[d_sae]`); 0 when none is dead."""
-    n_dead = int(dead.sum())
+    """AuxK loss over the dead latents (`dead`: bool, one per latent the parameters hold);
+    0 when none is dead. With `shard`, the parameters and `dead` are one shard's latents and
+    the dead latents of every shard compete (see sharded.py)."""
+    shard = shard or Shard.whole(dead.shape[0])
+    n_dead = int(shard.total(int(dead.sum())))
     if n_dead == 0:
         return x.new_zeros(())
     k_aux = min(x.shape[-1] // 2, n_dead)
     scale = min(n_dead / max(x.shape[-1] // 2, 1), 1.0)
     idx = dead.nonzero(as_tuple=True)[0]  # [n_dead]
     pre = ref.pre_activations(x, W_enc[:, idx], b_enc[idx], b_dec)  # [B, n_dead] only
-    vals, sel = ref.topk_act(pre, k_aux)
-    e_hat = ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec))
+    vals, sel = shard.topk_act(pre, k_aux, idx + shard.lo)
+    e_hat = shard.sum(ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec)))
     residual = (x - recon).detach()
     return scale * (e_hat - residual).pow(2).sum(-1).mean()
 

@@ -32,8 +32,8 @@ from ..errors import ConfigError, FormatError
 from ..formats._io import atomic_directory, atomic_file, read_json, write_json
 from ..ops import reference as ref
 from ..sae import SparseAutoencoder
-from . import distributed, losses
-from .basic import normalize_decoder_rows, project_decoder_grad
+from . import distributed, losses, sharded
+from .basic import init_decoder_rows, normalize_decoder_rows, project_decoder_grad
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
@@ -45,7 +45,7 @@ class TrainResult:
     """What `train` returns: the SAE (normalisation folded in), where it was saved, the
     training activations with their provenance, and the final metrics."""
 
-    sae: SparseAutoencoder
+    sae: SparseAutoencoder | None  # None on ranks other than shard 0 (feature sharding)
     sae_dir: Path
     activations: ActivationBatch
     windows: list[list[int]]
@@ -127,17 +127,17 @@ class Trainer:
         except OSError as err:
             raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
         self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
-        self.group, self.device = distributed.init(cfg.parallel, self.device)
+        self.group, self.device = distributed.init(cfg.parallel, self.device, cfg.feature_shards)
         t0 = time.perf_counter()
         self.data, self.windows, self.tokenizer = data if data is not None else self._collect()
         self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
         acts = self.data.acts
         d_in = acts.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
-        torch.manual_seed(cfg.seed)
+        self.shard = self._shard(d_sae)
         self.sae = SparseAutoencoder(
             d_in,
-            d_sae,
+            self.shard.size,  # this rank's latents (all of them unless feature-sharded)
             activation=cfg.activation,
             k=cfg.k,
             backend=cfg.backend,
@@ -151,8 +151,11 @@ class Trainer:
                 "train_tokens": int(acts.shape[0]),
             },
         )
-        if self.sae.threshold is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            w = init_decoder_rows(d_sae, d_in, cfg.seed, self.shard.lo, self.shard.hi)
+            self.sae.W_dec.copy_(w)
+            self.sae.W_enc.copy_(w.t())
+            if self.sae.threshold is not None:
                 self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
         self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
         with torch.no_grad():  # b_dec starts at the (scaled) mean, a common choice
@@ -164,11 +167,23 @@ class Trainer:
             self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True
         )
         self.step = 0
-        self.since_fired = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
+        self.since_fired = torch.zeros(self.shard.size, dtype=torch.int64, device=self.device)
         self.batchtopk_threshold: float | None = None
         if cfg.resume:
             self._load_checkpoint(Path(cfg.resume))
         self.metrics_path = self.out / "metrics.jsonl"
+
+    def _shard(self, d_sae: int) -> sharded.Shard:
+        """This rank's latents; ConfigError when the dictionary does not split."""
+        shards = self.group.shards
+        if d_sae % shards:
+            raise ConfigError(f"d_sae {d_sae} must be a multiple of feature_shards {shards}")
+        if self.cfg.activation in ("topk", "batchtopk") and self.cfg.k > d_sae // shards:
+            raise ConfigError(
+                f"k={self.cfg.k} is more than the {d_sae // shards} latents of each of "
+                f"{shards} feature shards; use fewer shards or a larger dictionary"
+            )
+        return sharded.Shard.of(d_sae, self.group)
 
     def _collect(self) -> tuple[ActivationBatch, list, Any]:
         """`collect`; in a parallel run with a cache, rank 0 writes the cache first and the
@@ -183,19 +198,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
-        cfg, sae = self.cfg, self.sae
+        # Feature-sharded: `sae` holds this shard's latents; `shard.sum` adds up the partial
+        # reconstructions and per-latent terms, so every shard computes the same loss.
+        cfg, sae, shard = self.cfg, self.sae, self.shard
         terms: dict[str, Tensor] = {}
         if cfg.activation == "jumprelu":
             pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
             acts = losses.JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-            recon = ref.decode_dense(acts, sae.W_dec, sae.b_dec)
-            terms["l0"] = cfg.l0_coefficient * losses.StepL0.apply(
-                pre, sae.threshold, cfg.jumprelu_bandwidth
+            recon = shard.sum(ref.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
+            terms["l0"] = cfg.l0_coefficient * shard.sum(
+                losses.StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
             )
             fired = (acts != 0).any(0)
             l0 = (acts != 0).sum(-1).float().mean()
         else:
-            out = sae(x)
+            out = sharded.forward(sae, x, shard)
             recon = out.reconstruction
             if out.values is not None:
                 fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
@@ -207,23 +224,25 @@ class Trainer:
                 l0 = (acts != 0).sum(-1).float().mean()
                 if cfg.activation == "batchtopk":
                     kept = acts[acts > 0]
-                    if kept.numel():
-                        low = float(kept.min().detach())
+                    low = float(kept.min().detach()) if kept.numel() else math.inf
+                    low = shard.total(low, op="min")
+                    if low < math.inf:
                         prev = self.batchtopk_threshold
                         self.batchtopk_threshold = low if prev is None else 0.99 * prev + 0.01 * low
             if cfg.activation == "relu":
                 ramp = min(1.0, (self.step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1
-                terms["l1"] = cfg.l1_coefficient * ramp * losses.l1(out.feature_acts, sae.W_dec)
+                l1 = shard.sum(losses.l1(out.feature_acts, sae.W_dec))
+                terms["l1"] = cfg.l1_coefficient * ramp * l1
             if cfg.activation in ("topk", "batchtopk") and cfg.auxk_coefficient:
                 dead = self.since_fired >= cfg.dead_after_tokens
                 terms["auxk"] = cfg.auxk_coefficient * losses.auxk(
-                    x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead
+                    x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead, shard
                 )
         terms["mse"] = losses.mse(recon, x)
         total = sum(terms.values())
         logs = {n: float(t.detach()) for n, t in terms.items()}
         logs["fvu"] = float(losses.fvu(recon.detach(), x))
-        logs["l0"] = float(l0)
+        logs["l0"] = shard.total(float(l0))
         return total, logs, fired
 
     def train_step(self) -> dict[str, float]:
@@ -239,10 +258,11 @@ class Trainer:
             loss, logs, fired = self._loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        sharded.sum_replicated_grad(self.sae.b_dec, self.shard)
         distributed.average_gradients(list(self.sae.parameters()), self.group)
         project_decoder_grad(self.sae)
         if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), cfg.grad_clip)
+            sharded.clip_grad_norm(self.sae, cfg.grad_clip, self.shard)
         self.opt.step()
         normalize_decoder_rows(self.sae)
         if self.sae.threshold is not None:
@@ -256,71 +276,112 @@ class Trainer:
             loss=float(loss.detach()),
             lr=lr,
             step=self.step,
-            dead_pct=100.0 * float((self.since_fired >= cfg.dead_after_tokens).float().mean()),
+            dead_pct=100.0
+            * self.shard.total(float((self.since_fired >= cfg.dead_after_tokens).sum()))
+            / self.shard.d_sae,
         )
         return distributed.mean_logs(logs, self.group, self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step_<n>` atomically; keep the two newest. Data parallel: the
-        ranks hold identical weights and optimiser state, so rank 0 writes, the others wait."""
-        from safetensors.torch import save_file
+        """Write `checkpoints/step_<n>` atomically; keep the two newest.
 
+        Layout: `sae/` (the whole SAE, an ordinary SAE directory), `trainer_state.json`, and
+        the optimiser state and dead-latent counters: in the root when every rank holds all
+        latents (data-parallel ranks are identical, so rank 0 writes them), else one
+        `shards/shard-<i>/` per feature shard, written by replica 0's ranks into a staging
+        directory that joins the checkpoint in the final rename."""
         ckpt_root = self.out / "checkpoints"
         path = ckpt_root / f"step_{self.step:08d}"
-        if not self.group.is_main:
-            distributed.barrier(self.group)
-            return path
-        with atomic_directory(path) as tmp:
-            self.sae.save(tmp / "sae")
-            torch.save(self.opt.state_dict(), tmp / OPTIM_FILE)
-            save_file({"since_fired": self.since_fired.cpu()}, str(tmp / COUNTERS_FILE))
-            write_json(
-                tmp / STATE_FILE,
-                {
-                    "step": self.step,
-                    "scale": self.scale,
-                    "batchtopk_threshold": self.batchtopk_threshold,
-                    "config": self.cfg.to_dict(),
-                },
-            )
-        old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
-        distributed.barrier(self.group)
+        group = self.group
+        staging = ckpt_root / f".staging-step_{self.step:08d}"
+        if group.shards > 1:
+            if group.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            distributed.barrier(group)
+            if group.replica == 0:
+                with atomic_directory(staging / f"shard-{group.shard:03d}") as tmp:
+                    self._write_state(tmp)
+        sae = sharded.consolidate(self.sae, self.shard) if group.replica == 0 else None
+        if group.is_main:
+            assert sae is not None
+            with atomic_directory(path) as tmp:
+                sae.save(tmp / "sae")
+                write_json(
+                    tmp / STATE_FILE,
+                    {
+                        "step": self.step,
+                        "scale": self.scale,
+                        "batchtopk_threshold": self.batchtopk_threshold,
+                        "feature_shards": group.shards,
+                        "config": self.cfg.to_dict(),
+                    },
+                )
+                if group.shards > 1:
+                    os.rename(staging, tmp / "shards")
+                else:
+                    self._write_state(tmp)
+            old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+        distributed.barrier(group)
         return path
+
+    def _write_state(self, where: Path) -> None:
+        """This rank's optimiser state and dead-latent counters, into directory `where`."""
+        from safetensors.torch import save_file
+
+        torch.save(self.opt.state_dict(), where / OPTIM_FILE)
+        save_file({"since_fired": self.since_fired.cpu()}, str(where / COUNTERS_FILE))
 
     def _load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
 
         state = read_json(path / STATE_FILE)
-        saved = SparseAutoencoder.load(path / "sae", backend=self.cfg.backend)
-        if (saved.d_in, saved.d_sae, saved.activation) != (
-            self.sae.d_in,
-            self.sae.d_sae,
-            self.sae.activation,
-        ):
+        shards = int(state.get("feature_shards", 1))
+        if shards != self.group.shards:
             raise ConfigError(
-                f"checkpoint {path} is a {saved.activation} SAE {saved.d_in}->{saved.d_sae}, "
-                f"but this run builds {self.sae.activation} {self.sae.d_in}->{self.sae.d_sae} "
-                "(d_in comes from the model and hook)"
+                f"checkpoint {path} was written by a run with {shards} feature shard(s); "
+                f"resume it with {shards} (--parallel features --feature-shards {shards}, "
+                f"or no sharding for 1), not {self.group.shards}"
             )
-        self.sae.load_state_dict(saved.state_dict())
+        if shards > 1:
+            sharded.load_shard(self.sae, path / "sae", self.shard)
+            where = path / "shards" / f"shard-{self.group.shard:03d}"
+        else:
+            saved = SparseAutoencoder.load(path / "sae", backend=self.cfg.backend)
+            if (saved.d_in, saved.d_sae, saved.activation) != (
+                self.sae.d_in,
+                self.sae.d_sae,
+                self.sae.activation,
+            ):
+                raise ConfigError(
+                    f"checkpoint {path} is a {saved.activation} SAE {saved.d_in}->{saved.d_sae}, "
+                    f"but this run builds {self.sae.activation} {self.sae.d_in}->{self.sae.d_sae} "
+                    "(d_in comes from the model and hook)"
+                )
+            self.sae.load_state_dict(saved.state_dict())
+            where = path
         try:
-            opt_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+            opt_state = torch.load(where / OPTIM_FILE, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise FormatError(f"{path / OPTIM_FILE} is unreadable: {err}") from err
+            raise FormatError(f"{where / OPTIM_FILE} is unreadable: {err}") from err
         self.opt.load_state_dict(opt_state)
-        self.since_fired = load_file(str(path / COUNTERS_FILE))["since_fired"].to(self.device)
+        self.since_fired = load_file(str(where / COUNTERS_FILE))["since_fired"].to(self.device)
         self.step = int(state["step"])
         self.scale = float(state["scale"])
         self.batchtopk_threshold = state.get("batchtopk_threshold")
 
     # ------------------------------------------------------------------ run
-    def final_sae(self) -> SparseAutoencoder:
-        """A copy of the SAE for raw (unnormalised) activations: the scale folded in."""
-        sae = SparseAutoencoder.from_config(self.sae.cfg, backend=self.cfg.backend)
-        sae.load_state_dict(self.sae.state_dict())
+    def final_sae(self) -> SparseAutoencoder | None:
+        """A copy of the whole SAE for raw (unnormalised) activations: the scale folded in.
+        Feature-sharded: a collective; shard 0 gets the SAE, the other shards None."""
+        whole = sharded.consolidate(self.sae, self.shard)
+        if whole is None:
+            return None
+        sae = SparseAutoencoder.from_config(whole.cfg, backend=self.cfg.backend)
+        sae.load_state_dict(whole.state_dict())
         s = self.scale
         with torch.no_grad():  # pre((s x)) == pre'(x) with W_enc * s; recon / s
             sae.W_enc.mul_(s)

@@ -4,60 +4,33 @@ single-process run with the same global batch."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.training import distributed
-from sae_fast.training.trainer import Trainer, collect, train
-from tests.helpers import SMALL_TRAIN
+from sae_fast.training.trainer import Trainer, train
+from tests.training.ranks import BASE, TIMEOUT_S, free_port, join_env, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = dict(
-    SMALL_TRAIN,
-    d_sae=768,
-    max_tokens=2048,
-    steps=8,
-    checkpoint_every=4,
-    log_every=2,
-    dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
-    seed=3,
-)
-TIMEOUT_S = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, cfg: dict) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        HF_HUB_OFFLINE="1",
-    )
-    torch.set_num_threads(1)
+def train_ranks(rank: int, world: int, port: int, cfgs: list[dict]) -> None:
+    """One rank of a parallel run: train every config in turn."""
+    join_env(rank, world, port)
     try:
-        train(TrainConfig(**cfg))
+        for cfg in cfgs:
+            train(TrainConfig(**cfg))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def _collectives_main(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
-    os.environ.update(WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    join_env(rank, world, port)
     group, _ = distributed.init("data", torch.device("cpu"))
     try:
         # gradients: the mean over ranks, not the sum (Adam would hide a wrong scale)
@@ -71,41 +44,23 @@ def _collectives_main(rank: int, world: int, port: int) -> None:
         assert distributed.share(torch.arange(8), group).tolist() == [
             4 * rank + i for i in range(4)
         ]
-        with pytest.raises(ConfigError, match="multiple of the world size 2"):
+        with pytest.raises(ConfigError, match="multiple of the number of data replicas 2"):
             distributed.share(torch.arange(7), group)
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_collectives_average_or_and_split(tmp_path):
-    _spawn(_collectives_main, ())
-
-
-def _spawn(fn, args: tuple, world: int = 2) -> None:
-    ctx = mp.start_processes(
-        fn, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{world}-process run did not finish in {TIMEOUT_S} s")
+    spawn(_collectives_main, ())
 
 
 def _run_data_parallel(cfg: dict) -> None:
-    _spawn(_rank_main, (cfg,))
+    spawn(train_ranks, ([cfg],))
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the SAE saved at `path`."""
     return SparseAutoencoder.load(path).state_dict()
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("acts") / "cache"
-    collect(TrainConfig(**BASE, cache=str(path)))
-    return str(path)
 
 
 def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
@@ -113,8 +68,8 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     assert single.metrics["dead_pct"] > 0  # the dead-latent path was exercised
     dp = dict(BASE, cache=cache, out=str(tmp_path / "dp"), parallel="data")
     _run_data_parallel(dp)
-    want = _weights(tmp_path / "single" / "sae")
-    got = _weights(tmp_path / "dp" / "sae")
+    want = weights(tmp_path / "single" / "sae")
+    got = weights(tmp_path / "dp" / "sae")
     for name, w in want.items():
         torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
     lines = (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()
@@ -124,15 +79,16 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     assert SparseAutoencoder.load(ckpt / "sae").d_sae == 768
     # resume the data-parallel run from step 4: same weights as the uninterrupted runs
     _run_data_parallel(dict(dp, out=str(tmp_path / "resumed"), resume=str(ckpt)))
-    again = _weights(tmp_path / "resumed" / "sae")
+    again = weights(tmp_path / "resumed" / "sae")
     for name, w in want.items():
         torch.testing.assert_close(again[name], w, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_torchrun_command_line(tmp_path, cache):
+@pytest.mark.parametrize("mode", [["data"], ["features", "--feature-shards", "2"]])
+def test_torchrun_command_line(tmp_path, cache, mode):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port())]
-    cmd += ["-m", "sae_fast.cli", "train", "--parallel", "data", "--cache", cache]
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port())]
+    cmd += ["-m", "sae_fast.cli", "train", "--parallel", *mode, "--cache", cache]
     cmd += ["--max-tokens", "2048", "--steps", "3", "--batch-size", "128", "--d-sae", "512"]
     cmd += ["--context-size", "64", "--seed", "3"]
     cmd += ["--k", "8", "--no-progress", "--checkpoint-every", "0", "--out", str(tmp_path)]
