@@ -16,7 +16,7 @@ from .analysis.monitor import Monitor
 from .analysis.steering import steer
 from .analysis.trace import trace
 from .config import SAEConfig, TrainConfig
-from .errors import BackendUnavailableError, ConfigError, FormatError, SAEFastError
+from .errors import BackendUnavailableError, ConfigError, DataError, FormatError, SAEFastError
 from .ops.dispatch import available_backends
 from .ops.native import NATIVE_AVAILABLE, NATIVE_IMPORT_ERROR
 from .sae import SAEOutput, SparseAutoencoder
@@ -51,6 +51,7 @@ if not NATIVE_AVAILABLE:
 __all__ = [
     "BackendUnavailableError",
     "ConfigError",
+    "DataError",
     "FormatError",
     "Monitor",
     "SAEConfig",

@@ -17,3 +17,7 @@ class FormatError(SAEFastError, ValueError):
 
 class BackendUnavailableError(SAEFastError, RuntimeError):
     """The requested compute backend is not available on this machine or build."""
+
+
+class DataError(SAEFastError, ValueError):
+    """Input data cannot be used: NaN/Inf activations, or a loss that is no longer finite."""

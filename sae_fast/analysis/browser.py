@@ -146,7 +146,7 @@ def build_feature_site(
     from ..config import check_int
     from ..data.activations import load_model, select_windows, token_windows
     from ..data.corpus import load_texts
-    from ..data.hooks import resolve_hook
+    from ..data.hooks import check_hook_width
     from ..sae import SparseAutoencoder
     from .features import collect_features, token_effects
 
@@ -154,9 +154,12 @@ def build_feature_site(
     meta = sae.cfg.metadata
     model_name, hook = sae.require_model(model), sae.require_hook(hook)
     check_int("max_tokens", max_tokens, 1)
+    check_int("top", n_top, 1)
+    check_int("samples", n_samples, 0)
+    check_int("width", width, 0)
     labels = Labels.load(sae_dir, sae.d_sae)
     net, tokenizer = load_model(model_name)
-    resolve_hook(net, hook)
+    check_hook_width(net, tokenizer, hook, sae.d_in)
     corpus = corpus or meta.get("corpus", "embedded")
     windows = token_windows(
         tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))

@@ -180,3 +180,18 @@ def patch(model: nn.Module, hook: str, fn: Callable[[Tensor], Tensor]) -> Iterat
         yield
     finally:
         handle.remove()
+
+
+def check_width(width: int, d_in: int, hook: str) -> None:
+    """ConfigError when activations of `width` at `hook` cannot feed an SAE of `d_in`."""
+    if width != d_in:
+        raise ConfigError(f"activations at {hook} have width {width}, the SAE expects d_in={d_in}")
+
+
+def check_hook_width(model: nn.Module, tokenizer, hook: str, d_in: int) -> None:
+    """`check_width` for `model`'s activations at `hook` (one forward pass of one token)."""
+    ids = tokenizer("a", return_tensors="pt")
+    device = next(model.parameters()).device
+    with capture(model, hook) as box:
+        act = run_to_hook(model, box, **{k: v.to(device) for k, v in ids.items()})
+    check_width(act.shape[-1], d_in, hook)

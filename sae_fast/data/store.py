@@ -173,8 +173,8 @@ class ActivationStore:
             self._perms = {epoch: torch.randperm(len(self), generator=g)}  # keep one epoch
         return self._perms[epoch]
 
-    def batch(self, step: int, batch_size: int) -> Tensor:
-        """Rows for global step `step` (epochs wrap; no row repeats within an epoch)."""
+    def indices(self, step: int, batch_size: int) -> Tensor:
+        """Row numbers of global step `step` (epochs wrap; no row repeats within an epoch)."""
         n = len(self)
         pos, need, parts = step * batch_size, batch_size, []
         while need > 0:
@@ -182,4 +182,8 @@ class ActivationStore:
             take = min(need, n - offset)
             parts.append(self._perm(epoch)[offset : offset + take])
             pos, need = pos + take, need - take
-        return self.acts[torch.cat(parts)]
+        return torch.cat(parts)
+
+    def batch(self, step: int, batch_size: int) -> Tensor:
+        """Rows for global step `step` (see `indices`)."""
+        return self.acts[self.indices(step, batch_size)]

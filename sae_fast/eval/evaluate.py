@@ -25,7 +25,7 @@ from ..data.activations import (
     token_windows,
 )
 from ..data.corpus import load_texts
-from ..data.hooks import resolve_hook
+from ..data.hooks import check_width, resolve_hook
 from ..data.store import concat_batches
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
@@ -236,11 +236,7 @@ def evaluate(
             default_skip(sae, corpus) if skip_tokens is None else skip_tokens,
             tokenizer=tokenizer,
         )
-    if eval_set.data.acts.shape[1] != sae.d_in:
-        raise ConfigError(
-            f"activations at {eval_set.hook} have width {eval_set.data.acts.shape[1]}, "
-            f"the SAE expects d_in={sae.d_in}"
-        )
+    check_width(eval_set.data.acts.shape[1], sae.d_in, eval_set.hook)
     rec = reconstruction_metrics(sae, eval_set.data.acts)
     down = None
     if downstream:

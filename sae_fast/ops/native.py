@@ -52,6 +52,8 @@ def topk_encode(
     """C++ blocked TopK encoder: (values [B, k] ReLU'd, indices [B, k] int64), no autograd."""
     _require()
     block = encode_block(x.shape[0]) if block is None else block
+    if W_enc.dim() == 2 and W_enc.stride(1) != 1:  # e.g. tied weights, W_enc = W_dec.T
+        W_enc = W_enc.contiguous()
     return torch.ops.sae_fast.topk_encode(x, W_enc, b_enc, b_dec, k, block)
 
 

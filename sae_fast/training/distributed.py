@@ -17,6 +17,7 @@ counters are kept in step by an all-reduce of the fired mask. Feature sharding: 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..config import PARALLEL
+from ..data.activations import ActivationBatch, iter_activations, select_windows
 from ..errors import ConfigError
 
 
@@ -172,3 +174,37 @@ def barrier(group: Group) -> None:
     """Wait for every rank (no-op alone)."""
     if group.world > 1:
         dist.barrier()
+
+
+def collect_shares(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    windows: list[list[int]],
+    hook: str,
+    max_tokens: int,
+    group: Group,
+    batch_size: int = 32,
+) -> list[ActivationBatch]:
+    """`list(iter_activations(...))` with the model's work split over the ranks: each rank
+    runs its own replica over every world-th batch of the windows one process would read,
+    and the batches are gathered back in order (on every rank)."""
+    chosen, _ = select_windows(tokenizer, windows, max_tokens)
+    starts = range(group.rank * batch_size, len(chosen), group.world * batch_size)
+    mine = []
+    for w0 in starts:
+        part = chosen[w0 : w0 + batch_size]
+        for b in iter_activations(model, tokenizer, part, hook, batch_size):
+            mine.append(dataclasses.replace(b, window=b.window + w0))
+    gathered: list[Any] = [None] * group.world
+    dist.all_gather_object(gathered, mine)
+    ordered: list[ActivationBatch] = []  # batch i * world + r is gathered[r][i]
+    for i in range(max(len(g) for g in gathered)):
+        ordered += [g[i] for g in gathered if i < len(g)]
+    out, seen = [], 0
+    for b in ordered:  # one process stops at max_tokens, mid-batch
+        n = min(len(b.tokens), max_tokens - seen)
+        if n <= 0:
+            break
+        out.append(ActivationBatch(b.acts[:n], b.tokens[:n], b.window[:n], b.position[:n]))
+        seen += n
+    return out

@@ -28,7 +28,7 @@ from ..data.activations import ActivationBatch, iter_activations, load_model, to
 from ..data.corpus import corpus_hash, load_texts
 from ..data.hooks import resolve_hook
 from ..data.store import ActivationStore, concat_batches, read_cache, write_cache
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError, DataError, FormatError
 from ..formats._io import atomic_directory, atomic_file, read_json, write_json
 from ..ops import reference as ref
 from ..sae import SparseAutoencoder
@@ -65,8 +65,15 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
 
 
-def collect(cfg: TrainConfig) -> tuple[ActivationBatch, list[list[int]], Any]:
-    """Training activations (from the cache when it matches), windows and tokenizer."""
+def collect(
+    cfg: TrainConfig, group: distributed.Group | None = None
+) -> tuple[ActivationBatch, list[list[int]], Any]:
+    """Training activations (from the cache when it matches), windows and tokenizer.
+
+    In a parallel run (`group`, every rank calls it), each rank runs its own model replica
+    over its share of the windows and the shares are gathered, in window order, so every
+    rank ends with the activations one process would collect; rank 0 writes the cache."""
+    group = group or distributed.Group()
     model, tokenizer = load_model(cfg.model)
     resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
     texts = load_texts(cfg.corpus, cfg.text_field)
@@ -78,16 +85,26 @@ def collect(cfg: TrainConfig) -> tuple[ActivationBatch, list[list[int]], Any]:
         "corpus_hash": corpus_hash(texts),
         "max_tokens": cfg.max_tokens,
     }
-    batches = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
-    if cfg.cache is None:
-        acts = list(batches)
-        if not acts:
-            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
-        return concat_batches(acts), windows, tokenizer
-    cache = Path(cfg.cache)
-    if not (cache / "manifest.json").exists():
-        write_cache(cache, batches, identity)
-    return read_cache(cache, identity), windows, tokenizer
+    cache = None if cfg.cache is None else Path(cfg.cache)
+    distributed.barrier(group)  # every rank sees the same cache state
+    if cache is not None and (cache / "manifest.json").exists():
+        return read_cache(cache, identity), windows, tokenizer
+    if group.world == 1:
+        acts = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
+        if cache is not None:
+            write_cache(cache, acts, identity)
+            return read_cache(cache, identity), windows, tokenizer
+    else:
+        acts = distributed.collect_shares(
+            model, tokenizer, windows, cfg.hook, cfg.max_tokens, group
+        )
+        if cache is not None and group.is_main:
+            write_cache(cache, acts, identity)
+        distributed.barrier(group)
+    acts = list(acts)
+    if not acts:
+        raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
+    return concat_batches(acts), windows, tokenizer
 
 
 def train_device(name: str) -> torch.device:
@@ -105,6 +122,20 @@ def train_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: torch sees no CUDA device here")
     return device
+
+
+def _check_finite(batch: Tensor, index: Tensor, what: str) -> None:
+    """DataError naming `what` (the step) and the activation rows if `batch` holds NaN/Inf."""
+    bad = ~torch.isfinite(batch)
+    if bool(bad.any()):
+        rows = index[bad.any(1)]
+        shown = ", ".join(str(int(r)) for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise DataError(
+            f"{what} holds {int(bad.sum())} NaN/Inf activation values, in "
+            f"{len(rows)} of its {len(index)} rows (activation rows {shown}{more}); check "
+            "the model and hook, or delete the activation cache"
+        )
 
 
 def _norm_scale(acts: Tensor) -> float:
@@ -157,6 +188,8 @@ class Trainer:
             self.sae.W_enc.copy_(w.t())
             if self.sae.threshold is not None:
                 self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
+        sample = acts[:65536]  # sets the input scale and b_dec
+        _check_finite(sample, torch.arange(len(sample)), "the activation set")
         self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
         with torch.no_grad():  # b_dec starts at the (scaled) mean, a common choice
             self.sae.b_dec.copy_((acts[:65536].mean(0) * self.scale).to(self.device))
@@ -186,15 +219,8 @@ class Trainer:
         return sharded.Shard.of(d_sae, self.group)
 
     def _collect(self) -> tuple[ActivationBatch, list, Any]:
-        """`collect`; in a parallel run with a cache, rank 0 writes the cache first and the
-        other ranks read it once it is complete."""
-        ordered = self.cfg.cache is not None and self.group.world > 1
-        if ordered and not self.group.is_main:
-            distributed.barrier(self.group)
-        data = collect(self.cfg)
-        if ordered and self.group.is_main:
-            distributed.barrier(self.group)
-        return data
+        """`collect`, the work split over the ranks of a parallel run."""
+        return collect(self.cfg, self.group)
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
@@ -248,9 +274,12 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
         cfg = self.cfg
-        # every rank draws the same global batch and keeps its share (data parallel)
-        rows = distributed.share(self.store.batch(self.step, cfg.batch_size), self.group)
-        x = rows.to(self.device) * self.scale
+        # every rank draws the same global batch and keeps its share (data parallel), so
+        # every rank finds the same bad rows and stops together
+        index = self.store.indices(self.step, cfg.batch_size)
+        batch = self.store.acts[index]
+        _check_finite(batch, index, f"step {self.step}: the batch")
+        x = distributed.share(batch, self.group).to(self.device) * self.scale
         lr = cfg.lr * _lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -280,7 +309,14 @@ class Trainer:
             * self.shard.total(float((self.since_fired >= cfg.dead_after_tokens).sum()))
             / self.shard.d_sae,
         )
-        return distributed.mean_logs(logs, self.group, self.device)
+        logs = distributed.mean_logs(logs, self.group, self.device)
+        if not math.isfinite(logs["loss"]):  # averaged over replicas: every rank sees it
+            raise DataError(
+                f"step {self.step - 1}: the loss is {logs['loss']} (training diverged); "
+                "nothing of this step was saved. Lower --lr or --grad-clip, or check the "
+                "activations, and resume from the last checkpoint"
+            )
+        return logs
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -323,8 +359,10 @@ class Trainer:
                 else:
                     self._write_state(tmp)
             old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
-            for p in old:
-                shutil.rmtree(p, ignore_errors=True)
+            for p in old:  # renamed first: a kill mid-delete must not leave a torn step_*
+                doomed = p.with_name(f".{p.name}.deleting")
+                os.rename(p, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
         distributed.barrier(group)
         return path
 
@@ -400,6 +438,10 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
+        if main:  # temp dirs of checkpoint writes that a killed run left behind
+            for stale in (self.out / "checkpoints").glob(".*step_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        distributed.barrier(self.group)
         logs: dict[str, float] = {}
         t0, tokens0 = time.perf_counter(), self.step * cfg.batch_size
         try:

@@ -239,12 +239,6 @@ def test_results_do_not_depend_on_the_thread_count():
         ),
         (
             lambda: native.topk_encode(
-                torch.randn(2, 3), torch.randn(5, 3).t(), torch.randn(5), torch.randn(3), 2
-            ),
-            "row-major",
-        ),
-        (
-            lambda: native.topk_encode(
                 torch.randn(2, 3), torch.randn(3, 5), torch.randn(5), torch.randn(3), 2, 0
             ),
             "block must be >= 1",

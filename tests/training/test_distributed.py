@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.data.store import read_cache
 from sae_fast.training import distributed
-from sae_fast.training.trainer import Trainer, train
+from sae_fast.training.trainer import Trainer, collect, train
 from tests.training.ranks import BASE, TIMEOUT_S, free_port, join_env, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +54,42 @@ def _collectives_main(rank: int, world: int, port: int) -> None:
 
 def test_collectives_average_or_and_split(tmp_path):
     spawn(_collectives_main, ())
+
+
+def _collect_main(rank: int, world: int, port: int, out: str) -> None:
+    join_env(rank, world, port)
+    group, _ = distributed.init("data", torch.device("cpu"))
+    runs = []  # the windows each rank's model replica ran on
+    real = distributed.iter_activations
+
+    def counted(model, tokenizer, windows, *args, **kwargs):
+        runs.append(len(windows))
+        return real(model, tokenizer, windows, *args, **kwargs)
+
+    distributed.iter_activations = counted
+    try:
+        cfg = TrainConfig(**BASE, cache=str(Path(out) / "cache"))
+        data, _, _ = collect(cfg, group)
+        sizes = [None] * world
+        torch.distributed.all_gather_object(sizes, sum(runs))
+        chosen = len(set(data.window.tolist()))
+        assert sum(sizes) == chosen and max(sizes) - min(sizes) <= 32, (sizes, chosen)
+        if rank == 0:
+            save_file({"acts": data.acts, "window": data.window}, str(Path(out) / "acts.st"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_rank_collects_its_share_of_the_activations(tmp_path):
+    """No cache yet: each rank runs its model replica over half of the windows; every rank
+    ends with what one process collects, and rank 0 writes the cache."""
+    want, _, _ = collect(TrainConfig(**BASE))
+    spawn(_collect_main, (str(tmp_path),))
+    got = load_file(str(tmp_path / "acts.st"))
+    assert torch.equal(got["window"], want.window)
+    torch.testing.assert_close(got["acts"], want.acts, rtol=1e-4, atol=1e-4)
+    cached = read_cache(tmp_path / "cache")
+    assert torch.equal(cached.acts, got["acts"])
 
 
 def _run_data_parallel(cfg: dict) -> None:
