@@ -104,6 +104,32 @@ def _nan_training(root: Path, later: bool) -> None:
     trainer.run()
 
 
+class _Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _resume_tampered_checkpoint(root: Path) -> None:
+    """Resume from a checkpoint whose optimizer.pt is a pickle that would run code."""
+    acts = torch.randn(256, 8)
+    zeros = torch.zeros(256, dtype=torch.int64)
+    data = (ActivationBatch(acts, zeros, zeros, torch.arange(256)), [], None)
+    cfg = dict(d_sae=16, k=4, batch_size=64, steps=2, progress=False, out=str(root))
+    Trainer(TrainConfig(**cfg, checkpoint_every=2), data).run()
+    ckpt = root / "checkpoints" / "step_00000002"
+    marker = root / "code_ran"
+    torch.save({"state": _Payload(marker)}, ckpt / "optimizer.pt")
+    try:
+        Trainer(TrainConfig(**cfg, resume=str(ckpt)), data)
+    finally:
+        assert not marker.exists(), "loading the checkpoint ran code"
+
+
 I64 = torch.int64
 # (id, call(paths), exception, message regex)
 API = [
@@ -183,6 +209,12 @@ API = [
     ("config-steps", lambda p: TrainConfig(steps=-1), ConfigError, "steps"),
     ("config-lr-type", lambda p: TrainConfig(lr="fast"), ConfigError, "lr"),
     ("cache-incomplete", lambda p: read_cache(p["incomplete_cache"]), FormatError, "incomplete"),
+    (
+        "resume-pickle",
+        lambda p: _resume_tampered_checkpoint(p["root"] / "pickled"),
+        FormatError,
+        "optimizer.pt is unreadable",
+    ),
     (
         "train-inf",
         lambda p: _nan_training(p["root"] / "inf_run", later=False),
