@@ -62,6 +62,8 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     (root / "badcfg" / "cfg.json").write_text(json.dumps(cfg))
     (root / "noweights" / WEIGHTS).unlink()
     (root / "a_file").write_text("not a directory")
+    (root / "empty.txt").write_text("")
+    paths["empty"] = root / "empty.txt"
     paths["unwritable"] = root / "a_file" / "sub"  # cannot be created, even as root
     # an activation cache of the TRAIN run, one value poisoned with NaN
     args = dict(max_tokens=300, context_size=32, cache=str(root / "nan_cache"))
@@ -250,6 +252,11 @@ CLI = [
     ("train-out", lambda p: ["train", *TRAIN, "--out", str(p["unwritable"])], "not writable"),
     ("train-corpus", lambda p: ["train", *TRAIN, "--corpus", "/nonexistent/c.txt"], "nonexistent"),
     ("train-device", lambda p: ["train", *TRAIN, "--device", "tpu"], "tpu"),
+    (
+        "train-empty-corpus",
+        lambda p: ["train", *TRAIN, "--corpus", str(p["empty"]), "--out", str(p["root"] / "e")],
+        "no tokens|empty",
+    ),
     ("train-resume", lambda p: ["train", *TRAIN, "--resume", "/nonexistent/ckpt"], "nonexistent"),
     (
         "train-nan-cache",
