@@ -11,8 +11,9 @@ Data parallel: every replica draws the same global batch (the activation store's
 pure function of seed and step) and keeps its own contiguous share of it; gradients are
 averaged over replicas with one all-reduce over a flat buffer, so with equal shares each step
 equals the single-process step on the global batch (the loss is a mean over rows). Dead-latent
-counters are kept in step by an all-reduce of the fired mask. Feature sharding: see
-`sharded.py`.
+counters are kept in step by an all-reduce of the fired mask; BatchTopK exchanges its
+candidates over every rank, so it selects over the global batch. Feature sharding: see
+`sharded.py`. Without a cache, `collect_shares` splits activation collection over the ranks.
 """
 
 from __future__ import annotations

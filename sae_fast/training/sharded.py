@@ -59,7 +59,7 @@ class _AllReduceSum(torch.autograd.Function):
 @dataclass(frozen=True)
 class Shard:
     """This rank's latents `[lo, hi)` of `d_sae`, shard `index` of `count` in process group
-    `pg` (None and count 1: unsharded)."""
+    `pg` (None and count 1: unsharded), in data replica `replica` of `replicas`."""
 
     lo: int
     hi: int
@@ -69,6 +69,9 @@ class Shard:
     pg: Any = None
     gather_pg: Any = None  # the same ranks on gloo: checkpoints gather CPU tensors
     root: int = 0  # global rank of shard 0
+    replica: int = 0
+    replicas: int = 1
+    everyone: Shard | None = None  # every rank of the run, when replicas > 1 (BatchTopK)
 
     @classmethod
     def whole(cls, d_sae: int) -> Shard:
@@ -78,12 +81,18 @@ class Shard:
     @classmethod
     def of(cls, d_sae: int, group: distributed.Group) -> Shard:
         """This rank's slice of `d_sae` latents in the grid `group` (whole if unsharded)."""
-        if group.shards == 1:
+        if group.world == 1:
             return cls.whole(d_sae)
         per = d_sae // group.shards
         lo, root = group.shard * per, group.replica * group.shards
+        everyone = cls(0, d_sae, d_sae, group.rank, group.world) if group.replicas > 1 else None
         return cls(lo, lo + per, d_sae, group.shard, group.shards, group.feature_pg,
-                   group.gather_pg, root)  # fmt: skip
+                   group.gather_pg, root, group.replica, group.replicas, everyone)  # fmt: skip
+
+    @property
+    def batch_group(self) -> Shard:
+        """The ranks holding the rest of the global batch's BatchTopK candidates."""
+        return self.everyone or self
 
     @property
     def size(self) -> int:
@@ -152,7 +161,7 @@ def forward(sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
 
     The reconstruction is the full one; values/indices or feature_acts are this shard's
     (indices local to the shard). JumpReLU is handled by the trainer (straight-through)."""
-    if shard.count == 1:
+    if shard.count == 1 and (sae.activation != "batchtopk" or shard.replicas == 1):
         return sae(x)
     ops = get_backend(sae.backend, sae.device, sae.dtype)
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
@@ -171,19 +180,21 @@ def forward(sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
 
 
 def batch_winners(acts: Tensor, k: int, shard: Shard) -> Tensor:
-    """BatchTopK's mask over this shard's `acts [B, n]` (relu'd): the `B * k` largest entries
-    of the whole batch over all shards, lower flat index `b * d_sae + f` on ties."""
+    """BatchTopK's mask over this rank's `acts [B, n]` (relu'd): the `k` x rows largest
+    entries of the global batch (every replica's rows, every shard's latents), lower flat
+    index `row * d_sae + f` on ties."""
     B, n = acts.shape
-    keep = min(k * B, B * shard.d_sae)
+    rows = B * shard.replicas
+    keep = min(k * rows, rows * shard.d_sae)
     flat = acts.detach().reshape(1, -1)
     m = min(keep, flat.shape[-1])
-    # the local canonical top-m: local flat order is global flat order within a shard
+    # the local canonical top-m: local flat order is global flat order within a rank
     vals, pos = ref.topk_select(flat, m)
-    ids = pos // n * shard.d_sae + shard.lo + pos % n
+    ids = (shard.replica * B + pos // n) * shard.d_sae + shard.lo + pos % n
     pad = keep - m
     vals = torch.cat([vals, vals.new_full((1, pad), -torch.inf)], -1)
     ids = torch.cat([ids, ids.new_full((1, pad), _PAD_INDEX)], -1)
-    won = shard.winners(vals, ids, keep)[:, :m]
+    won = shard.batch_group.winners(vals, ids, keep)[:, :m]
     mask = torch.zeros(B * n, dtype=torch.bool, device=acts.device)
     mask[pos[won]] = True
     return mask.view(B, n).to(acts.dtype)

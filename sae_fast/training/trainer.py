@@ -251,7 +251,7 @@ class Trainer:
                 if cfg.activation == "batchtopk":
                     kept = acts[acts > 0]
                     low = float(kept.min().detach()) if kept.numel() else math.inf
-                    low = shard.total(low, op="min")
+                    low = shard.batch_group.total(low, op="min")
                     if low < math.inf:
                         prev = self.batchtopk_threshold
                         self.batchtopk_threshold = low if prev is None else 0.99 * prev + 0.01 * low

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.data.store import read_cache
-from sae_fast.training import distributed
+from sae_fast.ops import reference as ref
+from sae_fast.training import distributed, sharded
 from sae_fast.training.trainer import Trainer, collect, train
 from tests.training.ranks import BASE, TIMEOUT_S, free_port, join_env, spawn
 
@@ -48,6 +49,16 @@ def _collectives_main(rank: int, world: int, port: int) -> None:
         ]
         with pytest.raises(ConfigError, match="multiple of the number of data replicas 2"):
             distributed.share(torch.arange(7), group)
+        # BatchTopK over the global batch: each replica's rows, one exchange of candidates
+        shard = sharded.Shard.of(10, group)
+        full = torch.randint(-2, 3, (6, 10), generator=torch.Generator().manual_seed(1))
+        full = full.float().relu()
+        mine = distributed.share(full, group)
+        for k in (1, 3, 10):
+            mask = sharded.batch_winners(mine, k, shard)
+            parts = [torch.empty_like(mask) for _ in range(2)]
+            torch.distributed.all_gather(parts, mask)
+            assert torch.equal(full * torch.cat(parts), ref.batchtopk_act(full, k)), k
     finally:
         torch.distributed.destroy_process_group()
 
@@ -120,6 +131,17 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     again = weights(tmp_path / "resumed" / "sae")
     for name, w in want.items():
         torch.testing.assert_close(again[name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_data_parallel_batchtopk_selects_over_the_global_batch(tmp_path, cache):
+    cfg = dict(BASE, cache=cache, steps=4, checkpoint_every=0, activation="batchtopk")
+    single = train(TrainConfig(**cfg, out=str(tmp_path / "single")))
+    _run_data_parallel(dict(cfg, out=str(tmp_path / "dp"), parallel="data"))
+    want = weights(tmp_path / "single" / "sae")
+    for name, w in weights(tmp_path / "dp" / "sae").items():
+        torch.testing.assert_close(w, want[name], rtol=1e-4, atol=1e-5, msg=name)
+    dp = SparseAutoencoder.load(tmp_path / "dp" / "sae")
+    assert dp.batchtopk_threshold == pytest.approx(single.sae.batchtopk_threshold, rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", [["data"], ["features", "--feature-shards", "2"]])

@@ -155,7 +155,11 @@ def test_feature_sharding_equals_one_process_and_resumes(tmp_path, cache):
 
 
 def test_grid_of_two_replicas_by_two_shards_equals_one_process(tmp_path, cache):
-    train(TrainConfig(**BASE, cache=cache, out=str(tmp_path / "single")))
-    grid = dict(BASE, cache=cache, out=str(tmp_path / "grid"), parallel="features")
-    spawn(train_ranks, ([dict(grid, feature_shards=2)],), world=4)
-    _assert_same(tmp_path / "grid" / "sae", tmp_path / "single" / "sae")
+    runs = []
+    for name in ("topk", "batchtopk"):
+        cfg = dict(BASE, **RUNS[name], cache=cache)
+        train(TrainConfig(**cfg, out=str(tmp_path / "single" / name)))
+        runs.append(dict(cfg, out=str(tmp_path / "grid" / name), parallel="features"))
+    spawn(train_ranks, ([dict(r, feature_shards=2) for r in runs],), world=4)
+    for name in ("topk", "batchtopk"):
+        _assert_same(tmp_path / "grid" / name / "sae", tmp_path / "single" / name / "sae")
