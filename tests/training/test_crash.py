@@ -5,6 +5,7 @@ activation cache must be refused with a clear message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import torch
 
 from sae_fast import SparseAutoencoder, TrainConfig
 from sae_fast.training import train
-from tests.training.ranks import BASE, TIMEOUT_S
+from tests.training.ranks import BASE, TIMEOUT_S, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
@@ -51,7 +52,12 @@ def _checkpoints(out: Path) -> list[Path]:
         SparseAutoencoder.load(ckpt / "sae")
         state = json.loads((ckpt / "trainer_state.json").read_text())
         assert ckpt.name == f"step_{state['step']:08d}"
-        assert torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
+        shards = int(state.get("feature_shards", 1))
+        where = (
+            [ckpt] if shards == 1 else [ckpt / "shards" / f"shard-{i:03d}" for i in range(shards)]
+        )
+        for w in where:
+            assert torch.load(w / "optimizer.pt", weights_only=True)["state"]
     return found
 
 
@@ -131,3 +137,48 @@ def test_kill_during_the_cache_write(tmp_path):
     assert again.returncode == 2
     assert "is incomplete (its writer was interrupted); delete the directory" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_kill_a_feature_sharded_run(tmp_path, cache, uninterrupted):
+    """A 2-rank feature-sharded torchrun run, every process SIGKILLed mid-run (a lost node):
+    its complete checkpoints load, and a resumed torchrun run ends equal to one process."""
+    out = tmp_path / "run"
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
+    cmd = ["-m", "sae_fast.cli", "train", *FLAGS, "--parallel", "features", "--cache", cache]
+    cmd += ["--steps", str(STEPS), "--checkpoint-every", "1", "--out", str(out)]
+    proc = subprocess.Popen(
+        [*torchrun, "--master-port", str(free_port()), *cmd], env=ENV, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.005)
+    for pid in _tree(proc.pid):  # torchrun and its workers (their own sessions) at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT_S)
+    found = _checkpoints(out)
+    assert found and int(found[-1].name.removeprefix("step_")) < STEPS, found
+    resume = [*torchrun, "--master-port", str(free_port()), *cmd, "--resume", str(found[-1])]
+    done = subprocess.run(resume, env=ENV, cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = SparseAutoencoder.load(out / "sae").state_dict()
+    for name, w in uninterrupted.items():
+        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert not list((out / "checkpoints").glob(".*"))  # the staging dirs were cleared
