@@ -89,18 +89,19 @@ def collect(
     distributed.barrier(group)  # every rank sees the same cache state
     if cache is not None and (cache / "manifest.json").exists():
         return read_cache(cache, identity), windows, tokenizer
-    if group.world == 1:
+    if group.world == 1:  # streamed into the cache, if any
         acts = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
-        if cache is not None:
-            write_cache(cache, acts, identity)
-            return read_cache(cache, identity), windows, tokenizer
-    else:
+    else:  # the same batches, on every rank: all of them stop here if there are none
         acts = distributed.collect_shares(
             model, tokenizer, windows, cfg.hook, cfg.max_tokens, group
         )
-        if cache is not None and group.is_main:
+        if not acts:
+            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
+    if cache is not None:
+        if group.is_main:
             write_cache(cache, acts, identity)
         distributed.barrier(group)
+        return read_cache(cache, identity), windows, tokenizer
     acts = list(acts)
     if not acts:
         raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
@@ -160,7 +161,9 @@ class Trainer:
         self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
         self.group, self.device = distributed.init(cfg.parallel, self.device, cfg.feature_shards)
         t0 = time.perf_counter()
-        self.data, self.windows, self.tokenizer = data if data is not None else self._collect()
+        self.data, self.windows, self.tokenizer = (
+            data if data is not None else collect(cfg, self.group)
+        )
         self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
         acts = self.data.acts
         d_in = acts.shape[1]
@@ -217,10 +220,6 @@ class Trainer:
                 f"{shards} feature shards; use fewer shards or a larger dictionary"
             )
         return sharded.Shard.of(d_sae, self.group)
-
-    def _collect(self) -> tuple[ActivationBatch, list, Any]:
-        """`collect`, the work split over the ranks of a parallel run."""
-        return collect(self.cfg, self.group)
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:

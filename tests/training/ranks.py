@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import Tensor
 
 from tests.helpers import SMALL_TRAIN
 
@@ -25,6 +27,16 @@ BASE = dict(
     dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
     seed=3,
 )
+
+
+def assert_same_sae(got: Path, want: Path | dict[str, Tensor], rtol=1e-4, atol=1e-5) -> None:
+    """The SAE saved at `got` has the weights of `want` (a saved SAE or a state dict)."""
+    from sae_fast import SparseAutoencoder
+
+    w = want if isinstance(want, dict) else SparseAutoencoder.load(want).state_dict()
+    g = SparseAutoencoder.load(got).state_dict()
+    for name, t in w.items():
+        torch.testing.assert_close(g[name], t, rtol=rtol, atol=atol, msg=f"{got}: {name}")
 
 
 def free_port() -> int:

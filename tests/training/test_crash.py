@@ -20,7 +20,7 @@ import torch
 
 from sae_fast import SparseAutoencoder, TrainConfig
 from sae_fast.training import train
-from tests.training.ranks import BASE, TIMEOUT_S, free_port
+from tests.training.ranks import BASE, TIMEOUT_S, assert_same_sae, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
@@ -67,9 +67,7 @@ def _resume_and_compare(out: Path, cache: str, want: dict[str, torch.Tensor]) ->
     resume = ["--resume", str(found[-1])] if found else []
     done = _run("none", 0, "--cache", cache, "--steps", str(STEPS), "--out", str(out), *resume)
     assert done.returncode == 0, done.stderr[-3000:]
-    got = SparseAutoencoder.load(out / "sae").state_dict()
-    for name, w in want.items():
-        torch.testing.assert_close(got[name], w, rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_sae(out / "sae", want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +176,5 @@ def test_kill_a_feature_sharded_run(tmp_path, cache, uninterrupted):
     done = subprocess.run(resume, env=ENV, cwd=ROOT, capture_output=True, text=True,
                           timeout=TIMEOUT_S)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    got = SparseAutoencoder.load(out / "sae").state_dict()
-    for name, w in uninterrupted.items():
-        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_sae(out / "sae", uninterrupted)
     assert not list((out / "checkpoints").glob(".*"))  # the staging dirs were cleared

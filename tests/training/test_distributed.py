@@ -17,7 +17,7 @@ from sae_fast.data.store import read_cache
 from sae_fast.ops import reference as ref
 from sae_fast.training import distributed, sharded
 from sae_fast.training.trainer import Trainer, collect, train
-from tests.training.ranks import BASE, TIMEOUT_S, free_port, join_env, spawn
+from tests.training.ranks import BASE, TIMEOUT_S, assert_same_sae, free_port, join_env, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,20 +107,12 @@ def _run_data_parallel(cfg: dict) -> None:
     spawn(train_ranks, ([cfg],))
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of the SAE saved at `path`."""
-    return SparseAutoencoder.load(path).state_dict()
-
-
 def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     single = train(TrainConfig(**BASE, cache=cache, out=str(tmp_path / "single")))
     assert single.metrics["dead_pct"] > 0  # the dead-latent path was exercised
     dp = dict(BASE, cache=cache, out=str(tmp_path / "dp"), parallel="data")
     _run_data_parallel(dp)
-    want = weights(tmp_path / "single" / "sae")
-    got = weights(tmp_path / "dp" / "sae")
-    for name, w in want.items():
-        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_sae(tmp_path / "dp" / "sae", tmp_path / "single" / "sae")
     lines = (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # rank 0 alone logs (steps 2, 4, 6, 8)
     # the checkpoint is one ordinary SAE directory, loadable in a single process
@@ -128,18 +120,14 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     assert SparseAutoencoder.load(ckpt / "sae").d_sae == 768
     # resume the data-parallel run from step 4: same weights as the uninterrupted runs
     _run_data_parallel(dict(dp, out=str(tmp_path / "resumed"), resume=str(ckpt)))
-    again = weights(tmp_path / "resumed" / "sae")
-    for name, w in want.items():
-        torch.testing.assert_close(again[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_sae(tmp_path / "resumed" / "sae", tmp_path / "single" / "sae")
 
 
 def test_data_parallel_batchtopk_selects_over_the_global_batch(tmp_path, cache):
     cfg = dict(BASE, cache=cache, steps=4, checkpoint_every=0, activation="batchtopk")
     single = train(TrainConfig(**cfg, out=str(tmp_path / "single")))
     _run_data_parallel(dict(cfg, out=str(tmp_path / "dp"), parallel="data"))
-    want = weights(tmp_path / "single" / "sae")
-    for name, w in weights(tmp_path / "dp" / "sae").items():
-        torch.testing.assert_close(w, want[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_sae(tmp_path / "dp" / "sae", tmp_path / "single" / "sae")
     dp = SparseAutoencoder.load(tmp_path / "dp" / "sae")
     assert dp.batchtopk_threshold == pytest.approx(single.sae.batchtopk_threshold, rel=1e-4)
 

@@ -13,8 +13,8 @@ from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.ops import reference as ref
 from sae_fast.training import distributed, sharded
 from sae_fast.training.trainer import Trainer, train
-from tests.training.ranks import BASE, join_env, spawn
-from tests.training.test_distributed import train_ranks, weights
+from tests.training.ranks import BASE, assert_same_sae, join_env, spawn
+from tests.training.test_distributed import train_ranks
 
 STEPS_SHORT = 4  # relu, jumprelu, batchtopk runs
 
@@ -113,12 +113,6 @@ def test_exchange_selection_clip_and_checkpoint_slices(tmp_path, cache):
     spawn(_exchange_main, (str(tmp_path), str(ckpt)))
 
 
-def _assert_same(got: Path, want: Path) -> None:
-    w, g = weights(want), weights(got)
-    for name, t in w.items():
-        torch.testing.assert_close(g[name], t, rtol=1e-4, atol=1e-5, msg=f"{got}: {name}")
-
-
 SHORT = dict(steps=STEPS_SHORT, checkpoint_every=0)
 RUNS = {  # name -> config on top of BASE; every one also runs sharded
     "topk": {},
@@ -141,8 +135,8 @@ def test_feature_sharding_equals_one_process_and_resumes(tmp_path, cache):
     runs.append(cfg("topk", "resumed", parallel="features", resume=str(ckpt)))
     spawn(train_ranks, (runs,))
     for name in RUNS:
-        _assert_same(tmp_path / "sharded" / name / "sae", tmp_path / "single" / name / "sae")
-    _assert_same(tmp_path / "resumed" / "topk" / "sae", tmp_path / "single" / "topk" / "sae")
+        assert_same_sae(tmp_path / "sharded" / name / "sae", tmp_path / "single" / name / "sae")
+    assert_same_sae(tmp_path / "resumed" / "topk" / "sae", tmp_path / "single" / "topk" / "sae")
     bt = [SparseAutoencoder.load(tmp_path / w / "batchtopk" / "sae") for w in ("single", "sharded")]
     assert bt[1].batchtopk_threshold == pytest.approx(bt[0].batchtopk_threshold, rel=1e-4)
     # the checkpoint: one whole SAE (loads in one process) and each shard's optimiser state
@@ -162,4 +156,4 @@ def test_grid_of_two_replicas_by_two_shards_equals_one_process(tmp_path, cache):
         runs.append(dict(cfg, out=str(tmp_path / "grid" / name), parallel="features"))
     spawn(train_ranks, ([dict(r, feature_shards=2) for r in runs],), world=4)
     for name in ("topk", "batchtopk"):
-        _assert_same(tmp_path / "grid" / name / "sae", tmp_path / "single" / name / "sae")
+        assert_same_sae(tmp_path / "grid" / name / "sae", tmp_path / "single" / name / "sae")
