@@ -11,6 +11,11 @@ never silently differ from the contract:
     batchtopk: keep the B*k largest entries of relu(pre) over the whole batch
     recon  = a @ W_dec + b_dec = sum_j v[b, j] * W_dec[i[b, j]] + b_dec
 
+Low precision (bf16/fp16): `x - b_dec` is taken in that dtype, then the product is
+accumulated in fp32 and b_enc is added in fp32 (`pre_activations` returns fp32); codes are
+ranked and gated on those fp32 values, ties to the lower index, and returned in the
+parameters' dtype. Every backend follows this rule, so their TopK indices agree exactly.
+
 All functions take 2-D activations `[B, d_in]`; the module flattens leading dims.
 """
 
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class SparseCode(NamedTuple):
@@ -45,8 +51,12 @@ class TopKGrads(NamedTuple):
 
 
 def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
-    """Dense pre-activations `(x - b_dec) @ W_enc + b_enc`, shape `[B, d_sae]`."""
-    return (x - b_dec) @ W_enc + b_enc  # [B, d_sae]
+    """Dense pre-activations `(x - b_dec) @ W_enc + b_enc`, shape `[B, d_sae]`; fp32 for
+    bf16/fp16 parameters (the low-precision rule in the module docstring)."""
+    xc = x - b_dec  # [B, d_in], in the parameters' dtype
+    if W_enc.dtype in LOW_PRECISION:
+        return xc.float() @ W_enc.float() + b_enc.float()  # fp32 accumulation and bias
+    return xc @ W_enc + b_enc  # [B, d_sae]
 
 
 def relu_act(pre: Tensor) -> Tensor:
@@ -120,23 +130,24 @@ def encode_dense(
     """Dense code `[B, d_sae]` for any activation (topk scattered into zeros)."""
     pre = pre_activations(x, W_enc, b_enc, b_dec)
     if activation == "relu":
-        return relu_act(pre)
+        return relu_act(pre).to(W_enc.dtype)
     if activation == "jumprelu":
         if threshold is None:
             raise ValueError("jumprelu needs a threshold")
-        return jumprelu_act(pre, threshold)
+        return jumprelu_act(pre, threshold).to(W_enc.dtype)
     if k is None:
         raise ValueError(f"{activation} needs k")
     if activation == "topk":
-        return densify(*topk_act(pre, k), pre.shape[-1])
+        return densify(*topk_act(pre, k), pre.shape[-1]).to(W_enc.dtype)
     if activation == "batchtopk":
-        return batchtopk_act(pre, k)
+        return batchtopk_act(pre, k).to(W_enc.dtype)
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
 
 def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
-    """TopK code of `x`: `values [B, k]` >= 0 and `indices [B, k]`."""
-    return topk_act(pre_activations(x, W_enc, b_enc, b_dec), k)
+    """TopK code of `x`: `values [B, k]` >= 0 (parameters' dtype) and `indices [B, k]`."""
+    values, indices = topk_act(pre_activations(x, W_enc, b_enc, b_dec), k)
+    return SparseCode(values.to(W_enc.dtype), indices)
 
 
 def densify(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:

@@ -1,16 +1,25 @@
-"""Fused Triton encoder: `pre = (x - b_dec) @ W_enc + b_enc` tile by tile, with a ReLU,
-JumpReLU or TopK epilogue. The TopK path never writes the `[B, d_sae]` pre-activations.
+"""Triton encoder: `pre = (x - b_dec) @ W_enc + b_enc` with a TopK, ReLU or JumpReLU code.
 
-TopK selection works on packed int64 keys: the upper 32 bits are an order-preserving image
-of the fp32 pre-activation, the lower 32 bits are `2**32 - 1 - feature`, so one integer
-comparison orders by value and then by lower index (the tie rule of the reference). Each
-program walks `TILES_PER_PROG` feature tiles for `BLOCK_M` rows, keeps a running top-`K_PAD`
-per row, and writes those candidates; `_merge_topk_kernel` picks the final k per row.
-Extra memory: `B * n_programs_n * K_PAD` int64 keys, not `B * d_sae`.
+Low-precision rule (reference.py): `xc = x - b_dec` is taken once, in the parameters' dtype;
+the product is accumulated in fp32 and b_enc is added in fp32; TopK ranks those fp32 values
+(ties to the lower index) and codes are returned in the parameters' dtype.
 
-Selection is by repeated max-extraction (`_merge_top`), O(K_PAD * (BLOCK_N + K_PAD)) compares
-per row and tile, skipped for tiles that cannot beat the running k-th key. It replaces
-`tl.topk`, whose bitonic network the CPU interpreter runs element by element.
+Two TopK paths, chosen per shape by `triton_dispatch.encoder_plan`:
+
+- **fused** (`_topk_filter_kernel`): a tiled GEMM whose epilogue never writes `[B, d_sae]`.
+  Each program walks a run of feature tiles for `BLOCK_M` rows and keeps, per row, the
+  running maximum of `K_PAD` disjoint column groups. The smallest of those maxima is a lower
+  bound `tau` of the row's k-th value (K_PAD >= k distinct entries reach it); the bound is
+  shared between the programs of a row with an fp32 atomic max. Only entries `>= tau` are
+  written, as packed int64 keys, into a per-program candidate list; `_select_candidates`
+  then takes the k largest keys with `torch.topk`. The keys are unique, so the result is a
+  pure function of the inputs whatever the atomics' timing. A row whose list overflows is
+  redone on the chunked path.
+- **chunked** (`encode_topk_chunked`): the cuBLAS GEMM into a fp32 buffer of at most 0.2x one
+  `[B, d_sae]` fp32 matrix, a row chunk at a time, then the reference's `topk_select`.
+
+Key = (order-preserving image of the fp32 value) << 32 | (2**32 - 1 - feature): one integer
+comparison orders by value, then by lower feature.
 """
 
 from __future__ import annotations
@@ -24,9 +33,56 @@ from torch import Tensor
 
 from . import reference as ref
 
-ACT_RELU, ACT_JUMPRELU, ACT_TOPK = 0, 1, 2
-MIN_KEY = -(2**63)
-LOW_MASK = 0xFFFFFFFF
+ACT_NONE, ACT_RELU, ACT_JUMPRELU = 0, 1, 2
+INT64_MIN = -(2**63)
+# A fused program's candidate list holds CAP_PER_K * k_pad keys per row before it overflows.
+CAP_PER_K = 24
+CHUNK_FRACTION = 0.2  # the chunked path's fp32 buffer, as a fraction of [B, d_sae] fp32
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    """acc += a @ b. PRECISION 0: tensor cores in the operands' dtype (bf16/fp16, or tf32
+    for fp32 when torch allows tf32); 1: fp32 "ieee"; 2: the CPU interpreter's fp32 upcast
+    (it mishandles bf16/fp16 dot operands)."""
+    if PRECISION == 2:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif PRECISION == 1:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _gemm_tile(xc_ptr, w_ptr, row0, col0, B, D_IN, D_SAE,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               PRECISION: tl.constexpr):  # fmt: skip
+    """fp32 `xc[row0:row0+BM] @ W[:, col0:col0+BN]`, `[BLOCK_M, BLOCK_N]`.
+
+    The tile's origin is an int64 scalar offset and the K step an int64 scalar; offsets
+    inside a tile (< BLOCK_M * d_in and BLOCK_K * d_sae) stay int32."""
+    r = tl.arange(0, BLOCK_M)  # [BM]
+    c = tl.arange(0, BLOCK_N)  # [BN]
+    ks = tl.arange(0, BLOCK_K)  # [BK]
+    row_ok = (row0 + r) < B
+    col_ok = (col0 + c) < D_SAE
+    x_base = xc_ptr + row0.to(tl.int64) * D_IN  # scalar
+    w_base = w_ptr + col0.to(tl.int64)  # scalar
+    x_offs = r[:, None] * D_IN + ks[None, :]  # [BM, BK] int32
+    w_offs = ks[:, None] * D_SAE + c[None, :]  # [BK, BN] int32
+    w_step = D_SAE.to(tl.int64) * BLOCK_K
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D_IN, BLOCK_K):
+        k_ok = (k0 + ks) < D_IN
+        a = tl.load(x_base + x_offs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        b = tl.load(w_base + w_offs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)  # [BK, BN]
+        acc = _dot(a, b, acc, PRECISION)
+        x_base += BLOCK_K
+        w_base += w_step
+    return acc
 
 
 @triton.jit
@@ -40,139 +96,158 @@ def _pack_keys(pre, cols):
 
 
 @triton.jit
-def _unpack_keys(keys):
-    """Inverse of `_pack_keys`: (fp32 values, int64 feature ids)."""
-    key = (keys >> 32).to(tl.int32)
-    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
-    vals = bits.to(tl.float32, bitcast=True)
-    idx = 4294967295 - (keys & 4294967295)
-    return vals, idx
-
-
-@triton.jit
-def _merge_top(running, keys, K_PAD: tl.constexpr):
-    """Top-K_PAD keys of `running [M, K_PAD]` united with `keys [M, N]`, sorted descending.
-
-    Keys are unique (they embed the feature id), so each extraction removes exactly one.
-    """
-    slots = tl.arange(0, K_PAD)[None, :]
-    out = tl.full([running.shape[0], K_PAD], MIN_KEY, tl.int64)
-    for j in range(K_PAD):
-        best = tl.maximum(tl.max(keys, axis=1), tl.max(running, axis=1))[:, None]  # [M, 1]
-        out = tl.where(slots == j, best, out)
-        keys = tl.where(keys == best, MIN_KEY, keys)
-        running = tl.where(running == best, MIN_KEY, running)
-    return out
-
-
-@triton.jit
-def _encoder_kernel(
-    x_ptr, w_ptr, b_enc_ptr, b_dec_ptr, thr_ptr, out_ptr, cand_ptr,
-    B, D_IN, D_SAE, N_PROGS_N,
-    ACT: tl.constexpr, K_PAD: tl.constexpr, TILES_PER_PROG: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+def _topk_filter_kernel(
+    xc_ptr, w_ptr, b_enc_ptr, tau_ptr, cand_ptr, count_ptr, scratch_ptr,
+    B, D_IN, D_SAE, N_SPLIT, TILES_PER_PROG,
+    GROUPS: tl.constexpr, CAP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    """One program: BLOCK_M rows x a run of TILES_PER_PROG feature tiles (see the module
+    docstring). The tile's fp32 pre-activations and the running group maxima live in this
+    program's own L2-resident scratch, so the filter reads SUB columns at a time in a blocked
+    layout instead of holding accumulator, keys and slots in registers at once."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    r = tl.arange(0, BLOCK_M)  # [BM]
+    rows = pid_m.to(tl.int64) * BLOCK_M + r  # [BM] int64
     row_ok = rows < B
-    running = tl.full([BLOCK_M, K_PAD], MIN_KEY, tl.int64)  # [BM, K_PAD]
+    j = tl.arange(0, SUB)  # [SUB]
+    scratch = scratch_ptr + (pid_m.to(tl.int64) * N_SPLIT + pid_n) * (BLOCK_M * (BLOCK_N + GROUPS))
+    tile_ptrs = scratch + r[:, None] * BLOCK_N  # [BM, 1] the tile, row-major
+    gm_ptrs = scratch + BLOCK_M * BLOCK_N + r[:, None] * GROUPS  # [BM, 1] group maxima
+    for g0 in range(0, GROUPS, SUB):
+        tl.store(gm_ptrs + g0 + j[None, :], tl.full([BLOCK_M, SUB], float("-inf"), tl.float32))
+    tau = tl.full([BLOCK_M], float("-inf"), tl.float32)  # [BM] lower bound of the k-th value
+    count = tl.zeros([BLOCK_M], dtype=tl.int32)  # [BM] entries this program has emitted
+    cand_row = cand_ptr + (rows * N_SPLIT + pid_n) * CAP  # [BM] this program's lists
     for t in range(TILES_PER_PROG):
-        cols = (pid_n * TILES_PER_PROG + t) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-        col_ok = cols < D_SAE
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, D_IN, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)  # [BK]
-            k_ok = ks < D_IN
-            xt = tl.load(
-                x_ptr + rows[:, None] * D_IN + ks[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )  # [BM, BK]
-            bd = tl.load(b_dec_ptr + ks, mask=k_ok, other=0.0)  # [BK]
-            xf = xt.to(tl.float32) - bd.to(tl.float32)[None, :]  # x - b_dec, [BM, BK]
-            wt = tl.load(
-                w_ptr + ks[:, None] * D_SAE + cols[None, :],
-                mask=k_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            )  # [BK, BN]
-            if UPCAST:
-                # CPU interpreter only: it mishandles bf16 dot operands and bf16 rounding,
-                # so stay in fp32 (exact products; x - b_dec is then not rounded to bf16).
-                acc = tl.dot(xf, wt.to(tl.float32), acc, input_precision="ieee")
-            elif IEEE:
-                acc = tl.dot(xf.to(xt.dtype), wt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xf.to(xt.dtype), wt, acc)
-        be = tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        pre = acc + be[None, :]  # [BM, BN]
-        if ACT == 2:  # TopK: merge this tile's best into the running top-K_PAD
-            keys = _pack_keys(pre, cols)
-            keys = tl.where(col_ok[None, :] & row_ok[:, None], keys, MIN_KEY)  # [BM, BN]
-            kth = tl.min(running, axis=1)  # [BM] smallest kept key
-            beats = (tl.max(keys, axis=1) > kth).to(tl.int32)
-            if tl.max(beats, axis=0) > 0:
-                running = _merge_top(running, keys, K_PAD)
-        else:
-            if ACT == 0:
-                act = tl.maximum(pre, 0.0)
-            else:
-                thr = tl.load(thr_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                act = tl.where(pre > thr[None, :], pre, 0.0)
-            tl.store(
-                out_ptr + rows[:, None] * D_SAE + cols[None, :],
-                act.to(out_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & col_ok[None, :],
-            )
-    if ACT == 2:
-        slots = tl.arange(0, K_PAD)
-        dst = cand_ptr + (rows[:, None] * N_PROGS_N + pid_n) * K_PAD + slots[None, :]
-        tl.store(dst, running, mask=row_ok[:, None])
+        n0 = (pid_n * TILES_PER_PROG + t) * BLOCK_N
+        acc = _gemm_tile(xc_ptr, w_ptr, pid_m * BLOCK_M, n0, B, D_IN, D_SAE,
+                         BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+        c = tl.arange(0, BLOCK_N)
+        tl.store(tile_ptrs + c[None, :], acc)  # [BM, BN] fp32
+        tl.debug_barrier()
+        lowest = tl.full([BLOCK_M], float("inf"), tl.float32)  # [BM] min of group maxima
+        # Filter against the bound of the tiles before (still a valid bound), and fold the
+        # tile into GROUPS >= k disjoint column groups (column mod GROUPS), whose maxima are
+        # GROUPS distinct entries: the smallest of them bounds the k-th value from below.
+        for s in tl.static_range(0, BLOCK_N, SUB):
+            cols = n0 + s + j  # [SUB] int32 (< d_sae)
+            col_ok = cols < D_SAE
+            v = tl.load(tile_ptrs + s + j[None, :], cache_modifier=".cg")  # [BM, SUB]
+            be = tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [SUB]
+            v = tl.where(col_ok[None, :], v + be[None, :], float("-inf"))  # pre, fp32
+            emit = (v >= tau[:, None]) & col_ok[None, :] & row_ok[:, None]  # [BM, SUB]
+            n_new = tl.sum(emit.to(tl.int32), axis=1)  # [BM]
+            if tl.max(n_new, axis=0) > 0:
+                pos = count[:, None] + tl.cumsum(emit.to(tl.int32), axis=1) - 1  # [BM, SUB]
+                tl.store(cand_row[:, None] + pos, _pack_keys(v, cols), mask=emit & (pos < CAP))
+                count += n_new
+            gp = gm_ptrs + (s % GROUPS) + j[None, :]  # [BM, SUB]
+            gm = tl.maximum(tl.load(gp, cache_modifier=".cg"), v)
+            tl.store(gp, gm)
+            if s >= BLOCK_N - GROUPS:  # the group's last update in this tile: final
+                lowest = tl.minimum(lowest, tl.min(gm, axis=1))
+        tl.debug_barrier()  # the scratch tile is rewritten by the next tile
+        tau = tl.maximum(tau, lowest)
+        shared = tl.atomic_max(tau_ptr + rows, tau, mask=row_ok)  # the row's other programs
+        tau = tl.maximum(tau, tl.where(row_ok, shared, float("-inf")))
+    tl.store(count_ptr + rows * N_SPLIT + pid_n, count, mask=row_ok)
 
 
 @triton.jit
-def _merge_topk_kernel(
-    cand_ptr, val_ptr, idx_ptr, B, N_CAND, K,
-    K_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+def _dense_encoder_kernel(
+    xc_ptr, w_ptr, b_enc_ptr, thr_ptr, out_ptr, B, D_IN, D_SAE,
+    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_ok = rows < B
-    c = tl.arange(0, C_PAD)
-    keys = tl.load(
-        cand_ptr + rows[:, None] * N_CAND + c[None, :],
-        mask=row_ok[:, None] & (c < N_CAND)[None, :],
-        other=MIN_KEY,
-    )  # [BM, C_PAD]
-    top = _merge_top(tl.full([BLOCK_M, K_PAD], MIN_KEY, tl.int64), keys, K_PAD)  # desc
-    vals, idx = _unpack_keys(top)
-    vals = tl.maximum(vals, 0.0)  # ReLU on the selected values
-    j = tl.arange(0, K_PAD)
-    m = row_ok[:, None] & (j < K)[None, :]
-    tl.store(val_ptr + rows[:, None] * K + j[None, :], vals.to(val_ptr.dtype.element_ty), mask=m)
-    tl.store(idx_ptr + rows[:, None] * K + j[None, :], idx, mask=m)
+    col_ok = cols < D_SAE
+    acc = _gemm_tile(xc_ptr, w_ptr, tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N,
+                     B, D_IN, D_SAE, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+    pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        pre = tl.maximum(pre, 0.0)  # relu
+    elif ACT == 2:
+        thr = tl.load(thr_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        pre = tl.where(pre > thr[None, :], pre, 0.0)  # jumprelu
+    tl.store(
+        out_ptr + rows[:, None] * D_SAE + cols[None, :],
+        pre.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & col_ok[None, :],
+    )
 
 
-def _upcast_dot(dtype: torch.dtype) -> bool:
-    """The CPU interpreter gets bf16 `tl.dot` operands and fp32->bf16 casts wrong."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+# ----------------------------------------------------------------------------- launch configs
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _precision(dtype: torch.dtype) -> int:
+    """The `_dot` precision for `dtype`: fp32 follows torch's tf32 setting, as cuBLAS does."""
+    if _interpreting():
+        return 2 if dtype != torch.float32 else 1
+    if dtype == torch.float32:
+        return 0 if torch.backends.cuda.matmul.allow_tf32 else 1
+    return 0
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _tiles(B: int, d_sae: int, k_pad: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, TILES_PER_PROG, N_PROGS_N) for the TopK launch."""
-    block_m = 64 if B >= 64 else 16
-    block_n = 64 if d_sae <= 4096 else 128
+def filter_config(k_pad: int, dtype: torch.dtype) -> dict:
+    """Tile sizes of the fused TopK kernel (the same table `aot_configs` compiles)."""
+    if _interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=max(32, k_pad), BLOCK_K=16, num_warps=4, num_stages=1)
+    for cfg in FILTER_CONFIGS:
+        if cfg["k_pad"] >= k_pad and cfg["dtype"] in (None, dtype):
+            return {n: v for n, v in cfg.items() if n not in ("k_pad", "dtype")}
+    raise ValueError(f"no fused TopK configuration for k <= {k_pad}")
+
+
+# Smallest k_pad first. fp32 tiles hold half the K depth (twice the bytes per element) so
+# that the pipeline's shared memory stays under sm_90's 227 KB.
+FILTER_CONFIGS = [
+    dict(k_pad=64, dtype=torch.float32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8,
+         num_stages=3),
+    dict(k_pad=64, dtype=None, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8,
+         num_stages=3),
+    dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+]  # fmt: skip
+
+
+def dense_config(dtype: torch.dtype) -> dict:
+    """Tile sizes of the dense (ReLU/JumpReLU/none) encoder."""
+    if _interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def split_plan(B: int, d_sae: int, k_pad: int, block_m: int, block_n: int) -> tuple[int, int]:
+    """(N_SPLIT, TILES_PER_PROG): programs per row block along d_sae, and tiles each walks.
+
+    Enough programs to fill a GPU (>= ~4 waves of 132 SMs), few enough that the candidate
+    lists (N_SPLIT * CAP_PER_K * k_pad int64 keys per row) stay within 0.1x of the row's
+    fp32 pre-activations."""
     n_tiles = triton.cdiv(d_sae, block_n)
-    # Enough programs along d_sae to fill the GPU, few enough to keep candidates small.
-    target = max(1, 2048 // max(1, triton.cdiv(B, block_m)))
-    n_progs_n = max(1, min(n_tiles, target, 64))
-    tiles_per_prog = triton.cdiv(n_tiles, n_progs_n)
-    n_progs_n = triton.cdiv(n_tiles, tiles_per_prog)
-    return block_m, block_n, tiles_per_prog, n_progs_n
+    row_blocks = triton.cdiv(B, block_m)
+    want = max(1, triton.cdiv(528, row_blocks))
+    by_memory = max(1, (d_sae * 4 // 10) // (8 * CAP_PER_K * k_pad))
+    n_split = max(1, min(n_tiles, want, by_memory, 32))
+    tiles = triton.cdiv(n_tiles, n_split)
+    return triton.cdiv(n_tiles, tiles), tiles
+
+
+# ----------------------------------------------------------------------------- host side
 
 
 def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> None:
@@ -192,34 +267,128 @@ def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> None:
         raise TypeError(f"the Triton encoder supports float32/bfloat16/float16, got {x.dtype}")
 
 
+def _centred(x: Tensor, W_enc: Tensor, b_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """(x - b_dec, W_enc), both contiguous: the centring is done once, not per tile."""
+    return (x - b_dec).contiguous(), W_enc.contiguous()
+
+
+def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of the kernels' key packing: (fp32 values, int64 feature ids)."""
+    hi = (keys >> 32).to(torch.int32)
+    bits = hi ^ ((hi >> 31) & 0x7FFFFFFF)
+    return bits.view(torch.float32), 4294967295 - (keys & 4294967295)
+
+
+def _select_candidates(cand: Tensor, counts: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(values fp32 [B, k], indices [B, k], overflowed rows [B] bool) from the lists."""
+    B, n_split, cap = cand.shape
+    slot = torch.arange(cap, device=cand.device)
+    valid = slot[None, None, :] < counts[:, :, None].to(torch.int64)
+    keys = torch.where(valid, cand, torch.full_like(cand, INT64_MIN)).reshape(B, -1)
+    top = torch.topk(keys, k, dim=1, sorted=True).values  # unique keys: no ties to break
+    vals, idx = unpack_keys(top)
+    return vals, idx, (counts > cap).any(1)
+
+
+def _gemm_fp32(xc: Tensor, W: Tensor) -> Tensor:
+    """fp32 `xc @ W` with fp32 accumulation (cuBLAS), whatever the operands' dtype."""
+    if xc.dtype == torch.float32:
+        return xc @ W
+    if xc.is_cuda:
+        try:
+            return torch.mm(xc, W, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without the fp32-output GEMM
+            pass
+        return encode_dense_centred(xc, W, torch.zeros_like(W[0]), None, ACT_NONE, torch.float32)
+    return xc.float() @ W.float()
+
+
+def chunk_rows(B: int) -> int:
+    """Rows per chunk of the chunked path: at most 0.2x of the batch."""
+    return max(1, int(CHUNK_FRACTION * B))
+
+
+def encode_topk_chunked(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Chunked TopK of centred `xc`: fp32 (values, indices), by row chunks of `chunk_rows`."""
+    B = xc.shape[0]
+    step = chunk_rows(B)
+    vals = torch.empty(B, k, dtype=torch.float32, device=xc.device)
+    idx = torch.empty(B, k, dtype=torch.int64, device=xc.device)
+    bias = b_enc.float()
+    for r0 in range(0, B, step):
+        pre = _gemm_fp32(xc[r0 : r0 + step], W_enc)  # [rows, d_sae] fp32
+        pre += bias
+        vals[r0 : r0 + step], idx[r0 : r0 + step] = ref.topk_select(pre, k)
+        del pre
+    return vals, idx
+
+
+def encode_topk_fused(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Fused TopK of centred `xc`: fp32 (values, indices); overflowed rows go chunked."""
+    B, d_in = xc.shape
+    d_sae = W_enc.shape[1]
+    k_pad = _pow2(k)
+    cfg = filter_config(k_pad, xc.dtype)
+    cap = CAP_PER_K * k_pad
+    n_split, tiles = split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
+    tau = torch.full((B,), float("-inf"), dtype=torch.float32, device=xc.device)
+    cand = torch.empty(B, n_split, cap, dtype=torch.int64, device=xc.device)
+    counts = torch.empty(B, n_split, dtype=torch.int32, device=xc.device)
+    grid = (triton.cdiv(B, cfg["BLOCK_M"]), n_split)
+    groups = max(k_pad, 32)
+    scratch = torch.empty(grid[0] * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + groups),
+                          dtype=torch.float32, device=xc.device)  # fmt: skip
+    _topk_filter_kernel[grid](
+        xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, tiles,
+        GROUPS=groups, CAP=cap, SUB=32, PRECISION=_precision(xc.dtype), **cfg,
+    )  # fmt: skip
+    vals, idx, over = _select_candidates(cand, counts, k)
+    if bool(over.any()):  # a list filled up: redo those rows exactly
+        rows = over.nonzero(as_tuple=True)[0]
+        vals[rows], idx[rows] = encode_topk_chunked(xc[rows], W_enc, b_enc, k)
+    return vals, idx
+
+
 def encode_topk_fwd(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, method: str = "auto"
 ) -> tuple[Tensor, Tensor]:
-    """Fused TopK encode: `values [B, k]` (ReLU'd, x's dtype) and `indices [B, k]` int64."""
+    """TopK encode: `values [B, k]` (ReLU'd, x's dtype) and `indices [B, k]` int64.
+
+    `method`: "fused", "chunked" or "auto" (`triton_dispatch.encoder_plan` per shape)."""
+    from .triton_dispatch import encoder_plan
+
     _check(x, W_enc, b_enc, b_dec)
     B, d_in = x.shape
     d_sae = W_enc.shape[1]
     if not 1 <= k <= d_sae:
         raise ValueError(f"k must be in [1, {d_sae}], got {k}")
-    x, W_enc, b_enc, b_dec = (t.contiguous() for t in (x, W_enc, b_enc, b_dec))
-    k_pad = _pow2(k)
-    block_m, block_n, tiles_per_prog, n_progs_n = _tiles(B, d_sae, k_pad)
-    cand = torch.empty(B, n_progs_n, k_pad, dtype=torch.int64, device=x.device)
-    grid = (triton.cdiv(B, block_m), n_progs_n)
-    _encoder_kernel[grid](
-        x, W_enc, b_enc, b_dec, b_enc, x, cand, B, d_in, d_sae, n_progs_n,
-        ACT=ACT_TOPK, K_PAD=k_pad, TILES_PER_PROG=tiles_per_prog, BLOCK_M=block_m,
-        BLOCK_N=block_n, BLOCK_K=32, IEEE=x.dtype == torch.float32,
-        UPCAST=_upcast_dot(x.dtype),
+    if method == "auto":
+        method = encoder_plan(B, d_in, d_sae, k, x.dtype)
+    if method not in ("fused", "chunked"):
+        raise ValueError(f"method must be 'auto', 'fused' or 'chunked', got {method!r}")
+    xc, W = _centred(x, W_enc, b_dec)
+    if method == "fused" and _pow2(k) <= FILTER_CONFIGS[-1]["k_pad"]:
+        vals, idx = encode_topk_fused(xc, W, b_enc.contiguous(), k)
+    else:
+        vals, idx = encode_topk_chunked(xc, W, b_enc, k)
+    return torch.relu(vals).to(x.dtype), idx
+
+
+def encode_dense_centred(
+    xc: Tensor, W: Tensor, b_enc: Tensor, threshold: Tensor | None, act: int, out_dtype
+) -> Tensor:
+    """`act(xc @ W + b_enc)` `[B, d_sae]` in `out_dtype` (act: ACT_NONE/RELU/JUMPRELU)."""
+    B, d_in = xc.shape
+    d_sae = W.shape[1]
+    out = torch.empty(B, d_sae, dtype=out_dtype, device=xc.device)
+    cfg = dense_config(xc.dtype)
+    grid = (triton.cdiv(B, cfg["BLOCK_M"]), triton.cdiv(d_sae, cfg["BLOCK_N"]))
+    thr = b_enc if threshold is None else threshold.contiguous()
+    _dense_encoder_kernel[grid](
+        xc, W, b_enc.contiguous(), thr, out, B, d_in, d_sae, ACT=act,
+        PRECISION=_precision(xc.dtype), **cfg,
     )  # fmt: skip
-    values = torch.empty(B, k, dtype=x.dtype, device=x.device)
-    indices = torch.empty(B, k, dtype=torch.int64, device=x.device)
-    n_cand = n_progs_n * k_pad
-    merge_m = 16
-    _merge_topk_kernel[(triton.cdiv(B, merge_m),)](
-        cand, values, indices, B, n_cand, k, K_PAD=k_pad, C_PAD=_pow2(n_cand), BLOCK_M=merge_m,
-    )  # fmt: skip
-    return values, indices
+    return out
 
 
 def encode_dense_fwd(
@@ -227,20 +396,9 @@ def encode_dense_fwd(
 ) -> Tensor:
     """Fused ReLU (threshold None) or JumpReLU encode; writes the `[B, d_sae]` code once."""
     _check(x, W_enc, b_enc, b_dec)
-    B, d_in = x.shape
-    d_sae = W_enc.shape[1]
-    x, W_enc, b_enc, b_dec = (t.contiguous() for t in (x, W_enc, b_enc, b_dec))
-    thr = b_enc if threshold is None else threshold.contiguous()
-    out = torch.empty(B, d_sae, dtype=x.dtype, device=x.device)
-    block_m, block_n = (64 if B >= 64 else 16), 64
-    grid = (triton.cdiv(B, block_m), triton.cdiv(d_sae, block_n))
-    _encoder_kernel[grid](
-        x, W_enc, b_enc, b_dec, thr, out, out, B, d_in, d_sae, 1,
-        ACT=ACT_RELU if threshold is None else ACT_JUMPRELU, K_PAD=16, TILES_PER_PROG=1,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=32, IEEE=x.dtype == torch.float32,
-        UPCAST=_upcast_dot(x.dtype),
-    )  # fmt: skip
-    return out
+    xc, W = _centred(x, W_enc, b_dec)
+    act = ACT_RELU if threshold is None else ACT_JUMPRELU
+    return encode_dense_centred(xc, W, b_enc, threshold, act, x.dtype)
 
 
 def encode_dense_bwd(grad: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, acts: Tensor):
