@@ -184,8 +184,9 @@ class SparseAutoencoder(nn.Module):
         x2, lead = self._flatten(x, self.d_in, "x")
         ops = self._ops()
         if self.activation == "topk":
-            values, indices = ops.encode_topk(x2, self.W_enc, self.b_enc, self.b_dec, self.k)
-            recon = ops.decode_sparse(values, indices, self.W_dec, self.b_dec)
+            recon, (values, indices) = ops.topk_sae(
+                x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k
+            )
             return SAEOutput(
                 recon.reshape(*lead, self.d_in),
                 values=values.reshape(*lead, -1),

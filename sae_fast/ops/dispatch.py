@@ -46,6 +46,19 @@ class Backend(Protocol):
 
     def decode_dense(self, acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor: ...
 
+    def topk_sae(
+        self, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int
+    ) -> tuple[Tensor, SparseCode]:
+        """TopK encode + sparse decode as one op: (recon, code); one sort in backward."""
+        ...
+
+
+def _torch_topk_sae(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int
+) -> tuple[Tensor, SparseCode]:
+    code = ref.encode_topk(x, W_enc, b_enc, b_dec, k)
+    return ref.decode_sparse(code.values, code.indices, W_dec, b_dec), code
+
 
 class TorchBackend:
     """The reference ops under torch.autograd: always available, any device and dtype."""
@@ -55,6 +68,7 @@ class TorchBackend:
     encode_dense = staticmethod(ref.encode_dense)
     decode_sparse = staticmethod(ref.decode_sparse)
     decode_dense = staticmethod(ref.decode_dense)
+    topk_sae = staticmethod(_torch_topk_sae)
 
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

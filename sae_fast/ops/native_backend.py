@@ -22,7 +22,9 @@ class NativeKernels:
     feature_reduce_cols = staticmethod(native.feature_reduce_cols)
 
 
-native_encode_topk, native_decode_sparse = register_sparse_ops("native", NativeKernels)
+native_encode_topk, native_decode_sparse, native_topk_sae = register_sparse_ops(
+    "native", NativeKernels
+)
 
 
 class NativeBackend:
@@ -34,6 +36,13 @@ class NativeBackend:
     @staticmethod
     def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
         return SparseCode(*native_encode_topk(x, W_enc, b_enc, b_dec, k))
+
+    @staticmethod
+    def topk_sae(
+        x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int
+    ) -> tuple[Tensor, SparseCode]:
+        recon, values, indices = native_topk_sae(x, W_enc, b_enc, W_dec, b_dec, k)
+        return recon, SparseCode(values, indices)
 
     encode_dense = staticmethod(ref.encode_dense)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import reference as ref
+from . import triton_backward as tb
 from . import triton_decoder as td
 from . import triton_encoder as te
 from .autograd import feature_segments, register_sparse_ops
@@ -24,9 +25,12 @@ class TritonKernels:
     grad_values = staticmethod(td.grad_values)
     segments = staticmethod(feature_segments)
     feature_reduce = staticmethod(td.feature_reduce)
+    sparse_backward = staticmethod(tb.sparse_backward)
 
 
-triton_encode_topk, triton_decode_sparse = register_sparse_ops("triton", TritonKernels)
+triton_encode_topk, triton_decode_sparse, triton_topk_sae = register_sparse_ops(
+    "triton", TritonKernels
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -40,6 +44,13 @@ class TritonBackend:
     @staticmethod
     def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
         return SparseCode(*triton_encode_topk(x, W_enc, b_enc, b_dec, k))
+
+    @staticmethod
+    def topk_sae(
+        x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int
+    ) -> tuple[Tensor, SparseCode]:
+        recon, values, indices = triton_topk_sae(x, W_enc, b_enc, W_dec, b_dec, k)
+        return recon, SparseCode(values, indices)
 
     @staticmethod
     def encode_dense(

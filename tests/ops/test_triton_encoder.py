@@ -26,45 +26,57 @@ def _inputs(B, d_in, d_sae, dtype=torch.float32, seed=0):
     return [t.to(device=DEVICE, dtype=dtype) for t in (x, W, b_enc, b_dec)]
 
 
+@pytest.mark.parametrize("method", ["fused", "chunked"])
 @pytest.mark.parametrize("B,d_in,d_sae", SHAPES)
 @pytest.mark.parametrize("k", [1, 7, 64])
-def test_topk_matches_reference(B, d_in, d_sae, k):
+def test_topk_matches_reference(B, d_in, d_sae, k, method):
     k = min(k, d_sae)
     x, W, be, bd = _inputs(B, d_in, d_sae)
-    v, i = te.encode_topk_fwd(x, W, be, bd, k)
+    v, i = te.encode_topk_fwd(x, W, be, bd, k, method=method)
     assert v.shape == (B, k) and i.dtype == torch.int64
     pre = ref.pre_activations(x.double(), W.double(), be.double(), bd.double())
-    assert_topk_valid(v, i, pre, k, f"topk B={B} k={k}")
+    assert_topk_valid(v, i, pre, k, f"topk {method} B={B} k={k}")
+    want = ref.encode_topk(x, W, be, bd, k)
+    assert torch.equal(i, want.indices), "indices differ from the fp32 reference"
 
 
-def test_topk_k_equals_d_sae_and_ties_go_to_lower_index():
-    x, W, be, bd = _inputs(5, 7, 13)
-    v, i = te.encode_topk_fwd(x, W, be, bd, 13)
-    assert torch.equal(torch.sort(i, -1).values, torch.arange(13, device=DEVICE).expand(5, 13))
-    # All-equal pre-activations (zero weights, zero bias): ties everywhere.
-    W0 = torch.zeros_like(W)
-    v, i = te.encode_topk_fwd(x, W0, torch.zeros_like(be), bd, 4)
-    assert i.tolist() == [[0, 1, 2, 3]] * 5 and not v.any()
-    # -0.0 and +0.0 tie as well (torch.topk treats them as equal).
-    be2 = torch.zeros_like(be)
-    be2[0] = -0.0
-    v, i = te.encode_topk_fwd(x, W0, be2, bd, 1)
-    assert i.flatten().tolist() == [0] * 5
+@pytest.mark.parametrize("method", ["fused", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_follows_the_fp32_rule(method, dtype):
+    """bf16/fp16: ranked on fp32 pre-activations, exactly as the reference ranks them
+    (ties at the k-th bf16 value are common; on fp32 values they are not)."""
+    x, W, be, bd = _inputs(33, 97, 1031, dtype=dtype, seed=2)
+    v, i = te.encode_topk_fwd(x, W, be, bd, 16, method=method)
+    want = ref.encode_topk(x, W, be, bd, 16)
+    assert v.dtype == dtype
+    assert torch.equal(i, want.indices)
+    assert_close(v, want.values, f"{dtype} values", rtol=1e-2, atol=1e-2)
 
 
-def test_topk_is_bitwise_deterministic():
-    x, W, be, bd = _inputs(33, 97, 1031, seed=3)
-    a = te.encode_topk_fwd(x, W, be, bd, 7)
-    b = te.encode_topk_fwd(x.clone(), W.clone(), be.clone(), bd.clone(), 7)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+def test_fused_overflow_rows_are_redone_exactly(monkeypatch):
+    """Columns sorted by value make every tile beat the bound: the candidate lists fill up,
+    and those rows must come out exact through the chunked path."""
+    monkeypatch.setattr(te, "CAP_PER_K", 1)
+    x, W, be, bd = _inputs(9, 16, 2000, seed=4)
+    be = torch.linspace(-1, 3, 2000, device=DEVICE)  # later features rank higher
+    v, i = te.encode_topk_fwd(x, W * 0.01, be, bd, 8, method="fused")
+    want = ref.encode_topk(x, W * 0.01, be, bd, 8)
+    assert torch.equal(i, want.indices)
+    assert_close(v, want.values, "overflow values")
 
 
-def test_topk_never_allocates_a_dense_buffer():
-    """Extra memory is the candidate buffer, far below B x d_sae for a large d_sae."""
-    B, d_sae, k_pad = 4096, 131072, 64
-    _bm, _bn, _tiles, n_progs = te._tiles(B, d_sae, k_pad)
-    cand_bytes = B * n_progs * k_pad * 8
-    assert cand_bytes <= 0.1 * B * d_sae * 4, (n_progs, cand_bytes)
+def test_fused_and_chunked_stay_within_the_memory_bound():
+    """Extra memory of either path at the GPU benchmark shape is at most 0.2x of one
+    [B, d_sae] fp32 buffer (candidate lists + scratch; the chunk buffer)."""
+    B, d_sae, k_pad = 8192, 131072, 64
+    cfg = te.FILTER_CONFIGS[1]
+    n_split, _tiles = te.split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
+    cand = B * n_split * te.CAP_PER_K * k_pad * 8
+    scratch = triton.cdiv(B, cfg["BLOCK_M"]) * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + 64) * 4
+    dense = B * d_sae * 4
+    assert cand + scratch <= 0.2 * dense, (n_split, cand, scratch)
+    assert n_split * triton.cdiv(B, cfg["BLOCK_M"]) >= 132, "too few programs for an H100"
+    assert te.chunk_rows(B) * d_sae * 4 <= 0.2 * dense
 
 
 @pytest.mark.parametrize("B,d_in,d_sae", SHAPES[:3])
@@ -87,5 +99,7 @@ def test_bad_input_is_a_clear_error():
         te.encode_topk_fwd(x.double(), W, be, bd, 2)
     with pytest.raises(TypeError, match="float32/bfloat16/float16"):
         te.encode_topk_fwd(*(t.double() for t in (x, W, be, bd)), 2)
+    with pytest.raises(ValueError, match="method must be"):
+        te.encode_topk_fwd(x, W, be, bd, 2, method="dense")
     with pytest.raises(ValueError, match="b_enc must be"):
         te.encode_dense_fwd(x, W, be[:5], bd, None)
