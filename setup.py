@@ -1,9 +1,10 @@
 """Build of the native extension `sae_fast._C`.
 
-C++ (OpenMP) sources are always built. CUDA sources are added only when the installed torch
-has CUDA and a CUDA toolkit is found; `SAE_FAST_SKIP_CUDA=1` skips them. Any other problem
-(no compiler, no torch) is a warning and a pure-Python install, never a failed one: the
-package then runs on its torch backend. `MAX_JOBS` is honoured by torch's ninja build.
+The extension holds the C++ (OpenMP) CPU kernels only; on GPUs the Triton kernels in
+`sae_fast/ops/` run instead, so nothing here needs a CUDA toolkit. Any problem (no compiler,
+no torch) is a warning and a pure-Python install, never a failed one: the package then runs
+on its torch backend (`SAE_FAST_REQUIRE_EXT=1` makes it an error). `MAX_JOBS` is honoured by
+torch's ninja build.
 """
 
 from __future__ import annotations
@@ -27,13 +28,7 @@ def _extensions() -> tuple[list, dict]:
         warnings.warn("SAE_FAST_SKIP_EXT=1: building without sae_fast._C", stacklevel=1)
         return [], {}
     try:
-        import torch
-        from torch.utils.cpp_extension import (
-            CUDA_HOME,
-            BuildExtension,
-            CppExtension,
-            CUDAExtension,
-        )
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         warnings.warn("torch is not installed: building without sae_fast._C", stacklevel=1)
         return [], {}
@@ -50,32 +45,12 @@ def _extensions() -> tuple[list, dict]:
     if os.environ.get("SAE_FAST_PORTABLE") != "1" and not sys.platform.startswith("darwin"):
         cxx_flags.append("-march=native")
 
-    want_cuda = os.environ.get("SAE_FAST_SKIP_CUDA") != "1"
-    has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    cu_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-    if want_cuda and has_cuda and cu_sources:
-        ext = CUDAExtension(
-            "sae_fast._C",
-            sources + cu_sources,
-            define_macros=[("SAE_FAST_WITH_CUDA", "1")],
-            extra_compile_args={
-                "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"],
-            },
-            extra_link_args=link_flags,
-        )
-    else:
-        if want_cuda and cu_sources and not has_cuda:
-            warnings.warn(
-                "torch has no CUDA or no CUDA toolkit was found: building the CPU kernels only",
-                stacklevel=1,
-            )
-        ext = CppExtension(
-            "sae_fast._C",
-            sources,
-            extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=link_flags,
-        )
+    ext = CppExtension(
+        "sae_fast._C",
+        sources,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
+    )
     base = BuildExtension.with_options(use_ninja=True)
 
     class TolerantBuildExt(base):

@@ -10,7 +10,8 @@ shape and across dictionary and batch sizes), memory (peak memory, fresh process
 peers (adds sparsify and SAELens to train and memory; needs `benchmarks/peers/setup.sh`),
 e2e (`sae-fast train` throughput on the embedded default); all = every one (peers when
 its environment exists). Every result is checked against the reference before it is
-timed. Writes `<out>/<device>-<date>.csv`, `.md` and `.png`.
+timed. Writes `<out>/<device>-<date>.csv` row by row as the suites go (a failure keeps the
+rows before it), then `.md` and `.png` at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import data, report
-from .common import ENCODE_MEMORY, PRESETS, RESULTS, Shape, machine, write_csv
+from .common import ENCODE_MEMORY, PRESETS, RESULTS, OnRow, RowWriter, Shape, machine, write_csv
 from .train import sweep_shapes
 
 SUITES = ("kernels", "train", "memory", "peers", "e2e")
@@ -67,27 +68,36 @@ def _suites(text: str, peers_ready: bool) -> list[str]:
     return asked
 
 
-def _train_in_peer_env(spec: dict, x: torch.Tensor) -> list[dict]:
-    """Run the train suite inside the peer environment (one process for every library)."""
+def _train_in_peer_env(spec: dict, x: torch.Tensor, on_row: OnRow) -> None:
+    """Run the train suite inside the peer environment (one process for every library).
+    The child appends each row to a JSON-lines file; the rows it got to reach `on_row`
+    also when it fails."""
     from . import peers
 
     with tempfile.TemporaryDirectory() as tmp:
         data.save(x, Path(tmp) / "x.safetensors")
-        out = Path(tmp) / "rows.json"
+        out = Path(tmp) / "rows.jsonl"
         spec = {**spec, "data": str(Path(tmp) / "x.safetensors"), "out": str(out)}
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
         cmd = [str(peers.python()), "-m", "benchmarks", "train-child", json.dumps(spec)]
         done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=7200)
+        lines = out.read_text().splitlines() if out.exists() else []
+        for line in lines:
+            on_row(json.loads(line))
         if done.returncode != 0:
             raise SystemExit(f"the train suite in the peer environment failed ({done.returncode})")
-        return json.loads(out.read_text())
 
 
 def _train_child(spec_text: str) -> None:
     from . import train
 
     spec = json.loads(spec_text)
-    rows = train.run(
+
+    def append(row: dict) -> None:
+        with open(spec["out"], "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    train.run(
         Shape(**spec["shape"]),
         data.load(Path(spec["data"])),
         spec["impls"],
@@ -95,12 +105,17 @@ def _train_child(spec_text: str) -> None:
         spec["device"],
         sweep=spec["sweep"],
         backend=spec["backend"],
+        on_row=append,
     )
-    Path(spec["out"]).write_text(json.dumps(rows))
+
+
+def _stem(device: str, preset: str) -> str:
+    date = dt.date.today().isoformat()
+    return f"{device}-{date}" if preset == device else f"{device}-{preset}-{date}"
 
 
 def run(a: argparse.Namespace) -> list[dict]:
-    """Run the chosen suites; returns every row (also written to disk)."""
+    """Run the chosen suites; returns every row (each written to disk as it is made)."""
     from . import peers
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,7 +129,8 @@ def run(a: argparse.Namespace) -> list[dict]:
     impls = ["sae_fast", "sae_fast[torch]", "dense"] + ([] if a.no_compile else ["compile"])
     if "peers" in suites:
         impls += ["sparsify", "saelens"]
-    rows: list[dict] = []
+    stem = _stem(device, preset)
+    writer = RowWriter(a.out / f"{stem}.csv")  # nothing is written before the first row
     x, source = None, ""
     if {"kernels", "train"} & set(suites):
         n = max(s.B for s in ([main] if a.no_sweep else sweep_shapes(main)))
@@ -122,7 +138,7 @@ def run(a: argparse.Namespace) -> list[dict]:
     if "kernels" in suites:
         from . import kernels
 
-        rows += kernels.run(main, device, repeats, x, a.backend)
+        kernels.run(main, device, repeats, x, a.backend, on_row=writer)
     if "train" in suites:
         spec = {
             "shape": main.as_dict(),
@@ -133,29 +149,30 @@ def run(a: argparse.Namespace) -> list[dict]:
             "backend": a.backend,
         }
         if "peers" in suites:
-            rows += _train_in_peer_env(spec, x)
+            _train_in_peer_env(spec, x, writer)
         else:
             from . import train
 
-            rows += train.run(main, x, impls, repeats, device, not a.no_sweep, a.backend)
+            train.run(main, x, impls, repeats, device, not a.no_sweep, a.backend, on_row=writer)
     if "memory" in suites:
         from . import memory
 
         peer_py = str(peers.python()) if "peers" in suites else None
-        rows += memory.run(enc, main, impls, device, peer_py, a.backend)
+        memory.run(enc, main, impls, device, peer_py, a.backend, on_row=writer)
     if "e2e" in suites:
         from . import e2e
 
-        rows += e2e.run(preset, device)
-    _write(rows, a, device, preset, main, source)
-    return rows
+        e2e.run(preset, device, on_row=writer)
+    _write(writer.rows, a, device, stem, main, source)
+    return writer.rows
 
 
 def _write(
-    rows: list[dict], a: argparse.Namespace, device: str, preset: str, main: Shape, source: str
+    rows: list[dict], a: argparse.Namespace, device: str, stem: str, main: Shape, source: str
 ) -> None:
+    """The whole run's CSV (already on disk row by row; written once more so it is
+    announced), markdown report and plot."""
     date = dt.date.today().isoformat()
-    stem = f"{device}-{date}" if preset == device else f"{device}-{preset}-{date}"
     meta = {
         "date": date,
         "machine": machine(device),

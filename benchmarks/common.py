@@ -1,6 +1,7 @@
 """Shared by the benchmarks: shapes, timing (median of repeated runs), the machine's name,
-atomic CSV output. Kept free of sae_fast imports at module level, so that the peer
-environment (`benchmarks/peers/`) can import it too."""
+atomic CSV output (`RowWriter` rewrites it after every row, so a late failure keeps the rows
+before it). Kept free of sae_fast imports at module level, so that the peer environment
+(`benchmarks/peers/`) can import it too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def machine(device: str = "cpu") -> str:
     )
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, quiet: bool = False) -> Path:
     """Write `rows` to `path` atomically (temp file, then rename); the columns are the union
     of the rows' keys in first-seen order."""
     from sae_fast.formats import atomic_file
@@ -123,5 +124,28 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path
+
+
+OnRow = Callable[[dict], None]  # what a suite calls with each row as soon as it has it
+
+
+class RowWriter:
+    """The rows of a run so far, kept on disk: each new row rewrites `path` (CSV, atomic,
+    columns the union of the keys so far), so a failure late in a long run loses only the
+    row in progress. Suites take it as their `on_row` callback. Rewriting the whole file
+    costs O(rows) per row; a run has a few hundred rows at most."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        write_csv(self.rows, self.path, quiet=True)
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self(row)

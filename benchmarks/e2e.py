@@ -11,15 +11,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import machine
+from .common import OnRow, machine
 
 # (max_tokens collected, steps, batch size, expansion, k) per preset
 SIZES = {"cpu": (65536, 60, 4096, 32, 32), "cuda": (65536, 200, 4096, 32, 32)}
 SMALL = (1024, 4, 256, 4, 8)
 
 
-def run(preset: str, device: str) -> list[dict]:
-    """Run `sae-fast train` in a subprocess and report its timings (one row per phase)."""
+def run(preset: str, device: str, on_row: OnRow | None = None) -> list[dict]:
+    """Run `sae-fast train` in a subprocess and report its timings (one row per phase, each
+    also handed to `on_row`)."""
     max_tokens, steps, batch, expansion, k = SIZES.get(preset, SMALL)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
@@ -58,4 +59,6 @@ def run(preset: str, device: str) -> list[dict]:
                 "machine": machine(device),
             }
         )
+        if on_row:
+            on_row(rows[-1])
     return rows

@@ -15,9 +15,9 @@ from torch import Tensor
 from sae_fast.ops import reference as ref
 from sae_fast.ops.dispatch import get_backend
 
-from .common import Shape, interleaved_medians, machine, rel_err, sync
+from .common import OnRow, Shape, interleaved_medians, machine, rel_err, sync
 from .train import gemm_fn
-from .workloads import initial_state, tolerance
+from .workloads import dense_topk, initial_state, tolerance
 
 # (op, impl) of every case `cases` returns, in order.
 CASE_IDS = [("encoder GEMM", "torch.matmul")] + [
@@ -60,6 +60,16 @@ def cases(shape: Shape, device: str, x: Tensor | None = None, backend: str = "au
     agree = float((i == want.indices).all(-1).float().mean())
     _require(agree >= (1.0 if shape.dtype == "float32" else 0.9), f"encode indices {agree:.1%}")
     _require(rel_err(v, want.values) <= tol, f"encode values rel err {rel_err(v, want.values):.1e}")
+    # The dense form has no tie rule: in fp32 (ties rare) its codes must be the reference's;
+    # in bf16/fp16 most rows tie at the k-th value, so only the kept values must agree.
+    with torch.no_grad():
+        acts_dense = dense_topk(x, W_enc, b_enc, b_dec, k)  # [B, d_sae]
+    if shape.dtype == "float32":
+        err = rel_err(acts_dense, ref.densify(want.values, want.indices, shape.d_sae))
+    else:
+        kept = acts_dense.topk(k, dim=-1).values.sort(-1).values  # [B, k]
+        err = rel_err(kept, want.values.sort(-1).values)
+    _require(err <= tol, f"dense encode rel err {err:.1e}")
 
     # decode
     with torch.no_grad():
@@ -81,8 +91,15 @@ def cases(shape: Shape, device: str, x: Tensor | None = None, backend: str = "au
         strict=True,
     ):
         _require(rel_err(got_g, exp) <= tol, f"backward d{name} rel err {rel_err(got_g, exp):.1e}")
-    acts = ref.densify(v, i, shape.d_sae)
+    acts = ref.densify(v, i, shape.d_sae)  # [B, d_sae]
     mask = (acts > 0).to(dt)
+    # the dense decode and backward, held to the same reference
+    err = rel_err(ref.decode_dense(acts, W_dec, b_dec), want_r)
+    _require(err <= tol, f"dense decode rel err {err:.1e}")
+    dense_g = ref.dense_backward(g, x, acts, mask, W_enc, W_dec, b_dec)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        err = rel_err(getattr(dense_g, name), getattr(want_g, name))
+        _require(err <= tol, f"dense backward d{name} rel err {err:.1e}")
 
     def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
         def run() -> object:
@@ -95,7 +112,7 @@ def cases(shape: Shape, device: str, x: Tensor | None = None, backend: str = "au
         Case("encoder GEMM", "torch.matmul", gemm_fn(x, st)),
         Case("encode topk", "sae_fast", no_grad(lambda: be.encode_topk(x, W_enc, b_enc, b_dec, k))),
         Case("encode topk", "reference", lambda: ref.encode_topk(x, W_enc, b_enc, b_dec, k)),
-        Case("encode topk", "dense", lambda: ref.encode_dense(x, W_enc, b_enc, b_dec, "topk", k)),
+        Case("encode topk", "dense", lambda: dense_topk(x, W_enc, b_enc, b_dec, k)),
         Case("sparse decode", "sae_fast", no_grad(lambda: be.decode_sparse(v, i, W_dec, b_dec))),
         Case("sparse decode", "reference", lambda: ref.decode_sparse(v, i, W_dec, b_dec)),
         Case(
@@ -133,9 +150,14 @@ def _peak_mb(fn: Callable[[], object], device: str) -> float | str:
 
 
 def run(
-    shape: Shape, device: str, repeats: int, x: Tensor | None = None, backend: str = "auto"
+    shape: Shape,
+    device: str,
+    repeats: int,
+    x: Tensor | None = None,
+    backend: str = "auto",
+    on_row: OnRow | None = None,
 ) -> list[dict]:
-    """Check and time every case; one row each."""
+    """Check and time every case; one row each, also handed to `on_row` as it is made."""
     all_cases = cases(shape, device, x, backend)
     times = interleaved_medians(
         {(c.op, c.impl): c.fn for c in all_cases}, repeats, warmup=1, device=device
@@ -161,6 +183,8 @@ def run(
             }
         )
         r = rows[-1]
+        if on_row:
+            on_row(r)
         vs = f"{r['speedup_vs_dense']:6.2f}x faster than dense" if dense else ""
         print(f"    {c.op:14s} {c.impl:13s} {ms:10.2f} ms {r['x_gemm']:6.2f}x GEMM  {vs}")
     return rows

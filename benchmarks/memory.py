@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Shape, machine
+from .common import OnRow, Shape, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,8 +92,9 @@ def run(
     device: str,
     peer_python: str | None = None,
     backend: str = "auto",
+    on_row: OnRow | None = None,
 ) -> list[dict]:
-    """One row per (op, implementation)."""
+    """One row per (op, implementation), each handed to `on_row` as soon as it is measured."""
     from .workloads import PEERS
 
     rows = []
@@ -116,6 +117,8 @@ def run(
                     "machine": machine(device),
                 }
             )
+            if on_row:
+                on_row(rows[-1])
             print(
                 f"    {op:10s} {impl:16s} {mb:9.1f} MiB = {mb / buffer_mb:6.3f}x one "
                 f"[B, d_sae] fp32 buffer ({buffer_mb:.0f} MiB) at {shape.label()}"

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .common import Shape, interleaved_medians, machine
-from .workloads import IMPLS, check, gradients, initial_state, make_impl, make_step, tolerance
+from .common import OnRow, Shape, interleaved_medians, machine
+from .workloads import IMPLS, check_impl, initial_state, make_impl, make_step, reference_gradients
 
 WIDTHS = (4, 8, 16, 32)  # dictionary size as a multiple of d_in
 BATCH_FACTORS = (0.25, 0.5, 1, 2)  # batch sizes as multiples of the preset's batch
@@ -44,16 +44,16 @@ def gemm_fn(x: Tensor, state: dict[str, Tensor]) -> Callable[[], object]:
 def time_shape(
     shape: Shape, x: Tensor, impls: list[str], repeats: int, device: str, backend: str = "auto"
 ) -> list[dict]:
-    """Check every implementation against the dense reference at `shape`, then time them."""
+    """Check every implementation against the reference at `shape`, then time them."""
     state = initial_state(shape, device)
     xs = x[: shape.B].to(device=device, dtype=shape.torch_dtype)
     xcheck = xs[:CHECK_ROWS]
-    want = gradients(make_impl("dense", shape, state), xcheck)
+    want = reference_gradients(shape, state, xcheck)
     fns: dict[str, Callable[[], object]] = {"encoder GEMM": gemm_fn(xs, state)}
     errs: dict[str, float] = {}
     for name in impls:
         impl = make_impl(name, shape, state, backend)
-        errs[impl.name] = check(impl, xcheck, want, tolerance(shape.dtype))
+        errs[impl.name] = check_impl(name, impl, shape, state, xcheck, want)
         fns[impl.name] = make_step(impl, xs)
     times = interleaved_medians(fns, repeats, warmup=1, device=device)
     gemm = times["encoder GEMM"]
@@ -83,9 +83,11 @@ def run(
     device: str,
     sweep: bool = True,
     backend: str = "auto",
+    on_row: OnRow | None = None,
 ) -> list[dict]:
     """The suite: every implementation at `main`; the sweep implementations (those of
-    `SWEEP_IMPLS` asked for, never torch.compile: one compile per shape) at the sweep shapes."""
+    `SWEEP_IMPLS` asked for, never torch.compile: one compile per shape) at the sweep shapes.
+    Each shape's rows go to `on_row` as soon as that shape is timed."""
     unknown = set(impls) - set(IMPLS)
     if unknown:
         raise SystemExit(f"unknown implementation(s) {sorted(unknown)}; known: {list(IMPLS)}")
@@ -101,6 +103,8 @@ def run(
         shape_rows = time_shape(shape, x, names, repeats, device, backend)
         for r in shape_rows:
             r["machine"] = machine(device)
+            if on_row:
+                on_row(r)
         print_rows(shape, shape_rows)
         rows += shape_rows
         if device.startswith("cuda"):

@@ -4,8 +4,8 @@ Adam) in each implementation, all starting from the same weights and fed the sam
 Every implementation is an `Impl`: it builds its module from one shared state dict (in
 sae_fast's layout: `W_enc [d_in, d_sae]`, `b_enc`, `W_dec [d_sae, d_in]`, `b_dec`), returns
 the loss (squared error summed over d_in, averaged over tokens), and hands its gradients
-back in that layout, so `check` can compare them with the dense reference before anything
-is timed. Peer libraries (sparsify, SAELens) are in `benchmarks/peers/adapters.py`.
+back in that layout, so `check` can compare them with the reference (`reference_gradients`)
+before anything is timed. Peer libraries (sparsify, SAELens) are in `benchmarks/peers/adapters.py`.
 """
 
 from __future__ import annotations
@@ -86,35 +86,39 @@ class SaeFast(Impl):
         return self.sae.encode_sparse(x)
 
 
+def dense_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> Tensor:
+    """TopK codes `[B, d_sae]` as a plain dense implementation computes them: all the
+    pre-activations, `torch.topk`, and the ReLU'd values scattered into zeros. No tie rule
+    (the reference's lower-index fallback and canonical sort cost work a dense baseline
+    would not do); ties are rare in fp32, so checks compare codes, reconstructions and
+    gradients by relative error, never indices."""
+    pre = (x - b_dec) @ W_enc + b_enc  # [B, d_sae]
+    vals, idx = torch.topk(pre, k, dim=-1)  # [B, k]
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))  # [B, d_sae]
+
+
 class DenseReference(SaeFast):
-    """DESIGN.md section 3 written densely: `[B, d_sae]` codes, `acts @ W_dec`, and the
-    dense backward GEMMs autograd derives from it; `compile=True` wraps it in torch.compile."""
+    """DESIGN.md section 3 written densely: `[B, d_sae]` codes from `dense_topk`,
+    `acts @ W_dec + b_dec`, and the dense backward GEMMs autograd derives from it;
+    `compile=True` wraps it in torch.compile."""
 
     def __init__(self, shape: Shape, state: dict[str, Tensor], compile: bool = False):
-        from sae_fast.ops import reference as ref
-
         super().__init__(shape, state, backend="torch")
         self.name = "torch.compile(dense)" if compile else "dense reference"
         sae = self.sae
 
         def recon(x: Tensor) -> Tensor:
-            acts = ref.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, "topk", shape.k)
-            return ref.decode_dense(acts, sae.W_dec, sae.b_dec)
+            acts = dense_topk(x, sae.W_enc, sae.b_enc, sae.b_dec, shape.k)  # [B, d_sae]
+            return acts @ sae.W_dec + sae.b_dec  # [B, d_in]
 
-        if compile:  # the reference's tie check is a graph break: say so once, quietly
-            import logging
-
-            torch._logging.set_logs(dynamo=logging.ERROR)
         self._recon = torch.compile(recon) if compile else recon
 
     def loss(self, x: Tensor) -> Tensor:
         return loss_of(self._recon(x), x)
 
     def encode(self, x: Tensor) -> object:
-        from sae_fast.ops import reference as ref
-
         s = self.sae
-        return ref.encode_dense(x, s.W_enc, s.b_enc, s.b_dec, "topk", s.k)
+        return dense_topk(x, s.W_enc, s.b_enc, s.b_dec, s.k)
 
 
 def make_impl(name: str, shape: Shape, state: dict[str, Tensor], backend: str = "auto") -> Impl:
@@ -162,6 +166,34 @@ def gradients(impl: Impl, x: Tensor) -> tuple[float, dict[str, Tensor]]:
     return float(loss.detach()), {n: g.detach().float() for n, g in impl.grads().items()}
 
 
+def reference_gradients(
+    shape: Shape, state: dict[str, Tensor], x: Tensor
+) -> tuple[float, dict[str, Tensor]]:
+    """What every implementation is checked against: loss and gradients of
+    `sae_fast.ops.reference`'s TopK (lower index wins a tie) under autograd, which is
+    sae_fast on its torch backend."""
+    return gradients(make_impl("sae_fast[torch]", shape, state), x)
+
+
+PLAIN_TOPK = ("dense", "compile")  # `dense_topk`: torch.topk with no tie rule
+
+
+def check_impl(
+    name: str, impl: Impl, shape: Shape, state: dict[str, Tensor], x: Tensor, want: tuple
+) -> float:
+    """`check` of `impl` (built by `make_impl(name, ...)`) against `want`. The plain-topk
+    dense baselines are checked in fp32 when timed in bf16/fp16: there most rows tie at the
+    k-th pre-activation and torch.topk may keep any of the tied features, a different but
+    equally valid code, so no gradient comparison holds; their code has no dtype-specific
+    path, and in fp32 ties are rare."""
+    if name not in PLAIN_TOPK or shape.dtype == "float32":
+        return check(impl, x, want, tolerance(shape.dtype))
+    shape32 = shape.with_(dtype="float32")
+    state32 = {n: t.float() for n, t in state.items()}
+    want32 = reference_gradients(shape32, state32, x.float())
+    return check(make_impl(name, shape32, state32), x.float(), want32, tolerance("float32"))
+
+
 def check(impl: Impl, x: Tensor, want: tuple[float, dict[str, Tensor]], tol: float) -> float:
     """Largest relative error (in norm) of `impl`'s loss and gradients against `want`;
     raises when it is over `tol`."""
@@ -173,7 +205,7 @@ def check(impl: Impl, x: Tensor, want: tuple[float, dict[str, Tensor]], tol: flo
     worst = max(errs, key=errs.get)
     if not errs[worst] <= tol:  # also catches NaN
         raise SystemExit(
-            f"{impl.name} disagrees with the dense reference: relative error of {worst} "
+            f"{impl.name} disagrees with the reference: relative error of {worst} "
             f"{errs[worst]:.2e} > {tol:.0e}"
         )
     for p in impl.parameters():
@@ -182,5 +214,5 @@ def check(impl: Impl, x: Tensor, want: tuple[float, dict[str, Tensor]], tol: flo
 
 
 def tolerance(dtype: str) -> float:
-    """Allowed relative error of loss and gradients against the dense reference."""
+    """Allowed relative error of loss and gradients against the reference."""
     return 1e-3 if dtype == "float32" else 5e-2

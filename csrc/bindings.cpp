@@ -1,6 +1,6 @@
 // pybind11 module sae_fast._C plus torch.library registration of the ops under
-// torch.ops.sae_fast.* (fake implementations live in sae_fast/ops/native.py). CUDA
-// implementations are registered in csrc/cuda/ops_cuda.cpp, built only with CUDA.
+// torch.ops.sae_fast.* (fake implementations live in sae_fast/ops/native.py). CPU only:
+// on GPUs the Triton kernels in sae_fast/ops/ run instead.
 #include <torch/extension.h>
 
 #include "cpu/kernels.h"
@@ -38,11 +38,6 @@ TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "sae_fast native kernels (C++/OpenMP, optional CUDA)";
+  m.doc() = "sae_fast native kernels (C++/OpenMP)";
   m.def("openmp_threads", &openmp_threads, "Threads OpenMP will use (1 without OpenMP)");
-#ifdef SAE_FAST_WITH_CUDA
-  m.attr("with_cuda") = true;
-#else
-  m.attr("with_cuda") = false;
-#endif
 }

@@ -15,8 +15,9 @@ import torch
 
 from benchmarks import e2e, peers, report
 from benchmarks.__main__ import main as bench_main
-from benchmarks.common import PRESETS, Shape
-from benchmarks.workloads import SaeFast, check, gradients, initial_state, make_impl
+from benchmarks.common import PRESETS, RowWriter, Shape
+from benchmarks.kernels import CASE_IDS
+from benchmarks.workloads import SaeFast, check, initial_state, make_impl, reference_gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = PRESETS["small"]
@@ -67,6 +68,51 @@ def test_runner_small_writes_csv_markdown_and_plot(tmp_path, capsys):
     assert "kernel suite" in out and "memory suite" in out
 
 
+def test_row_writer_keeps_every_row_on_disk_with_the_union_of_columns(tmp_path):
+    path = tmp_path / "rows.csv"
+    write = RowWriter(path)
+    assert not path.exists()  # nothing before the first row
+    write({"suite": "kernels", "ms": 1.5})
+    assert _rows(path) == [{"suite": "kernels", "ms": "1.5"}]
+    write({"suite": "memory", "peak_mb": 2})
+    assert _rows(path) == [
+        {"suite": "kernels", "ms": "1.5", "peak_mb": ""},
+        {"suite": "memory", "ms": "", "peak_mb": "2"},
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]  # no temp file left
+
+
+def test_rows_written_before_a_failure_survive_it(tmp_path, monkeypatch):
+    """The train suite dies at its second shape: the kernel rows and the first shape's train
+    rows are on disk already; the markdown and plot (written at the end) are not."""
+    from benchmarks import train
+
+    timed = []
+
+    def dies_at_the_second_shape(shape, *args, **kw):
+        timed.append(shape)
+        if len(timed) == 2:
+            raise RuntimeError("device lost")
+        return real(shape, *args, **kw)
+
+    real = train.time_shape
+    monkeypatch.setattr(train, "time_shape", dies_at_the_second_shape)
+    args = ["--suite", "kernels,train", "--no-compile", "--data", "random", "--out", str(tmp_path)]
+    with pytest.raises(RuntimeError, match="device lost"):
+        bench_main(["run", "--preset", "small", *args])
+    (csv_path,) = tmp_path.iterdir()  # the CSV alone, no temp file, no .md or .png
+    assert csv_path.suffix == ".csv"
+    saved = _rows(csv_path)
+    kern = [(r["op"], r["impl"]) for r in saved if r["suite"] == "kernels"]
+    assert kern == CASE_IDS
+    train_rows = [r for r in saved if r["suite"] == "train"]
+    assert {r["impl"] for r in train_rows} == {
+        "torch.matmul", "sae_fast", "sae_fast[torch]", "dense reference"
+    }  # fmt: skip
+    assert all((int(r["d_sae"]), int(r["B"])) == (SMALL.d_sae, SMALL.B) for r in train_rows)
+    assert all(float(r["ms"]) > 0 for r in saved)
+
+
 def test_runner_triton_backend_in_the_interpreter(tmp_path):
     pytest.importorskip("triton", reason="triton is not installed")
     rows = _quick_run(tmp_path, "--backend", "triton", "--suite", "kernels,train")
@@ -78,13 +124,13 @@ def test_runner_triton_backend_in_the_interpreter(tmp_path):
 def test_a_wrong_implementation_is_refused_before_timing():
     state = initial_state(SMALL, "cpu")
     x = torch.randn(64, SMALL.d_in)
-    want = gradients(make_impl("dense", SMALL, state), x)
+    want = reference_gradients(SMALL, state, x)
 
     class Off(SaeFast):  # a bias applied twice
         def loss(self, x):
             return super().loss(x + self.sae.b_dec)
 
-    with pytest.raises(SystemExit, match="disagrees with the dense reference"):
+    with pytest.raises(SystemExit, match="disagrees with the reference"):
         check(Off(SMALL, state, name="off"), x, want, 1e-3)
     assert check(make_impl("sae_fast", SMALL, state), x, want, 1e-3) < 1e-5
 

@@ -1,7 +1,7 @@
 """sparsify and SAELens TopK SAEs as `workloads.Impl`s, loaded with the shared weights.
 
 Both are configured to compute the same function as sae_fast's TopK SAE, so their losses
-and gradients are checked against the dense reference before they are timed:
+and gradients are checked against the reference before they are timed:
 - sparsify `SparseCoder`: `encoder.weight = W_enc^T`, its own fused TopK encoder, its
   decoder (Triton `xformers_embedding_bag` where Triton runs, else embedding_bag).
 - SAELens `TopKTrainingSAE`, through `training_forward_pass` (its trainer's path), with
