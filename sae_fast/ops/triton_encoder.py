@@ -62,17 +62,17 @@ def _gemm_tile(xc_ptr, w_ptr, row0, col0, B, D_IN, D_SAE,
                PRECISION: tl.constexpr):  # fmt: skip
     """fp32 `xc[row0:row0+BM] @ W[:, col0:col0+BN]`, `[BLOCK_M, BLOCK_N]`.
 
-    The tile's origin is an int64 scalar offset and the K step an int64 scalar; offsets
-    inside a tile (< BLOCK_M * d_in and BLOCK_K * d_sae) stay int32."""
-    r = tl.arange(0, BLOCK_M)  # [BM]
-    c = tl.arange(0, BLOCK_N)  # [BN]
+    Every address is formed in int64 (the tile's origin, the K step and the offsets inside
+    the tile), so `d_in * d_sae >= 2**31` is safe."""
+    r = tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+    c = tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
     ks = tl.arange(0, BLOCK_K)  # [BK]
     row_ok = (row0 + r) < B
     col_ok = (col0 + c) < D_SAE
-    x_base = xc_ptr + row0.to(tl.int64) * D_IN  # scalar
-    w_base = w_ptr + col0.to(tl.int64)  # scalar
-    x_offs = r[:, None] * D_IN + ks[None, :]  # [BM, BK] int32
-    w_offs = ks[:, None] * D_SAE + c[None, :]  # [BK, BN] int32
+    x_base = xc_ptr + row0 * D_IN  # scalar, int64
+    w_base = w_ptr + col0  # scalar, int64
+    x_offs = r[:, None] * D_IN + ks[None, :]  # [BM, BK] int64
+    w_offs = ks[:, None].to(tl.int64) * D_SAE + c[None, :]  # [BK, BN] int64
     w_step = D_SAE.to(tl.int64) * BLOCK_K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, D_IN, BLOCK_K):
@@ -109,8 +109,8 @@ def _topk_filter_kernel(
     layout instead of holding accumulator, keys and slots in registers at once."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    r = tl.arange(0, BLOCK_M)  # [BM]
-    rows = pid_m.to(tl.int64) * BLOCK_M + r  # [BM] int64
+    r = tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+    rows = pid_m.to(tl.int64) * BLOCK_M + r  # [BM]
     row_ok = rows < B
     j = tl.arange(0, SUB)  # [SUB]
     scratch = scratch_ptr + (pid_m.to(tl.int64) * N_SPLIT + pid_n) * (BLOCK_M * (BLOCK_N + GROUPS))
@@ -122,8 +122,8 @@ def _topk_filter_kernel(
     count = tl.zeros([BLOCK_M], dtype=tl.int32)  # [BM] entries this program has emitted
     cand_row = cand_ptr + (rows * N_SPLIT + pid_n) * CAP  # [BM] this program's lists
     for t in range(TILES_PER_PROG):
-        n0 = (pid_n * TILES_PER_PROG + t) * BLOCK_N
-        acc = _gemm_tile(xc_ptr, w_ptr, pid_m * BLOCK_M, n0, B, D_IN, D_SAE,
+        n0 = (pid_n.to(tl.int64) * TILES_PER_PROG + t) * BLOCK_N
+        acc = _gemm_tile(xc_ptr, w_ptr, pid_m.to(tl.int64) * BLOCK_M, n0, B, D_IN, D_SAE,
                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         c = tl.arange(0, BLOCK_N)
         tl.store(tile_ptrs + c[None, :], acc)  # [BM, BN] fp32
@@ -133,7 +133,7 @@ def _topk_filter_kernel(
         # tile into GROUPS >= k disjoint column groups (column mod GROUPS), whose maxima are
         # GROUPS distinct entries: the smallest of them bounds the k-th value from below.
         for s in tl.static_range(0, BLOCK_N, SUB):
-            cols = n0 + s + j  # [SUB] int32 (< d_sae)
+            cols = n0 + s + j  # [SUB] int64
             col_ok = cols < D_SAE
             v = tl.load(tile_ptrs + s + j[None, :], cache_modifier=".cg")  # [BM, SUB]
             be = tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [SUB]
@@ -166,7 +166,8 @@ def _dense_encoder_kernel(
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_ok = rows < B
     col_ok = cols < D_SAE
-    acc = _gemm_tile(xc_ptr, w_ptr, tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N,
+    acc = _gemm_tile(xc_ptr, w_ptr, tl.program_id(0).to(tl.int64) * BLOCK_M,
+                     tl.program_id(1).to(tl.int64) * BLOCK_N,
                      B, D_IN, D_SAE, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
     pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if ACT == 1:
@@ -340,7 +341,7 @@ def encode_topk_fused(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple
                           dtype=torch.float32, device=xc.device)  # fmt: skip
     _topk_filter_kernel[grid](
         xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, tiles,
-        GROUPS=groups, CAP=cap, SUB=32, PRECISION=_precision(xc.dtype), **cfg,
+        GROUPS=groups, CAP=cap, SUB=16, PRECISION=_precision(xc.dtype), **cfg,
     )  # fmt: skip
     vals, idx, over = _select_candidates(cand, counts, k)
     if bool(over.any()):  # a list filled up: redo those rows exactly
