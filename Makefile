@@ -8,7 +8,7 @@ NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cu
 CUDA_SRC := $(wildcard csrc/cuda/*.cu)
 NVCC ?= nvcc
 
-.PHONY: install test demo lint nvcc-check browser peers bench clean
+.PHONY: install test demo lint nvcc-check gpu-compile browser peers bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,6 +37,13 @@ nvcc-check: $(STAMP)
 	      -gencode arch=compute_$$arch,code=sm_$$arch -Icsrc || exit 1; done; done; \
 	  rm -rf $$out; fi
 
+# Every Triton kernel configuration (each module's aot_configs()) compiled ahead of time for
+# sm_90a and sm_80 with no GPU (triton.compile + the wheel's ptxas); fails on a compile
+# error, a spill in a hot kernel, shared memory over the limit, or an i32-multiplied pointer
+# offset. Writes benchmarks/results/gpu-compile-<date>.md and .json.
+gpu-compile: $(STAMP)
+	$(PY) -m benchmarks.gpu_compile
+
 # The feature-browser test drives Debian's chromium through selenium: install chromium and
 # its driver when missing and we are root; elsewhere that one test is skipped (not in CI,
 # where it fails instead).
@@ -55,7 +62,7 @@ browser:
 peers: $(STAMP)
 	bash benchmarks/peers/setup.sh
 
-test: $(STAMP) lint nvcc-check browser peers
+test: $(STAMP) lint nvcc-check gpu-compile browser peers
 	$(PY) -m pytest -q
 
 # The full benchmark suite on this machine (results/<device>-<date>.csv, .md, .png).

@@ -140,10 +140,11 @@ def run(jobs: list[Job], archs: list[int], n_workers: int, asm_dir: Path | None)
     try:
         with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(cache_dir,)) as pool:  # fmt: skip
+            keep_asm = asm_dir is not None
             futures = {
-                pool.submit(_compile_job, m[0][1].module, m[0][1].index, m[0][2], asm_dir is not None): m
+                pool.submit(_compile_job, m[0][1].module, m[0][1].index, m[0][2], keep_asm): m
                 for m in groups.values()
-            }  # fmt: skip
+            }
             for fut in as_completed(futures):
                 members = futures[fut]
                 try:
@@ -158,7 +159,9 @@ def run(jobs: list[Job], archs: list[int], n_workers: int, asm_dir: Path | None)
                     if asm_dir is not None and r.asm:
                         _write_asm(asm_dir, r)
                     rows[(pos, archs.index(arch))] = {
-                        "module": job.module, **r.row(), "compile_shared": n > 0
+                        "module": job.module,
+                        **r.row(),
+                        "compile_shared": n > 0,
                     }
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -212,16 +215,13 @@ def markdown(meta: dict, rows: list[dict], violations: list[str]) -> str:
         status = "ok" if not r["violations"] else "FAIL: " + "; ".join(r["violations"])
         status = status.replace("|", "\\|")
         secs = f"{r['compile_seconds']:.1f}" + ("*" if r["compile_shared"] else "")
-        if r["ok"]:
-            cells = [r["registers"], f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
-                     r["stack_bytes"], r["shared_bytes"], f"{r['wgmma']}/{r['mma']}",
-                     r["sass_instructions"] if r["sass_instructions"] is not None else "n/a"]  # fmt: skip
-        else:
-            cells = ["-"] * 6
-        lines.append(
-            "| " + " | ".join(str(c) for c in [r["name"], r["label"], r["target"], *cells,
-                                                secs, status]) + " |"  # fmt: skip
-        )
+        sass = r["sass_instructions"] if r["sass_instructions"] is not None else "n/a"
+        cells = [
+            r["registers"], f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
+            r["stack_bytes"], r["shared_bytes"], f"{r['wgmma']}/{r['mma']}", sass,
+        ] if r["ok"] else ["-"] * 6  # fmt: skip
+        row = [r["name"], r["label"], r["target"], *cells, secs, status]
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
     lines += ["", f"## Violations ({len(violations)})", ""]
     lines += [f"- {v}" for v in violations] or ["None."]
     return "\n".join(lines) + "\n"
@@ -270,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['name']} [{r['label']}] {r['target']}: {v}" for r in rows for v in r["violations"]
     ]
     date = dt.date.today().isoformat()
+    cmd_args = sys.argv[1:] if argv is None else argv
     meta = {
         "date": date,
         "triton": triton.__version__,
         "ptxas": _ptxas_versions(archs),
-        "command": "python -m benchmarks.gpu_compile " + " ".join(
-            sys.argv[1:] if argv is None else argv),  # fmt: skip
+        "command": " ".join(["python -m benchmarks.gpu_compile", *cmd_args]),
         "archs": archs,
         "jobs": a.jobs,
         "configs": len(jobs),

@@ -15,15 +15,20 @@ ptxas log knob, `get_ptxas(arch)`), the newer path is tried and the older one gu
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
+import inspect
 import io
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -113,36 +118,58 @@ def jit_function(fn: object) -> object:
 
     while not isinstance(fn, JITFunction) and type(fn).__name__ in ("Autotuner", "Heuristics"):
         fn = fn.fn
-    return fn
-
-
-def import_compilable(module_name: str) -> ModuleType:
-    """`module_name` with its kernels as `JITFunction`s: when TRITON_INTERPRET is set (the
-    test suite), a fresh private copy imported with it unset, since `@triton.jit` picks the
-    interpreter at decoration time and interpreted kernels cannot be compiled."""
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        return importlib.import_module(module_name)
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"no module named {module_name}")
-    package, _, leaf = module_name.rpartition(".")
-    private = f"{package}._aot_{leaf}" if package else f"_aot_{leaf}"
-    return import_file(spec.origin, private)
+    return fn  # a JITFunction, or an InterpretedFunction under TRITON_INTERPRET
 
 
 def import_file(path: str | Path, module_name: str) -> ModuleType:
-    """Import the file `path` as `module_name`, with TRITON_INTERPRET unset meanwhile."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
+    """Import the file `path` as the module `module_name` (a scratch kernel file)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _interpreted() -> bool:
+    """True where this process cannot compile for a GPU: TRITON_INTERPRET is set, or was
+    when triton was imported (its own `tl.sum`... are then interpreter objects)."""
+    from triton.language import standard
+    from triton.runtime.jit import JITFunction
+
+    on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return on or not isinstance(standard.sum, JITFunction)
+
+
+@functools.lru_cache(maxsize=1)
+def _isolated_pool() -> ProcessPoolExecutor:
+    """One spawned worker without TRITON_INTERPRET, kept for the process's later compiles."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _isolated_compile(module: str, path: str, fn_name: str, cfg: KernelConfig, arch: int):
+    """In the clean worker: re-import the kernel's module, compile `cfg` with its kernel."""
+    mod = sys.modules.get(module)
+    if mod is None or getattr(mod, "__file__", None) != path:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            mod = None
+        if mod is None or getattr(mod, "__file__", None) != path:
+            mod = import_file(path, module)
+    return compile_config(replace(cfg, fn=getattr(mod, fn_name)), arch)
+
+
+def _compile_isolated(cfg: KernelConfig, arch: int) -> CompileReport:
+    """`compile_config` in a clean spawned process (for callers under the interpreter)."""
+    raw = getattr(jit_function(cfg.fn), "fn", None)
+    path = inspect.getsourcefile(raw) if raw is not None else None
+    if raw is None or path is None:
+        raise TypeError(f"{cfg.name}: cannot locate the source of {cfg.fn!r}")
+    request = (raw.__module__, os.path.abspath(path), raw.__name__, replace(cfg, fn=None), arch)
+    with _environ(TRITON_INTERPRET=None):  # the worker spawns (once) on this first submit
+        future = _isolated_pool().submit(_isolated_compile, *request)
+    return future.result()
 
 
 def ptxas_path(arch: int) -> str:
@@ -311,6 +338,25 @@ def _rerun_ptxas(ptx: str, arch: int, fp_fusion: bool) -> str:
         return out.stderr + out.stdout
 
 
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _full_signature(fn: Any, cfg: KernelConfig) -> dict[str, str]:
     names = list(fn.arg_names)
     missing = [n for n in names if n not in cfg.signature and n not in cfg.constexprs]
@@ -332,10 +378,7 @@ def _compile(cfg: KernelConfig, arch: int) -> tuple[Any, str]:
 
     fn = jit_function(cfg.fn)
     if not isinstance(fn, JITFunction):
-        raise TypeError(
-            f"{cfg.name}: {type(fn).__name__} is not a JITFunction (was the module imported "
-            "with TRITON_INTERPRET=1? use triton_aot.import_compilable)"
-        )
+        raise TypeError(f"{cfg.name}: {type(fn).__name__} is not a @triton.jit function")
     signature = _full_signature(fn, cfg)
     names = list(fn.arg_names)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in cfg.divisible}
@@ -344,17 +387,9 @@ def _compile(cfg: KernelConfig, arch: int) -> tuple[Any, str]:
     if cfg.maxnreg is not None:
         options["maxnreg"] = cfg.maxnreg
     # TRITON_DUMP_PTXAS_LOG (triton >= 3.4) prints ptxas -v to stdout: keep it, save a rerun.
-    saved = os.environ.get("TRITON_DUMP_PTXAS_LOG")
-    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_DUMP_PTXAS_LOG", None)
-        else:
-            os.environ["TRITON_DUMP_PTXAS_LOG"] = saved
+    with _environ(TRITON_DUMP_PTXAS_LOG="1"), contextlib.redirect_stdout(buf):
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     log = buf.getvalue()
     return kernel, log if "Used " in log and "registers" in log else ""
 
@@ -383,6 +418,8 @@ def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
     for a kernel's compile error (it becomes `error` and a violation)."""
     if arch not in TARGET_NAME:
         raise ValueError(f"arch must be one of {sorted(TARGET_NAME)}, got {arch}")
+    if _interpreted():
+        return _compile_isolated(cfg, arch)
     report = CompileReport(
         name=cfg.name, label=cfg.label, arch=arch, target=TARGET_NAME[arch],
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
