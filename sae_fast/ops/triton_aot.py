@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -119,6 +120,23 @@ def jit_function(fn: object) -> object:
     while not isinstance(fn, JITFunction) and type(fn).__name__ in ("Autotuner", "Heuristics"):
         fn = fn.fn
     return fn  # a JITFunction, or an InterpretedFunction under TRITON_INTERPRET
+
+
+def expand_autotune(cfg: KernelConfig) -> list[KernelConfig]:
+    """One config per `triton.Config` of the autotuner `cfg.fn` wraps (its kwargs merged into
+    `cfg.constexprs`, its warps/stages/maxnreg), labelled `<label> <kwargs> w<warps> s<stages>`;
+    `[cfg]` itself when `cfg.fn` is not autotuned."""
+    fn, out = cfg.fn, []
+    while type(fn).__name__ == "Heuristics":
+        fn = fn.fn
+    for c in getattr(fn, "configs", None) or []:
+        kw = " ".join(f"{k}={v}" for k, v in c.kwargs.items())
+        out.append(replace(
+            cfg, constexprs={**cfg.constexprs, **c.kwargs}, num_warps=c.num_warps,
+            num_stages=c.num_stages, maxnreg=getattr(c, "maxnreg", None) or cfg.maxnreg,
+            label=f"{cfg.label} {kw} w{c.num_warps} s{c.num_stages}".strip(),
+        ))  # fmt: skip
+    return out or [cfg]
 
 
 def import_file(path: str | Path, module_name: str) -> ModuleType:
@@ -394,10 +412,18 @@ def _compile(cfg: KernelConfig, arch: int) -> tuple[Any, str]:
     return kernel, log if "Used " in log and "registers" in log else ""
 
 
+def error_summary(error: str, limit: int = 400) -> str:
+    """One line for a compile error: its first line (triton's `at LINE:COL` in the kernel)
+    and its last (the message itself, after the source excerpt)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or ["?"]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def find_violations(cfg: KernelConfig, report: CompileReport) -> list[str]:
     """The rules of `make gpu-compile` applied to one config's compile report."""
     if not report.ok:
-        return [f"compile error: {report.error.strip().splitlines()[0] if report.error else '?'}"]
+        return [f"compile error: {error_summary(report.error)}"]
     out = []
     if cfg.hot and (report.spill_store_bytes or report.spill_load_bytes or report.stack_bytes):
         out.append(
@@ -430,6 +456,9 @@ def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
     except Exception as e:  # triton's CompilationError, PTXASError, a bad signature...
         report.compile_seconds = time.perf_counter() - start
         report.error = f"{type(e).__name__}: {e}"
+        if not str(e).strip():  # a bare assert inside triton: say where
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            report.error += f"(at {frame.filename}:{frame.lineno})"
         report.violations = find_violations(cfg, report)
         return report
     report.compile_seconds = time.perf_counter() - start

@@ -73,6 +73,31 @@ def test_decoder_configs_compile_for_sm90a():
     assert (again.registers, again.stack_bytes) == (r.registers, r.stack_bytes)
 
 
+def test_expand_autotune(tmp_path):
+    mod = _scratch(tmp_path, "tuned", """
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK": 64}, num_warps=2, num_stages=2),
+                 triton.Config({"BLOCK": 128}, num_warps=4, num_stages=3)],
+        key=["N"],
+    )
+    @triton.jit
+    def copy(x_ptr, y_ptr, N, BLOCK: tl.constexpr, ODD: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < N), mask=offs < N)
+    """)  # fmt: skip
+    base = ta.KernelConfig("copy", mod.copy, {"x_ptr": "*fp32", "y_ptr": "*fp32", "N": "i32"},
+                           {"ODD": False}, label="fp32")  # fmt: skip
+    cfgs = ta.expand_autotune(base)
+    assert [(c.constexprs, c.num_warps, c.num_stages) for c in cfgs] == [
+        ({"ODD": False, "BLOCK": 64}, 2, 2),
+        ({"ODD": False, "BLOCK": 128}, 4, 3),
+    ]
+    assert cfgs[0].label == "fp32 BLOCK=64 w2 s2"
+    assert ta.expand_autotune(replace(base, fn=ta.jit_function(mod.copy))) == [
+        replace(base, fn=ta.jit_function(mod.copy))
+    ]
+
+
 def test_plain_global_is_a_compile_error(tmp_path):
     body = """
     MIN_KEY = {value}
