@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.sae_fast-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
 
-.PHONY: install test demo lint browser peers bench clean
+.PHONY: install test demo lint gpu-compile browser peers bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,6 +22,13 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check sae_fast tests benchmarks setup.py
 	$(PY) -m ruff format --check sae_fast tests benchmarks setup.py
+
+# Every Triton kernel configuration (each module's aot_configs()) compiled ahead of time for
+# sm_90a and sm_80 with no GPU (triton.compile + the wheel's ptxas); fails on a compile
+# error, a spill in a hot kernel, shared memory over the limit, or an i32-multiplied pointer
+# offset. Writes benchmarks/results/gpu-compile-<date>.md and .json.
+gpu-compile: $(STAMP)
+	$(PY) -m benchmarks.gpu_compile
 
 # The feature-browser test drives Debian's chromium through selenium: install chromium and
 # its driver when missing and we are root; elsewhere that one test is skipped (not in CI,
@@ -41,7 +48,7 @@ browser:
 peers: $(STAMP)
 	bash benchmarks/peers/setup.sh
 
-test: $(STAMP) lint browser peers
+test: $(STAMP) lint gpu-compile browser peers
 	$(PY) -m pytest -q
 
 # The full benchmark suite on this machine (results/<device>-<date>.csv, .md, .png).

@@ -134,3 +134,50 @@ def feature_reduce(
         BLOCK_P=16, BLOCK_D=block_d,
     )  # fmt: skip
     return out, sums
+
+
+# ----------------------------------------------------------------------------- AOT configs
+# What the launchers above compile on a GPU, for `make gpu-compile` (ops/triton_aot.py).
+# BLOCK_D = min(128, next_pow2(D)) is 128 for every D >= 128 (all real d_in); the smaller
+# blocks of toy D < 128 are not listed. As triton specialises at launch: pointers from
+# torch allocations and D (d_in) are multiples of 16, k is not assumed to be; a unit stride
+# becomes the constant 1 (W_dec row-major has stride_wd = 1; W_enc.T, the dictionary of
+# dL/dx, has stride_wf = 1).
+_AOT_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def aot_configs() -> list:
+    """The launch configurations of `sparse_decode_fwd`, `grad_values`, `feature_reduce`."""
+    from .triton_aot import KernelConfig
+
+    out = []
+    for dt in _AOT_DTYPES:
+        p = "*" + dt
+        decode_sig = dict(v_ptr=p, i_ptr="*i64", w_ptr=p, b_ptr=p, out_ptr=p, K="i32", D="i32")
+        ptrs = ("v_ptr", "i_ptr", "w_ptr", "b_ptr", "out_ptr", "D")
+        for layout, stride, unit in (("W rows", "stride_wf", "stride_wd"),
+                                     ("W=W_enc.T", "stride_wd", "stride_wf")):  # fmt: skip
+            out.append(KernelConfig(
+                name="sparse_decode", fn=_sparse_decode_kernel,
+                signature={**decode_sig, stride: "i32"},
+                constexprs={unit: 1, "BLOCK_K": 16, "BLOCK_D": 128},
+                label=f"{dt} {layout} BLOCK_K=16 BLOCK_D=128",
+                divisible=(*ptrs, stride), int64_offsets=True,
+            ))  # fmt: skip
+        out.append(KernelConfig(
+            name="grad_values", fn=_grad_values_kernel,
+            signature=dict(g_ptr=p, i_ptr="*i64", w_ptr=p, dv_ptr="*fp32", K="i32", D="i32"),
+            constexprs=dict(BLOCK_K=16, BLOCK_D=128), label=f"{dt} BLOCK_K=16 BLOCK_D=128",
+            divisible=("g_ptr", "i_ptr", "w_ptr", "dv_ptr", "D"), int64_offsets=True,
+        ))  # fmt: skip
+        for with_sum in (False, True):  # dL/dW_dec; dL/dW_enc^T with dL/db_enc
+            out.append(KernelConfig(
+                name="feature_reduce", fn=_feature_reduce_kernel,
+                signature=dict(perm_ptr="*i64", offsets_ptr="*i64", coef_ptr=p, src_ptr=p,
+                               out_ptr="*fp32", sum_ptr="*fp32", K="i32", D="i32"),
+                constexprs=dict(WITH_SUM=with_sum, BLOCK_P=16, BLOCK_D=128),
+                label=f"{dt} WITH_SUM={with_sum} BLOCK_P=16 BLOCK_D=128",
+                divisible=("perm_ptr", "offsets_ptr", "coef_ptr", "src_ptr", "out_ptr",
+                           "sum_ptr", "D"), int64_offsets=True,
+            ))  # fmt: skip
+    return out
