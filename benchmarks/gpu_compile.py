@@ -133,7 +133,8 @@ def run(jobs: list[Job], archs: list[int], n_workers: int, asm_dir: Path | None)
     groups: dict[tuple, list[tuple[int, Job, int]]] = {}
     for pos, job in enumerate(jobs):
         for arch in archs:
-            groups.setdefault(job.cfg.compile_key(arch), []).append((pos, job, arch))
+            if arch in job.cfg.archs:  # a config another generation never launches
+                groups.setdefault(job.cfg.compile_key(arch), []).append((pos, job, arch))
     rows: dict[tuple[int, int], dict] = {}
     cache_dir = tempfile.mkdtemp(prefix="sae-fast-gpu-compile-")
     ctx = multiprocessing.get_context("spawn")
@@ -263,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             errors.append(f"--only: no configs named {sorted(unknown)}")
         jobs = [j for j in jobs if j.cfg.name in wanted]
-    n_compiles = len({j.cfg.compile_key(arch) for j in jobs for arch in archs})
+    n_compiles = len(
+        {j.cfg.compile_key(arch) for j in jobs for arch in archs if arch in j.cfg.archs}
+    )
     print(f"{len(jobs)} configs x {len(archs)} archs = {n_compiles} compiles on {a.jobs} workers")
     rows = run(jobs, archs, max(1, a.jobs), a.asm) if jobs else []
     violations = errors + [

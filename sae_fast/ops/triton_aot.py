@@ -61,6 +61,7 @@ class KernelConfig:
     divisible: tuple[str, ...] = ()
     int64_offsets: bool = False
     maxnreg: int | None = None  # the triton option (PTX .maxnreg); None = no cap
+    archs: tuple[int, ...] = (90, 80)  # the GPU generations a launcher picks this config for
 
     def compile_key(self, arch: int) -> tuple:
         """What decides the compiled binary: equal keys share one compile."""

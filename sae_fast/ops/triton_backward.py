@@ -90,6 +90,29 @@ def _topk_backward_kernel(
         tl.store(db_enc_ptr + fs64, sums.to(db_enc_ptr.dtype.element_ty), mask=f_ok)
 
 
+def aot_configs() -> list:
+    """The GPU launch configurations of `_topk_backward_kernel` (per dtype and precision)."""
+    from .triton_aot import KernelConfig
+
+    out = []
+    for dt in ("bf16", "fp16", "fp32"):
+        p = "*" + dt
+        for prec in (0, 1) if dt == "fp32" else (0,):
+            out.append(KernelConfig(
+                name="topk_backward", fn=_topk_backward_kernel,
+                signature=dict(perm_ptr="*i64", offsets_ptr="*i64", idx_ptr="*i64", v_ptr=p,
+                               dpre_ptr="*fp32", g_ptr=p, xc_ptr=p, dW_dec_ptr=p, dW_enc_ptr=p,
+                               db_enc_ptr="*fp32", K="i32", D="i32", D_SAE="i32"),
+                constexprs=dict(BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D, PRECISION=prec),
+                num_warps=NUM_WARPS, num_stages=3,
+                label=f"{dt} prec={prec} BLOCK_F={BLOCK_F} BLOCK_P={BLOCK_P} BLOCK_D={BLOCK_D}",
+                divisible=("perm_ptr", "offsets_ptr", "idx_ptr", "v_ptr", "dpre_ptr", "g_ptr",
+                           "xc_ptr", "dW_dec_ptr", "dW_enc_ptr", "db_enc_ptr", "D", "D_SAE"),
+                int64_offsets=True,
+            ))  # fmt: skip
+    return out
+
+
 def _precision(dtype: torch.dtype) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return 1  # the interpreter has no tf32: exact fp32
@@ -111,7 +134,7 @@ def sparse_backward(
     """(d_pre [B, k] fp32, dW_enc, db_enc, dW_dec, db_dec) of a TopK SAE from one sort.
 
     `grad = dL/drecon [B, d_in]`; `grad_values` an optional direct gradient on the code."""
-    B, K = indices.shape
+    _B, K = indices.shape
     d_sae, D = W_dec.shape
     dv = td.grad_values(grad, indices, W_dec)  # [B, k] fp32, dL/dv = g . W_dec[i]
     if grad_values is not None:

@@ -2,9 +2,8 @@
 
 The choice comes from a table measured on a GPU (`gpu_dispatch.json` beside this file,
 written by `python -m benchmarks.gpu_check --write-dispatch`) when it has the shape's row,
-else from the static performance model's rule (`benchmarks/gpu_model.py`, which writes
-`benchmarks/results/gpu-projection-<date>.md`): the fused kernel wins while its epilogue is
-small against the GEMM's main loop, that is for k <= 64 and d_in >= 512.
+else from the static performance model (`gpu_model.choose_encoder`; its projection is
+written by `python -m benchmarks.gpu_projection` to `benchmarks/results/`).
 """
 
 from __future__ import annotations
@@ -33,11 +32,13 @@ def shape_key(B: int, d_in: int, d_sae: int, k: int, dtype: torch.dtype) -> str:
 
 def static_plan(B: int, d_in: int, d_sae: int, k: int, dtype: torch.dtype) -> str:
     """The static model's choice (see the module docstring)."""
-    del B, d_sae, dtype
-    return "fused" if k <= 64 and d_in >= 512 else "chunked"
+    from .gpu_model import FusedKernelStats, choose_encoder
+
+    del dtype
+    return choose_encoder(B, d_in, d_sae, k, FusedKernelStats())
 
 
 def encoder_plan(B: int, d_in: int, d_sae: int, k: int, dtype: torch.dtype) -> str:
-    """"fused" or "chunked" for this shape: measured if a GPU table has it, else static."""
+    """ "fused" or "chunked" for this shape: measured if a GPU table has it, else static."""
     measured = measured_table().get(shape_key(B, d_in, d_sae, k, dtype))
     return measured or static_plan(B, d_in, d_sae, k, dtype)

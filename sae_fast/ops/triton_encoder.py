@@ -24,6 +24,7 @@ comparison orders by value, then by lower feature.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -202,35 +203,59 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def filter_config(k_pad: int, dtype: torch.dtype) -> dict:
+def filter_config(k_pad: int, dtype: torch.dtype, arch: int | None = None) -> dict:
     """Tile sizes of the fused TopK kernel (the same table `aot_configs` compiles)."""
-    if _interpreting():
+    if _interpreting() and arch is None:
         return dict(BLOCK_M=16, BLOCK_N=max(32, k_pad), BLOCK_K=16, num_warps=4, num_stages=1)
-    for cfg in FILTER_CONFIGS:
+    for cfg in FILTER_CONFIGS[arch or gpu_arch()]:
         if cfg["k_pad"] >= k_pad and cfg["dtype"] in (None, dtype):
             return {n: v for n, v in cfg.items() if n not in ("k_pad", "dtype")}
     raise ValueError(f"no fused TopK configuration for k <= {k_pad}")
 
 
-# Smallest k_pad first. fp32 tiles hold half the K depth (twice the bytes per element) so
-# that the pipeline's shared memory stays under sm_90's 227 KB.
-FILTER_CONFIGS = [
-    dict(k_pad=64, dtype=torch.float32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8,
-         num_stages=3),
-    dict(k_pad=64, dtype=None, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
-    dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8,
-         num_stages=3),
-    dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
-]  # fmt: skip
+# Per GPU generation, smallest k_pad first. fp32 tiles hold half the K depth (twice the
+# bytes per element) so the pipeline's shared memory stays under sm_90's 227 KB. sm_80's
+# mma.sync keeps operand fragments in registers, so 128x256 tiles spill there: 64x256.
+FILTER_CONFIGS = {
+    90: [
+        dict(k_pad=64, dtype=torch.float32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32,
+             num_warps=8, num_stages=3),
+        dict(k_pad=64, dtype=None, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8,
+             num_stages=3),
+        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
+             num_warps=8, num_stages=3),
+        dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
+             num_stages=3),
+    ],
+    80: [
+        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
+             num_warps=8, num_stages=3),
+        dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
+             num_stages=3),
+    ],
+}  # fmt: skip
+MAX_FUSED_K_PAD = 256
+
+
+def gpu_arch() -> int:
+    """90 on Hopper and newer, else 80: which launch table applies."""
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+        return 90
+    return 80
+
+
+# Dense encoder tiles: {is fp32: config}.
+_DENSE_CONFIGS = {
+    False: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+    True: dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+}
 
 
 def dense_config(dtype: torch.dtype) -> dict:
     """Tile sizes of the dense (ReLU/JumpReLU/none) encoder."""
     if _interpreting():
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)
-    if dtype == torch.float32:
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3)
+    return dict(_DENSE_CONFIGS[dtype == torch.float32])
 
 
 def split_plan(B: int, d_sae: int, k_pad: int, block_m: int, block_n: int) -> tuple[int, int]:
@@ -282,7 +307,7 @@ def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
 
 def _select_candidates(cand: Tensor, counts: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """(values fp32 [B, k], indices [B, k], overflowed rows [B] bool) from the lists."""
-    B, n_split, cap = cand.shape
+    B, _n_split, cap = cand.shape
     slot = torch.arange(cap, device=cand.device)
     valid = slot[None, None, :] < counts[:, :, None].to(torch.int64)
     keys = torch.where(valid, cand, torch.full_like(cand, INT64_MIN)).reshape(B, -1)
@@ -368,7 +393,7 @@ def encode_topk_fwd(
     if method not in ("fused", "chunked"):
         raise ValueError(f"method must be 'auto', 'fused' or 'chunked', got {method!r}")
     xc, W = _centred(x, W_enc, b_dec)
-    if method == "fused" and _pow2(k) <= FILTER_CONFIGS[-1]["k_pad"]:
+    if method == "fused" and _pow2(k) <= MAX_FUSED_K_PAD:
         vals, idx = encode_topk_fused(xc, W, b_enc.contiguous(), k)
     else:
         vals, idx = encode_topk_chunked(xc, W, b_enc, k)
@@ -411,6 +436,73 @@ def encode_dense_bwd(grad: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, acts
     d_pre = grad * (acts != 0).to(grad.dtype)  # [B, d_sae]
     dW_enc, db_enc, db_dec, dx = ref.encoder_backward_dense(d_pre, x, W_enc, b_dec)
     return dx, dW_enc, db_enc, db_dec
+
+
+# ----------------------------------------------------------------------------- make gpu-compile
+
+AOT_KS = (16, 32, 64, 128, 256)
+_AOT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _precisions(dt: str) -> tuple[int, ...]:
+    """fp32 launches either tf32 tensor cores (torch allows tf32) or "ieee"; bf16/fp16 one."""
+    return (0, 1) if dt == "fp32" else (0,)
+
+
+def _text(tiles: dict) -> str:
+    return " ".join(f"{n}={v}" for n, v in tiles.items())
+
+
+def aot_configs() -> list:
+    """Every GPU launch configuration of this module's kernels, for `make gpu-compile`:
+    fused TopK for k in AOT_KS x dtype x precision, dense encoder x activation x dtype.
+    Sizes (B, d_in, d_sae up to 2**20 and beyond) are runtime int32 arguments: they change
+    no compile; pointers and d_in / d_sae are launched as multiples of 16."""
+    from .triton_aot import KernelConfig
+
+    out = []
+    for dt, torch_dt in _AOT_DTYPES.items():
+        p = "*" + dt
+        for prec, k, arch in itertools.product(_precisions(dt), AOT_KS, (90, 80)):
+            k_pad = _pow2(k)
+            cfg = filter_config(k_pad, torch_dt, arch)
+            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+            tiles = {n: cfg[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+            out.append(KernelConfig(
+                name="encoder_topk_fused", fn=_topk_filter_kernel,
+                signature=dict(xc_ptr=p, w_ptr=p, b_enc_ptr=p, tau_ptr="*fp32",
+                               cand_ptr="*i64", count_ptr="*i32", scratch_ptr="*fp32",
+                               B="i32", D_IN="i32", D_SAE="i32", N_SPLIT="i32",
+                               TILES_PER_PROG="i32"),
+                constexprs=dict(GROUPS=max(k_pad, 32), CAP=CAP_PER_K * k_pad, SUB=16,
+                                PRECISION=prec, **tiles),
+                num_warps=warps, num_stages=stages, archs=(arch,),
+                label=f"{dt} k={k} prec={prec} {_text(tiles)}",
+                divisible=("xc_ptr", "w_ptr", "b_enc_ptr", "tau_ptr", "cand_ptr", "count_ptr",
+                           "scratch_ptr", "D_IN", "D_SAE"),
+                int64_offsets=True,
+            ))  # fmt: skip
+        for prec in _precisions(dt):
+            dense = dict(_DENSE_CONFIGS[dt == "fp32"])
+            warps, stages = dense.pop("num_warps"), dense.pop("num_stages")
+            for act, act_name in (
+                (ACT_RELU, "relu"),
+                (ACT_JUMPRELU, "jumprelu"),
+                (ACT_NONE, "none"),
+            ):
+                for out_dt in (dt,) if act != ACT_NONE else ("fp32",):
+                    out.append(KernelConfig(
+                        name="encoder_dense", fn=_dense_encoder_kernel,
+                        signature=dict(xc_ptr=p, w_ptr=p, b_enc_ptr=p, thr_ptr=p,
+                                       out_ptr="*" + out_dt, B="i32", D_IN="i32", D_SAE="i32"),
+                        constexprs=dict(ACT=act, PRECISION=prec, **dense),
+                        num_warps=warps, num_stages=stages,
+                        label=f"{dt} {act_name} -> {out_dt} prec={prec}",
+                        divisible=("xc_ptr", "w_ptr", "b_enc_ptr", "thr_ptr", "out_ptr", "D_IN",
+                                   "D_SAE"),
+                        int64_offsets=True,
+                    ))  # fmt: skip
+    return out
 
 
 # ----------------------------------------------------------------------------- torch.library

@@ -52,9 +52,7 @@ def test_low_precision_is_written_in_the_parameters_dtype(dtype):
         grad.double(), x.double(), v.double(), i,
         *(p[n].double() for n in ("W_enc", "W_dec", "b_dec")),
     )  # fmt: skip
-    for name, got, exp in zip(
-        ("W_enc", "b_enc", "W_dec", "b_dec"), out[1:], want[1:], strict=True
-    ):
+    for name, got, exp in zip(("W_enc", "b_enc", "W_dec", "b_dec"), out[1:], want[1:], strict=True):
         assert got.dtype == dtype, name
         assert_close(got, exp, f"{name}.grad {dtype}", rtol=2e-2, atol=2e-2)
 

@@ -69,7 +69,7 @@ def test_fused_and_chunked_stay_within_the_memory_bound():
     """Extra memory of either path at the GPU benchmark shape is at most 0.2x of one
     [B, d_sae] fp32 buffer (candidate lists + scratch; the chunk buffer)."""
     B, d_sae, k_pad = 8192, 131072, 64
-    cfg = te.FILTER_CONFIGS[1]
+    cfg = te.FILTER_CONFIGS[90][1]
     n_split, _tiles = te.split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
     cand = B * n_split * te.CAP_PER_K * k_pad * 8
     scratch = triton.cdiv(B, cfg["BLOCK_M"]) * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + 64) * 4
