@@ -29,6 +29,8 @@ from . import triton_decoder as td
 from .autograd import feature_segments
 
 BLOCK_F, BLOCK_P, BLOCK_D, NUM_WARPS = 32, 32, 128, 4
+# fp32 "ieee" products run on FMA units with operands in registers: half the columns.
+IEEE_BLOCK_D, IEEE_NUM_WARPS = 32, 8
 
 
 @triton.jit
@@ -47,7 +49,7 @@ def _topk_backward_kernel(
     BLOCK_F: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    f0 = tl.program_id(0) * BLOCK_F
+    f0 = tl.program_id(0).to(tl.int64) * BLOCK_F
     pid_d = tl.program_id(1)
     fs = f0 + tl.arange(0, BLOCK_F)  # [BF] features of this program
     f_ok = fs < D_SAE
@@ -98,14 +100,15 @@ def aot_configs() -> list:
     for dt in ("bf16", "fp16", "fp32"):
         p = "*" + dt
         for prec in (0, 1) if dt == "fp32" else (0,):
+            block_d, warps = (IEEE_BLOCK_D, IEEE_NUM_WARPS) if prec == 1 else (BLOCK_D, NUM_WARPS)
             out.append(KernelConfig(
                 name="topk_backward", fn=_topk_backward_kernel,
                 signature=dict(perm_ptr="*i64", offsets_ptr="*i64", idx_ptr="*i64", v_ptr=p,
                                dpre_ptr="*fp32", g_ptr=p, xc_ptr=p, dW_dec_ptr=p, dW_enc_ptr=p,
                                db_enc_ptr="*fp32", K="i32", D="i32", D_SAE="i32"),
-                constexprs=dict(BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D, PRECISION=prec),
-                num_warps=NUM_WARPS, num_stages=3,
-                label=f"{dt} prec={prec} BLOCK_F={BLOCK_F} BLOCK_P={BLOCK_P} BLOCK_D={BLOCK_D}",
+                constexprs=dict(BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=block_d, PRECISION=prec),
+                num_warps=warps, num_stages=3,
+                label=f"{dt} prec={prec} BLOCK_F={BLOCK_F} BLOCK_P={BLOCK_P} BLOCK_D={block_d}",
                 divisible=("perm_ptr", "offsets_ptr", "idx_ptr", "v_ptr", "dpre_ptr", "g_ptr",
                            "xc_ptr", "dW_dec_ptr", "dW_enc_ptr", "db_enc_ptr", "D", "D_SAE"),
                 int64_offsets=True,
@@ -146,12 +149,13 @@ def sparse_backward(
     dW_dec = torch.empty(d_sae, D, dtype=W_dec.dtype, device=W_dec.device)
     dW_enc = torch.empty(D, d_sae, dtype=W_enc.dtype, device=W_enc.device)
     db_enc = torch.empty(d_sae, dtype=torch.float32, device=W_enc.device)
-    grid = (triton.cdiv(d_sae, BLOCK_F), triton.cdiv(D, BLOCK_D))
+    prec = _precision(W_enc.dtype)
+    block_d, warps = (IEEE_BLOCK_D, IEEE_NUM_WARPS) if prec == 1 else (BLOCK_D, NUM_WARPS)
+    grid = (triton.cdiv(d_sae, BLOCK_F), triton.cdiv(D, block_d))
     _topk_backward_kernel[grid](
         perm, offsets, indices.contiguous(), values.contiguous(), d_pre, g, xc,
         dW_dec, dW_enc, db_enc, K, D, d_sae,
-        BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D, PRECISION=_precision(W_enc.dtype),
-        num_warps=NUM_WARPS,
+        BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=block_d, PRECISION=prec, num_warps=warps,
     )  # fmt: skip
     db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
     db_dec = grad.sum(0, dtype=torch.float32) + ref.b_dec_grad_through_encoder(W_enc, db_enc)
