@@ -50,9 +50,9 @@ from .common import PRESETS, RESULTS, Shape  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-SMOKE_SHAPE = Shape(32, 512, 64, 8)
+SMOKE_SHAPE = Shape(32, 256, 32, 8)
 PROBE = Shape(4096, 2**20, 64, 64)
-SMOKE_PROBE = Shape(32, 2048, 16, 8)
+SMOKE_PROBE = Shape(32, 1024, 8, 8)
 
 
 def log(*parts: object) -> None:
@@ -73,7 +73,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--write-dispatch", nargs="?", const=table, default=None, metavar="PATH",
                    help="also write the dispatch table (default: the package's)")  # fmt: skip
     hidden = argparse.SUPPRESS
-    p.add_argument("--inject-failure", default="", help=hidden)  # NAME[:fatal]
+    p.add_argument("--inject-failure", default="", help=hidden)  # NAME[:fatal],...
     p.add_argument("--start-after", default="", help=hidden)  # a row key: resume after it
     p.add_argument("--stamp", default="", help=hidden)  # the files' date (a resumed run's)
     return p.parse_args(argv)
@@ -238,8 +238,11 @@ class Runner:
         self.args, self.report, self.device = args, report, device
         self.failed = False
         self.skipping = bool(args.start_after)  # until the resumed row is passed
-        name, _, mode = args.inject_failure.partition(":")
-        self.inject, self.inject_fatal = name, mode == "fatal"
+        # --inject-failure NAME[:fatal],...: those checks raise (fatal: as if CUDA died)
+        self.inject = {}
+        for item in filter(None, args.inject_failure.split(",")):
+            name, _, mode = item.partition(":")
+            self.inject[name] = mode == "fatal"
 
     def left_s(self) -> float:
         """Seconds of the budget left."""
@@ -260,11 +263,9 @@ class Runner:
             from .gpu_cases import CheckFailed, Skipped
 
             try:
-                if check.name == self.inject:
-                    fatal = self.inject_fatal
-                    raise RuntimeError(
-                        f"injected failure (--inject-failure {self.args.inject_failure})"
-                    )
+                if check.name in self.inject:
+                    fatal = self.inject[check.name]
+                    raise RuntimeError(f"injected failure (--inject-failure {check.name})")
                 metrics = check.fn()
                 _sync(self.device)  # an asynchronous kernel error belongs to this row
                 row.update(metrics)
