@@ -16,9 +16,10 @@ Only torch/triton APIs present in torch 2.4+ are used here.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -217,14 +218,40 @@ def compare_codes(v: Tensor, i: Tensor, want: ref.SparseCode, dtype: str) -> dic
     return _require(m, problems)
 
 
+@contextlib.contextmanager
+def chunked_rows_seen() -> Iterator[list[int]]:
+    """Record the rows each call of `triton_encoder.encode_topk_chunked` gets: under
+    method="fused", the rows whose candidate list overflowed (redone chunked), or the whole
+    batch when k is past the fused kernel's configurations. No public API reports it."""
+    from sae_fast.ops import triton_encoder as te
+
+    seen: list[int] = []
+    chunked = te.encode_topk_chunked
+
+    def counting(xc: Tensor, *args, **kwargs):
+        seen.append(xc.shape[0])
+        return chunked(xc, *args, **kwargs)
+
+    te.encode_topk_chunked = counting
+    try:
+        yield seen
+    finally:
+        te.encode_topk_chunked = chunked
+
+
 def encode_topk(case: Case, method: str) -> dict:
     """`encode_topk_fwd(method=...)` on the whole batch against `ref.encode_topk`."""
     from sae_fast.ops import triton_encoder as te
 
     t, k = case.t, case.shape.k
     want = case.ref_code()
-    v, i = te.encode_topk_fwd(t["x"], t["W_enc"], t["b_enc"], t["b_dec"], k, method=method)
-    return compare_codes(v, i, want, case.dtype)
+    with chunked_rows_seen() as seen:
+        v, i = te.encode_topk_fwd(t["x"], t["W_enc"], t["b_enc"], t["b_dec"], k, method=method)
+    m = {"chunked_rows": sum(seen)} if method == "fused" else {}
+    try:
+        return m | compare_codes(v, i, want, case.dtype)
+    except CheckFailed as e:
+        raise CheckFailed(str(e), m | e.metrics) from None
 
 
 def encode_dense(case: Case, jumprelu: bool) -> dict:
@@ -354,12 +381,15 @@ def int64_probe(probe: Shape, device: str) -> dict:
     m: dict = {"elements": probe.d_in * probe.d_sae, "over_2^31": probe.d_in * probe.d_sae >= 2**31}
     problems = []
     for method in ("fused", "chunked"):
-        v, i = te.encode_topk_fwd(x, W, b_enc, b_dec, probe.k, method=method)
+        with chunked_rows_seen() as seen:
+            v, i = te.encode_topk_fwd(x, W, b_enc, b_dec, probe.k, method=method)
         try:
             got = compare_codes(v, i, want, probe.dtype)
         except CheckFailed as e:
             got = e.metrics
             problems.append(f"{method}: {e}")
+        if method == "fused":
+            got["chunked_rows"] = sum(seen)
         m.update({f"{method}_{key}": val for key, val in got.items()})
     return _require(m, problems)
 

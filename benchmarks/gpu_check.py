@@ -127,8 +127,6 @@ class Report:
         return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
 
     def _write_md(self) -> None:
-        from sae_fast.formats import atomic_file
-
         rows = self.rows()
         env = rows[0] if rows and rows[0].get("check") == "env" else {}
         counts: dict[str, int] = {}
@@ -156,8 +154,15 @@ class Report:
                 f"| {_num(r.get('x_gemm'))} | {_details(r)} "
                 f"| {str(r.get('error', '')).replace('|', '/')[:300]} |"
             )
-        with atomic_file(self.md) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+        _atomic_write(self.md, "\n".join(lines) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write `path` by a rename. Not `sae_fast.formats.atomic_file`: the report must still
+    be written when sae_fast itself fails to import on a new machine (that is a row too)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 BASE_KEYS = ("check", "dtype", "kind", "status", "error", "ms", "x_gemm", "t_s", "wall_s")
@@ -183,8 +188,12 @@ def _line(row: dict) -> str:
 
 def env_row(device: str, stamp: str, args: argparse.Namespace, shape: Shape, dtypes: list) -> dict:
     """The first row: versions, device, date, commit, settings."""
-    import triton
+    try:
+        import triton
 
+        triton_version = triton.__version__
+    except ImportError as e:
+        triton_version = f"not importable ({e})"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                                 capture_output=True, timeout=10).stdout.strip() or None  # fmt: skip
@@ -193,7 +202,7 @@ def env_row(device: str, stamp: str, args: argparse.Namespace, shape: Shape, dty
     row = {
         "check": "env", "kind": "env", "status": "INFO", "date": stamp,
         "time": dt.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (TRITON_INTERPRET=1)",
         "python": sys.version.split()[0], "commit": commit,
         "shape": f"d_in={shape.d_in} d_sae={shape.d_sae} B={shape.B} k={shape.k}",
@@ -204,8 +213,15 @@ def env_row(device: str, stamp: str, args: argparse.Namespace, shape: Shape, dty
     if device == "cuda":
         row["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
         row["memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+        row["mm_out_dtype"] = _has_mm_out_dtype()  # else the chunked path's GEMM is Triton's
     if args.start_after:
         row["resumed_after"] = args.start_after
+    try:
+        import sae_fast
+
+        row["sae_fast"] = sae_fast.__file__
+    except Exception as e:  # reported here, and every check then fails on its own row
+        row["sae_fast"] = f"import failed: {type(e).__name__}: {e}"
     return row
 
 
@@ -305,6 +321,15 @@ class Runner:
             return 124
 
 
+def _has_mm_out_dtype() -> bool:
+    """Whether this torch has `torch.mm(bf16, bf16, out_dtype=torch.float32)` on CUDA."""
+    a = torch.ones(16, 16, device="cuda", dtype=torch.bfloat16)
+    try:
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError):
+        return False
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -332,19 +357,20 @@ def _context_alive(device: str) -> bool:
 
 class DispatchRows:
     """The faster TopK path of each timed shape: rows `{"key", "method", ...}` in
-    `<out>/gpu-dispatch-<date>.json`, and with --write-dispatch the table that
-    `triton_dispatch.measured_table` reads (its other shapes' rows kept)."""
+    `<out>/gpu-dispatch-<date>.json`; and the table `triton_dispatch.measured_table` reads
+    (the package's rows for other shapes kept) in `<out>/gpu_dispatch.json`, ready to copy
+    into sae_fast/ops/ from a machine whose $OUT is all that comes back, and with
+    --write-dispatch at that path (default: the package's own table)."""
 
     def __init__(self, out: Path, stamp: str, table: str | None, device: str) -> None:
         self.path = out / f"gpu-dispatch-{stamp}.json"
-        self.table = Path(table) if table else None
+        self.tables = [out / "gpu_dispatch.json"] + ([Path(table)] if table else [])
         self.stamp, self.device = stamp, device
         self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
 
     def add(self, case) -> dict:
-        """The row of `case`'s shape from its fused and chunked timings; writes both files."""
-        from sae_fast.formats import atomic_file
-        from sae_fast.ops.triton_dispatch import shape_key
+        """The row of `case`'s shape from its fused and chunked timings; writes the files."""
+        from sae_fast.ops.triton_dispatch import TABLE, shape_key
 
         from .gpu_cases import Skipped
 
@@ -356,15 +382,16 @@ class DispatchRows:
         row = {"key": key, "method": "fused" if fused <= chunked else "chunked",
                "fused_ms": fused, "chunked_ms": chunked}  # fmt: skip
         self.rows = [r for r in self.rows if r["key"] != key] + [row]
-        with atomic_file(self.path) as tmp:
-            tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
-        if self.table is not None:
-            old = json.loads(self.table.read_text()) if self.table.exists() else {}
-            name = torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
-            plans = {**old.get("plans", {}), **{r["key"]: r["method"] for r in self.rows}}
+        _atomic_write(self.path, json.dumps(self.rows, indent=1) + "\n")
+        name = torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
+        for path in self.tables:
+            plans: dict[str, str] = {}
+            for src in (TABLE, path):  # the package's table, then this file's own rows
+                if src.exists():
+                    plans.update(json.loads(src.read_text()).get("plans", {}))
+            plans.update({r["key"]: r["method"] for r in self.rows})
             table = {"plans": plans, "measured": f"{name}, {self.stamp}"}
-            with atomic_file(self.table) as tmp:
-                tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+            _atomic_write(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
         return {**row, "fused_over_chunked": fused / chunked, "file": self.path.name}
 
 
@@ -426,9 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                     "error": "no CUDA device (use --smoke for the CPU interpreter)"})  # fmt: skip
         return 1
     runner = Runner(args, report, device)
+    try:
+        checks = plan_checks(args, device, shape, dtypes)
+    except Exception as e:  # gpu_cases imports sae_fast: nothing can run without it
+        report.add({"check": "import", "status": "FAIL", "t_s": time.monotonic() - T0,
+                    "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+        return 1
     child_rc = 0
     try:
-        for check in plan_checks(args, device, shape, dtypes):
+        for check in checks:
             runner.run(check)
     except ContextLost as lost:
         child_rc = runner.resume_in_child(str(lost))

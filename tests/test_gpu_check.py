@@ -69,11 +69,12 @@ def test_smoke_run_passes_every_row_and_writes_the_files(tmp_path):
     from sae_fast.ops import triton_dispatch
 
     saved = triton_dispatch.TABLE
-    try:  # the table reads back through the dispatcher's own loader
-        triton_dispatch.TABLE = table
-        triton_dispatch.measured_table.cache_clear()
-        assert triton_dispatch.measured_table() == suggested
-        assert json.loads(table.read_text())["measured"].startswith("cpu, ")
+    try:  # both tables read back through the dispatcher's own loader
+        for path in (table, tmp_path / "gpu_dispatch.json"):
+            triton_dispatch.TABLE = path
+            triton_dispatch.measured_table.cache_clear()
+            assert suggested.items() <= triton_dispatch.measured_table().items()
+            assert json.loads(path.read_text())["measured"].startswith("cpu, ")
     finally:
         triton_dispatch.TABLE = saved
         triton_dispatch.measured_table.cache_clear()
