@@ -18,13 +18,17 @@ Rows, in order (per dtype; the checks and tolerances are in gpu_cases.py):
   gpu-dispatch-<date>.json), decode, grad_values, sparse_backward, step_triton, adam,
   step_dense, step_sparsify (forward + backward each; Adam on its own row).
 
-Outputs in --out (else $OUT, else benchmarks/results/): gpu-check-<date>.jsonl, one JSON
-object per row, flushed as each row is made (a crash keeps the rows before it), and
-gpu-check-<date>.md, rewritten atomically after each row. A failing check becomes a FAIL row
-and the run goes on; the exit status is 1 when any row failed. Once less than a row's
-estimate is left of --budget-s, the remaining rows are "SKIP (budget)". When a failure
-leaves the CUDA context unusable (an illegal address is sticky), the remaining rows run in
-a fresh child process that appends to the same files.
+On a lent GPU (one call, about 5 minutes), leave margin for the start and the compiles:
+    python -m benchmarks.gpu_check --budget-s 240       # with the call's timeout_s=300
+$OUT is set there, so every file lands in it; copy $OUT/gpu_dispatch.json to sae_fast/ops/.
+
+Outputs in --out (else $OUT, else benchmarks/results/; a new run the same day replaces
+them): gpu-check-<date>.jsonl, one JSON object per row, flushed as each row is made (a
+crash keeps the rows before it), and gpu-check-<date>.md, rewritten atomically after each
+row. A failing check becomes a FAIL row and the run goes on; the exit status is 1 when any
+row failed. Once less than a row's estimate is left of --budget-s, the remaining rows are
+"SKIP (budget)". When a failure leaves the CUDA context unusable (an illegal address is
+sticky), the remaining rows run in a fresh child process that appends to the same files.
 """
 
 from __future__ import annotations
