@@ -62,9 +62,12 @@ def fused_encoder_seconds(
     epi_clocks *= 0.5 + 0.5 * stats.emit_fraction  # untaken emission branches are skipped
     scratch_bytes = stats.block_m * stats.block_n * 4 * 2  # write + read the fp32 tile
     epilogue = waves * (epi_clocks / CLOCK_HZ + scratch_bytes * SMS / L2_BYTES_PER_S)
+    from . import triton_encoder as te  # the launcher's own split and list sizes
+
     k_pad = 1 << max(0, (k - 1).bit_length())
-    candidates = B * 8 * 24 * k_pad * 8  # lists of 8 programs; torch.topk over int64 keys
-    select = _stream(candidates * 3, gpu)
+    n_split, _ = te.split_plan(B, d_sae, k_pad, stats.block_m, stats.block_n)
+    lists = B * n_split * te.list_capacity(k_pad, stats.block_n) * 8.0  # int64 keys
+    select = _stream(lists * 3, gpu)  # mask the unused slots (read, write), torch.topk (read)
     return gemm_seconds(B, d_in, d_sae) + epilogue + select
 
 

@@ -36,8 +36,10 @@ from . import reference as ref
 
 ACT_NONE, ACT_RELU, ACT_JUMPRELU = 0, 1, 2
 INT64_MIN = -(2**63)
-# A fused program's candidate list holds CAP_PER_K * k_pad keys per row before it overflows.
-CAP_PER_K = 24
+# A fused program's candidate list holds `list_capacity` keys per row before it overflows:
+# CAP_PER_K per column group, plus one tile (the first tile meets no bound yet).
+CAP_PER_K = 36
+CANDIDATE_FRACTION = 0.18  # candidate lists, as a fraction of [B, d_sae] fp32
 CHUNK_FRACTION = 0.2  # the chunked path's fp32 buffer, as a fraction of [B, d_sae] fp32
 
 
@@ -99,8 +101,8 @@ def _pack_keys(pre, cols):
 @triton.jit
 def _topk_filter_kernel(
     xc_ptr, w_ptr, b_enc_ptr, tau_ptr, cand_ptr, count_ptr, scratch_ptr,
-    B, D_IN, D_SAE, N_SPLIT, TILES_PER_PROG,
-    GROUPS: tl.constexpr, CAP: tl.constexpr,
+    B, D_IN, D_SAE, N_SPLIT, TILES_PER_PROG, CAP,
+    GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -203,31 +205,46 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def filter_config(k_pad: int, dtype: torch.dtype, arch: int | None = None) -> dict:
+def filter_config(
+    k_pad: int, dtype: torch.dtype, arch: int | None = None, precision: int | None = None
+) -> dict:
     """Tile sizes of the fused TopK kernel (the same table `aot_configs` compiles)."""
     if _interpreting() and arch is None:
         return dict(BLOCK_M=16, BLOCK_N=max(32, k_pad), BLOCK_K=16, num_warps=4, num_stages=1)
+    precision = _precision(dtype) if precision is None else precision
+    if dtype == torch.float32:
+        kind = "ieee" if precision == 1 else torch.float32
+    else:
+        kind = None
     for cfg in FILTER_CONFIGS[arch or gpu_arch()]:
-        if cfg["k_pad"] >= k_pad and cfg["dtype"] in (None, dtype):
+        if cfg["k_pad"] >= k_pad and cfg["dtype"] == kind:
             return {n: v for n, v in cfg.items() if n not in ("k_pad", "dtype")}
     raise ValueError(f"no fused TopK configuration for k <= {k_pad}")
 
 
-# Per GPU generation, smallest k_pad first. fp32 tiles hold half the K depth (twice the
-# bytes per element) so the pipeline's shared memory stays under sm_90's 227 KB. sm_80's
-# mma.sync keeps operand fragments in registers, so 128x256 tiles spill there: 64x256.
+# Per GPU generation, smallest k_pad first; `dtype` None = bf16/fp16, "ieee" = fp32 with
+# exact fp32 products (torch without tf32: FMA units, operands in registers, small tiles).
+# fp32 tiles hold half the K depth (twice the bytes per element) so the pipeline's shared
+# memory stays under sm_90's 227 KB. sm_80's mma.sync keeps operand fragments in registers,
+# so 128x256 tiles spill there: 64x256. Each row was checked spill-free by make gpu-compile.
 FILTER_CONFIGS = {
     90: [
+        dict(k_pad=64, dtype="ieee", BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8,
+             num_stages=3),
+        dict(k_pad=256, dtype="ieee", BLOCK_M=64, BLOCK_N=256, BLOCK_K=16, num_warps=8,
+             num_stages=3),
         dict(k_pad=64, dtype=torch.float32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32,
+             num_warps=8, num_stages=3),
+        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
              num_warps=8, num_stages=3),
         dict(k_pad=64, dtype=None, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8,
              num_stages=3),
-        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
-             num_warps=8, num_stages=3),
         dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
              num_stages=3),
     ],
     80: [
+        dict(k_pad=256, dtype="ieee", BLOCK_M=64, BLOCK_N=256, BLOCK_K=16, num_warps=8,
+             num_stages=3),
         dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
              num_warps=8, num_stages=3),
         dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
@@ -258,16 +275,26 @@ def dense_config(dtype: torch.dtype) -> dict:
     return dict(_DENSE_CONFIGS[dtype == torch.float32])
 
 
+def groups_for(k_pad: int) -> int:
+    """Column groups of the fused kernel's bound: >= k, and a multiple of its 16-column reads."""
+    return max(k_pad, 32)
+
+
+def list_capacity(k_pad: int, block_n: int) -> int:
+    """Keys a program's candidate list holds per row (see CAP_PER_K)."""
+    return CAP_PER_K * groups_for(k_pad) + block_n
+
+
 def split_plan(B: int, d_sae: int, k_pad: int, block_m: int, block_n: int) -> tuple[int, int]:
     """(N_SPLIT, TILES_PER_PROG): programs per row block along d_sae, and tiles each walks.
 
     Enough programs to fill a GPU (>= ~4 waves of 132 SMs), few enough that the candidate
-    lists (N_SPLIT * CAP_PER_K * k_pad int64 keys per row) stay within 0.1x of the row's
-    fp32 pre-activations."""
+    lists (N_SPLIT * list_capacity int64 keys per row) stay within CANDIDATE_FRACTION of the
+    row's fp32 pre-activations."""
     n_tiles = triton.cdiv(d_sae, block_n)
     row_blocks = triton.cdiv(B, block_m)
     want = max(1, triton.cdiv(528, row_blocks))
-    by_memory = max(1, (d_sae * 4 // 10) // (8 * CAP_PER_K * k_pad))
+    by_memory = max(1, int(CANDIDATE_FRACTION * d_sae * 4) // (8 * list_capacity(k_pad, block_n)))
     n_split = max(1, min(n_tiles, want, by_memory, 32))
     tiles = triton.cdiv(n_tiles, n_split)
     return triton.cdiv(n_tiles, tiles), tiles
@@ -355,18 +382,18 @@ def encode_topk_fused(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple
     d_sae = W_enc.shape[1]
     k_pad = _pow2(k)
     cfg = filter_config(k_pad, xc.dtype)
-    cap = CAP_PER_K * k_pad
     n_split, tiles = split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
+    cap = min(list_capacity(k_pad, cfg["BLOCK_N"]), tiles * cfg["BLOCK_N"])  # runtime argument
     tau = torch.full((B,), float("-inf"), dtype=torch.float32, device=xc.device)
     cand = torch.empty(B, n_split, cap, dtype=torch.int64, device=xc.device)
     counts = torch.empty(B, n_split, dtype=torch.int32, device=xc.device)
     grid = (triton.cdiv(B, cfg["BLOCK_M"]), n_split)
-    groups = max(k_pad, 32)
+    groups = groups_for(k_pad)
     scratch = torch.empty(grid[0] * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + groups),
                           dtype=torch.float32, device=xc.device)  # fmt: skip
     _topk_filter_kernel[grid](
-        xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, tiles,
-        GROUPS=groups, CAP=cap, SUB=16, PRECISION=_precision(xc.dtype), **cfg,
+        xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, tiles, cap,
+        GROUPS=groups, SUB=16, PRECISION=_precision(xc.dtype), **cfg,
     )  # fmt: skip
     vals, idx, over = _select_candidates(cand, counts, k)
     if bool(over.any()):  # a list filled up: redo those rows exactly
@@ -465,7 +492,7 @@ def aot_configs() -> list:
         p = "*" + dt
         for prec, k, arch in itertools.product(_precisions(dt), AOT_KS, (90, 80)):
             k_pad = _pow2(k)
-            cfg = filter_config(k_pad, torch_dt, arch)
+            cfg = filter_config(k_pad, torch_dt, arch, prec)
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             tiles = {n: cfg[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
             out.append(KernelConfig(
@@ -473,13 +500,12 @@ def aot_configs() -> list:
                 signature=dict(xc_ptr=p, w_ptr=p, b_enc_ptr=p, tau_ptr="*fp32",
                                cand_ptr="*i64", count_ptr="*i32", scratch_ptr="*fp32",
                                B="i32", D_IN="i32", D_SAE="i32", N_SPLIT="i32",
-                               TILES_PER_PROG="i32"),
-                constexprs=dict(GROUPS=max(k_pad, 32), CAP=CAP_PER_K * k_pad, SUB=16,
-                                PRECISION=prec, **tiles),
+                               TILES_PER_PROG="i32", CAP="i32"),
+                constexprs=dict(GROUPS=groups_for(k_pad), SUB=16, PRECISION=prec, **tiles),
                 num_warps=warps, num_stages=stages, archs=(arch,),
                 label=f"{dt} k={k} prec={prec} {_text(tiles)}",
                 divisible=("xc_ptr", "w_ptr", "b_enc_ptr", "tau_ptr", "cand_ptr", "count_ptr",
-                           "scratch_ptr", "D_IN", "D_SAE"),
+                           "scratch_ptr", "D_IN", "D_SAE", "CAP"),
                 int64_offsets=True,
             ))  # fmt: skip
         for prec in _precisions(dt):

@@ -53,6 +53,22 @@ def test_low_precision_follows_the_fp32_rule(method, dtype):
     assert_close(v, want.values, f"{dtype} values", rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("B,d_in,d_sae,k", [(33, 97, 1031, 7), (40, 32, 3000, 16), (5, 7, 13, 13)])
+def test_fused_kernel_alone_is_exact(B, d_in, d_sae, k, monkeypatch):
+    """The fused kernel itself, not its overflow fallback, gives the reference's code."""
+
+    def no_fallback(*args):
+        raise AssertionError("the fused path fell back to the chunked path")
+
+    monkeypatch.setattr(te, "encode_topk_chunked", no_fallback)
+    monkeypatch.setattr(te, "CAP_PER_K", 10**6)  # lists as long as the row: cannot overflow
+    x, W, be, bd = _inputs(B, d_in, d_sae, seed=7)
+    v, i = te.encode_topk_fwd(x, W, be, bd, k, method="fused")
+    want = ref.encode_topk(x, W, be, bd, k)
+    assert torch.equal(i, want.indices)
+    assert_close(v, want.values, "fused values")
+
+
 def test_fused_overflow_rows_are_redone_exactly(monkeypatch):
     """Columns sorted by value make every tile beat the bound: the candidate lists fill up,
     and those rows must come out exact through the chunked path."""
@@ -69,9 +85,9 @@ def test_fused_and_chunked_stay_within_the_memory_bound():
     """Extra memory of either path at the GPU benchmark shape is at most 0.2x of one
     [B, d_sae] fp32 buffer (candidate lists + scratch; the chunk buffer)."""
     B, d_sae, k_pad = 8192, 131072, 64
-    cfg = te.FILTER_CONFIGS[90][1]
+    cfg = te.filter_config(64, torch.bfloat16, arch=90, precision=0)
     n_split, _tiles = te.split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
-    cand = B * n_split * te.CAP_PER_K * k_pad * 8
+    cand = B * n_split * te.list_capacity(k_pad, cfg["BLOCK_N"]) * 8
     scratch = triton.cdiv(B, cfg["BLOCK_M"]) * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + 64) * 4
     dense = B * d_sae * 4
     assert cand + scratch <= 0.2 * dense, (n_split, cand, scratch)
