@@ -66,7 +66,7 @@ def fused_encoder_seconds(
 
     k_pad = 1 << max(0, (k - 1).bit_length())
     n_split, _ = te.split_plan(B, d_sae, k_pad, stats.block_m, stats.block_n)
-    lists = B * n_split * te.list_capacity(k_pad, stats.block_n) * 8.0  # int64 keys
+    lists = B * n_split * te.list_capacity(k_pad) * 8.0  # int64 keys
     select = _stream(lists * 3, gpu)  # mask the unused slots (read, write), torch.topk (read)
     return gemm_seconds(B, d_in, d_sae) + epilogue + select
 

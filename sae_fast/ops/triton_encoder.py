@@ -101,13 +101,13 @@ def _pack_keys(pre, cols):
 @triton.jit
 def _topk_filter_kernel(
     xc_ptr, w_ptr, b_enc_ptr, tau_ptr, cand_ptr, count_ptr, scratch_ptr,
-    B, D_IN, D_SAE, N_SPLIT, TILES_PER_PROG, CAP,
+    B, D_IN, D_SAE, N_SPLIT, COLS_PER_PROG, CAP, SCRATCH_STRIDE,
     GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One program: BLOCK_M rows x a run of TILES_PER_PROG feature tiles (see the module
-    docstring). The tile's fp32 pre-activations and the running group maxima live in this
+    """One program: BLOCK_M rows x COLS_PER_PROG features, a BLOCK_N tile at a time (see
+    the module docstring). The tile's fp32 pre-activations and the running group maxima live in this
     program's own L2-resident scratch, so the filter reads SUB columns at a time in a blocked
     layout instead of holding accumulator, keys and slots in registers at once."""
     pid_m = tl.program_id(0)
@@ -116,7 +116,7 @@ def _topk_filter_kernel(
     rows = pid_m.to(tl.int64) * BLOCK_M + r  # [BM]
     row_ok = rows < B
     j = tl.arange(0, SUB)  # [SUB]
-    scratch = scratch_ptr + (pid_m.to(tl.int64) * N_SPLIT + pid_n) * (BLOCK_M * (BLOCK_N + GROUPS))
+    scratch = scratch_ptr + (pid_m.to(tl.int64) * N_SPLIT + pid_n) * SCRATCH_STRIDE
     tile_ptrs = scratch + r[:, None] * BLOCK_N  # [BM, 1] the tile, row-major
     gm_ptrs = scratch + BLOCK_M * BLOCK_N + r[:, None] * GROUPS  # [BM, 1] group maxima
     for g0 in range(0, GROUPS, SUB):
@@ -124,8 +124,9 @@ def _topk_filter_kernel(
     tau = tl.full([BLOCK_M], float("-inf"), tl.float32)  # [BM] lower bound of the k-th value
     count = tl.zeros([BLOCK_M], dtype=tl.int32)  # [BM] entries this program has emitted
     cand_row = cand_ptr + (rows * N_SPLIT + pid_n) * CAP  # [BM] this program's lists
-    for t in range(TILES_PER_PROG):
-        n0 = (pid_n.to(tl.int64) * TILES_PER_PROG + t) * BLOCK_N
+    first = pid_n.to(tl.int64) * COLS_PER_PROG
+    for t in range(0, COLS_PER_PROG, BLOCK_N):
+        n0 = first + t
         acc = _gemm_tile(xc_ptr, w_ptr, pid_m.to(tl.int64) * BLOCK_M, n0, B, D_IN, D_SAE,
                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         c = tl.arange(0, BLOCK_N)
@@ -205,50 +206,53 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def filter_config(
+def filter_configs(
     k_pad: int, dtype: torch.dtype, arch: int | None = None, precision: int | None = None
-) -> dict:
-    """Tile sizes of the fused TopK kernel (the same table `aot_configs` compiles)."""
+) -> list[dict]:
+    """The fused TopK kernel's tile configurations for this launch, best guess first: the
+    autotuner times them on the first call of each shape (the same table `aot_configs`
+    compiles). The CPU interpreter gets one small configuration."""
     if _interpreting() and arch is None:
-        return dict(BLOCK_M=16, BLOCK_N=max(32, k_pad), BLOCK_K=16, num_warps=4, num_stages=1)
+        return [dict(BLOCK_M=16, BLOCK_N=max(32, k_pad), BLOCK_K=16, num_warps=4, num_stages=1)]
     precision = _precision(dtype) if precision is None else precision
     if dtype == torch.float32:
         kind = "ieee" if precision == 1 else torch.float32
     else:
         kind = None
-    for cfg in FILTER_CONFIGS[arch or gpu_arch()]:
-        if cfg["k_pad"] >= k_pad and cfg["dtype"] == kind:
-            return {n: v for n, v in cfg.items() if n not in ("k_pad", "dtype")}
+    for row in FILTER_CONFIGS[arch or gpu_arch()]:
+        if row["k_pad"] >= k_pad and row["dtype"] == kind:
+            names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+            return [dict(zip(names, alt, strict=True)) for alt in row["alts"]]
     raise ValueError(f"no fused TopK configuration for k <= {k_pad}")
+
+
+def filter_config(
+    k_pad: int, dtype: torch.dtype, arch: int | None = None, precision: int | None = None
+) -> dict:
+    """The first (untimed default) of `filter_configs`."""
+    return dict(filter_configs(k_pad, dtype, arch, precision)[0])
 
 
 # Per GPU generation, smallest k_pad first; `dtype` None = bf16/fp16, "ieee" = fp32 with
 # exact fp32 products (torch without tf32: FMA units, operands in registers, small tiles).
-# fp32 tiles hold half the K depth (twice the bytes per element) so the pipeline's shared
-# memory stays under sm_90's 227 KB. sm_80's mma.sync keeps operand fragments in registers,
-# so 128x256 tiles spill there: 64x256. Each row was checked spill-free by make gpu-compile.
+# `alts`: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) the autotuner chooses between. fp32
+# tiles hold half the K depth (twice the bytes per element) so the pipeline's shared memory
+# stays under sm_90's 227 KB. sm_80's mma.sync keeps operand fragments in registers, so
+# 128x256 tiles spill there: 64x256. Every one is checked spill-free by make gpu-compile.
 FILTER_CONFIGS = {
     90: [
-        dict(k_pad=64, dtype="ieee", BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8,
-             num_stages=3),
-        dict(k_pad=256, dtype="ieee", BLOCK_M=64, BLOCK_N=256, BLOCK_K=16, num_warps=8,
-             num_stages=3),
-        dict(k_pad=64, dtype=torch.float32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32,
-             num_warps=8, num_stages=3),
-        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
-             num_warps=8, num_stages=3),
-        dict(k_pad=64, dtype=None, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8,
-             num_stages=3),
-        dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
-             num_stages=3),
+        dict(k_pad=64, dtype="ieee", alts=[(64, 128, 32, 8, 3)]),
+        dict(k_pad=256, dtype="ieee", alts=[(64, 256, 16, 8, 3)]),
+        dict(k_pad=64, dtype=torch.float32, alts=[(128, 128, 32, 8, 3)]),
+        dict(k_pad=256, dtype=torch.float32, alts=[(64, 256, 32, 8, 3)]),
+        dict(k_pad=64, dtype=None, alts=[(128, 256, 64, 8, 3), (128, 256, 64, 8, 4),
+                                          (128, 128, 64, 8, 4)]),
+        dict(k_pad=256, dtype=None, alts=[(64, 256, 64, 8, 3)]),
     ],
     80: [
-        dict(k_pad=256, dtype="ieee", BLOCK_M=64, BLOCK_N=256, BLOCK_K=16, num_warps=8,
-             num_stages=3),
-        dict(k_pad=256, dtype=torch.float32, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32,
-             num_warps=8, num_stages=3),
-        dict(k_pad=256, dtype=None, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8,
-             num_stages=3),
+        dict(k_pad=256, dtype="ieee", alts=[(64, 256, 16, 8, 3)]),
+        dict(k_pad=256, dtype=torch.float32, alts=[(64, 256, 32, 8, 3)]),
+        dict(k_pad=256, dtype=None, alts=[(64, 256, 64, 8, 3)]),
     ],
 }  # fmt: skip
 MAX_FUSED_K_PAD = 256
@@ -275,29 +279,34 @@ def dense_config(dtype: torch.dtype) -> dict:
     return dict(_DENSE_CONFIGS[dtype == torch.float32])
 
 
+TILE_QUANTUM = 256  # the widest BLOCK_N of every table
+
+
 def groups_for(k_pad: int) -> int:
     """Column groups of the fused kernel's bound: >= k, and a multiple of its 16-column reads."""
     return max(k_pad, 32)
 
 
-def list_capacity(k_pad: int, block_n: int) -> int:
+def list_capacity(k_pad: int) -> int:
     """Keys a program's candidate list holds per row (see CAP_PER_K)."""
-    return CAP_PER_K * groups_for(k_pad) + block_n
+    return CAP_PER_K * groups_for(k_pad) + TILE_QUANTUM
 
 
 def split_plan(B: int, d_sae: int, k_pad: int, block_m: int, block_n: int) -> tuple[int, int]:
-    """(N_SPLIT, TILES_PER_PROG): programs per row block along d_sae, and tiles each walks.
+    """(N_SPLIT, COLS_PER_PROG): programs per row block along d_sae, and the features each
+    walks (a multiple of TILE_QUANTUM, so that every configuration's BLOCK_N divides it).
 
     Enough programs to fill a GPU (>= ~4 waves of 132 SMs), few enough that the candidate
     lists (N_SPLIT * list_capacity int64 keys per row) stay within CANDIDATE_FRACTION of the
     row's fp32 pre-activations."""
-    n_tiles = triton.cdiv(d_sae, block_n)
+    del block_n
+    n_tiles = triton.cdiv(d_sae, TILE_QUANTUM)
     row_blocks = triton.cdiv(B, block_m)
     want = max(1, triton.cdiv(528, row_blocks))
-    by_memory = max(1, int(CANDIDATE_FRACTION * d_sae * 4) // (8 * list_capacity(k_pad, block_n)))
+    by_memory = max(1, int(CANDIDATE_FRACTION * d_sae * 4) // (8 * list_capacity(k_pad)))
     n_split = max(1, min(n_tiles, want, by_memory, 32))
     tiles = triton.cdiv(n_tiles, n_split)
-    return triton.cdiv(n_tiles, tiles), tiles
+    return triton.cdiv(n_tiles, tiles), tiles * TILE_QUANTUM
 
 
 # ----------------------------------------------------------------------------- host side
@@ -376,24 +385,56 @@ def encode_topk_chunked(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tup
     return vals, idx
 
 
+_TUNED: dict[tuple, object] = {}
+
+
+def _filter_launcher(configs: list[dict]):
+    """`_topk_filter_kernel` as the launcher runs it: autotuned over `configs` on a GPU (one
+    autotuner per table row, so each keeps its own timings), plain in the interpreter."""
+    if _interpreting() or len(configs) == 1:
+        cfg = dict(configs[0])
+        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        return lambda grid, *args, **kw: _topk_filter_kernel[grid](
+            *args, **kw, **cfg, num_warps=warps, num_stages=stages
+        )
+    key = tuple(tuple(sorted(c.items())) for c in configs)
+    if key not in _TUNED:
+        tuned = [
+            triton.Config(
+                {n: c[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K")},
+                num_warps=c["num_warps"], num_stages=c["num_stages"],
+            )
+            for c in configs
+        ]  # fmt: skip
+        # Timing runs are harmless: each rewrites the counts and lists, and a bound that an
+        # earlier run tightened in tau is still a bound for the same inputs.
+        _TUNED[key] = triton.autotune(tuned, key=["B", "D_IN", "D_SAE", "CAP"])(_topk_filter_kernel)
+    kernel = _TUNED[key]
+    return lambda grid, *args, **kw: kernel[grid](*args, **kw)
+
+
 def encode_topk_fused(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Fused TopK of centred `xc`: fp32 (values, indices); overflowed rows go chunked."""
     B, d_in = xc.shape
     d_sae = W_enc.shape[1]
     k_pad = _pow2(k)
-    cfg = filter_config(k_pad, xc.dtype)
-    n_split, tiles = split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
-    cap = min(list_capacity(k_pad, cfg["BLOCK_N"]), tiles * cfg["BLOCK_N"])  # runtime argument
+    configs = filter_configs(k_pad, xc.dtype)
+    n_split, cols = split_plan(B, d_sae, k_pad, configs[0]["BLOCK_M"], configs[0]["BLOCK_N"])
+    cap = min(list_capacity(k_pad), cols)  # a runtime argument: no recompile
+    groups = groups_for(k_pad)
+    stride = max(c["BLOCK_M"] * (c["BLOCK_N"] + groups) for c in configs)
+    row_blocks = triton.cdiv(B, min(c["BLOCK_M"] for c in configs))
     tau = torch.full((B,), float("-inf"), dtype=torch.float32, device=xc.device)
     cand = torch.empty(B, n_split, cap, dtype=torch.int64, device=xc.device)
     counts = torch.empty(B, n_split, dtype=torch.int32, device=xc.device)
-    grid = (triton.cdiv(B, cfg["BLOCK_M"]), n_split)
-    groups = groups_for(k_pad)
-    scratch = torch.empty(grid[0] * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + groups),
-                          dtype=torch.float32, device=xc.device)  # fmt: skip
-    _topk_filter_kernel[grid](
-        xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, tiles, cap,
-        GROUPS=groups, SUB=16, PRECISION=_precision(xc.dtype), **cfg,
+    scratch = torch.empty(row_blocks * n_split * stride, dtype=torch.float32, device=xc.device)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(B, meta["BLOCK_M"]), n_split)
+
+    _filter_launcher(configs)(
+        grid, xc, W_enc, b_enc, tau, cand, counts, scratch, B, d_in, d_sae, n_split, cols, cap,
+        stride, GROUPS=groups, SUB=16, PRECISION=_precision(xc.dtype),
     )  # fmt: skip
     vals, idx, over = _select_candidates(cand, counts, k)
     if bool(over.any()):  # a list filled up: redo those rows exactly
@@ -492,22 +533,22 @@ def aot_configs() -> list:
         p = "*" + dt
         for prec, k, arch in itertools.product(_precisions(dt), AOT_KS, (90, 80)):
             k_pad = _pow2(k)
-            cfg = filter_config(k_pad, torch_dt, arch, prec)
-            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-            tiles = {n: cfg[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
-            out.append(KernelConfig(
-                name="encoder_topk_fused", fn=_topk_filter_kernel,
-                signature=dict(xc_ptr=p, w_ptr=p, b_enc_ptr=p, tau_ptr="*fp32",
-                               cand_ptr="*i64", count_ptr="*i32", scratch_ptr="*fp32",
-                               B="i32", D_IN="i32", D_SAE="i32", N_SPLIT="i32",
-                               TILES_PER_PROG="i32", CAP="i32"),
-                constexprs=dict(GROUPS=groups_for(k_pad), SUB=16, PRECISION=prec, **tiles),
-                num_warps=warps, num_stages=stages, archs=(arch,),
-                label=f"{dt} k={k} prec={prec} {_text(tiles)}",
-                divisible=("xc_ptr", "w_ptr", "b_enc_ptr", "tau_ptr", "cand_ptr", "count_ptr",
-                           "scratch_ptr", "D_IN", "D_SAE", "CAP"),
-                int64_offsets=True,
-            ))  # fmt: skip
+            for cfg in filter_configs(k_pad, torch_dt, arch, prec):
+                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                out.append(KernelConfig(
+                    name="encoder_topk_fused", fn=_topk_filter_kernel,
+                    signature=dict(xc_ptr=p, w_ptr=p, b_enc_ptr=p, tau_ptr="*fp32",
+                                   cand_ptr="*i64", count_ptr="*i32", scratch_ptr="*fp32",
+                                   B="i32", D_IN="i32", D_SAE="i32", N_SPLIT="i32",
+                                   COLS_PER_PROG="i32", CAP="i32", SCRATCH_STRIDE="i32"),
+                    constexprs=dict(GROUPS=groups_for(k_pad), SUB=16, PRECISION=prec, **cfg),
+                    num_warps=warps, num_stages=stages, archs=(arch,),
+                    label=f"{dt} k={k} prec={prec} {_text(cfg)} w{warps} s{stages}",
+                    divisible=("xc_ptr", "w_ptr", "b_enc_ptr", "tau_ptr", "cand_ptr",
+                               "count_ptr", "scratch_ptr", "D_IN", "D_SAE", "COLS_PER_PROG",
+                               "CAP", "SCRATCH_STRIDE"),
+                    int64_offsets=True,
+                ))  # fmt: skip
         for prec in _precisions(dt):
             dense = dict(_DENSE_CONFIGS[dt == "fp32"])
             warps, stages = dense.pop("num_warps"), dense.pop("num_stages")

@@ -87,7 +87,7 @@ def test_fused_and_chunked_stay_within_the_memory_bound():
     B, d_sae, k_pad = 8192, 131072, 64
     cfg = te.filter_config(64, torch.bfloat16, arch=90, precision=0)
     n_split, _tiles = te.split_plan(B, d_sae, k_pad, cfg["BLOCK_M"], cfg["BLOCK_N"])
-    cand = B * n_split * te.list_capacity(k_pad, cfg["BLOCK_N"]) * 8
+    cand = B * n_split * te.list_capacity(k_pad) * 8
     scratch = triton.cdiv(B, cfg["BLOCK_M"]) * n_split * cfg["BLOCK_M"] * (cfg["BLOCK_N"] + 64) * 4
     dense = B * d_sae * 4
     assert cand + scratch <= 0.2 * dense, (n_split, cand, scratch)
