@@ -11,11 +11,13 @@
 
 namespace sae_fast {
 
-// Every index must address a feature: 0 <= i < d_sae. One pass over B*k int64s.
+// Every index must address a feature: 0 <= i < d_sae. One pass over B*k int64s (aminmax,
+// not min() then max(): the check runs in every op of a step).
 inline void check_index_range(const at::Tensor& indices, int64_t d_sae) {
   if (indices.numel() == 0) return;
-  const int64_t lo = indices.min().item<int64_t>();
-  const int64_t hi = indices.max().item<int64_t>();
+  const auto [min_t, max_t] = at::aminmax(indices);
+  const int64_t lo = min_t.item<int64_t>();
+  const int64_t hi = max_t.item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < d_sae, "indices must be in [0, ", d_sae, "), got range [", lo, ", ", hi, "]");
 }
 

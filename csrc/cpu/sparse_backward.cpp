@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 
 #include "../checks.h"
 #include "kernels.h"
@@ -57,15 +58,36 @@ std::tuple<at::Tensor, at::Tensor> feature_segments_cpu(const at::Tensor& indice
   check_index_range(indices, d_sae);
   auto flat = indices.contiguous().view(-1);
   const int64_t N = flat.numel();
-  auto offsets = at::zeros({d_sae + 1}, indices.options());
+  auto offsets = at::empty({d_sae + 1}, indices.options());
   auto perm = at::empty({N}, indices.options());
   const int64_t* ip = flat.data_ptr<int64_t>();
   int64_t* off = offsets.data_ptr<int64_t>();
   int64_t* pp = perm.data_ptr<int64_t>();
-  for (int64_t n = 0; n < N; ++n) ++off[ip[n] + 1];       // counts
-  for (int64_t f = 0; f < d_sae; ++f) off[f + 1] += off[f];  // exclusive prefix sums
-  std::vector<int64_t> cursor(off, off + d_sae);
-  for (int64_t n = 0; n < N; ++n) pp[cursor[ip[n]]++] = n;  // stable: positions ascend
+  // Parts of the positions are counted and scattered in parallel; part t's cursor for feature
+  // f starts after every earlier part's entries of f, so the sort stays stable and its result
+  // (unique for a stable sort) does not depend on the number of parts.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / 16384));
+  std::vector<int64_t> cursor(parts * d_sae, 0);  // [parts, d_sae]: counts, then cursors
+_Pragma("omp parallel for schedule(static, 1) if (parts > 1)")
+  for (int64_t t = 0; t < parts; ++t) {
+    int64_t* cnt = cursor.data() + t * d_sae;
+    for (int64_t n = N * t / parts; n < N * (t + 1) / parts; ++n) ++cnt[ip[n]];
+  }
+  int64_t running = 0;  // exclusive prefix sums over (feature, part)
+  for (int64_t f = 0; f < d_sae; ++f) {
+    off[f] = running;
+    for (int64_t t = 0; t < parts; ++t) {
+      const int64_t c = cursor[t * d_sae + f];
+      cursor[t * d_sae + f] = running;
+      running += c;
+    }
+  }
+  off[d_sae] = running;
+_Pragma("omp parallel for schedule(static, 1) if (parts > 1)")
+  for (int64_t t = 0; t < parts; ++t) {
+    int64_t* cur = cursor.data() + t * d_sae;
+    for (int64_t n = N * t / parts; n < N * (t + 1) / parts; ++n) pp[cur[ip[n]]++] = n;  // positions ascend
+  }
   return {perm, offsets};
 }
 

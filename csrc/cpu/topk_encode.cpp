@@ -1,10 +1,27 @@
 // TopK encoder on the CPU: pre = (x - b_dec) @ W_enc + b_enc, one tile of rows and one block
 // of features at a time (a BLAS call per tile and block on a strided view of W_enc, no copy),
 // merged into a running per-row top-k kept as a min-heap whose root is the worst kept entry.
-// Peak extra memory is O(threads * rows * block), never O(B * d_sae). Order: value descending, then lower index first; a
-// later feature never displaces an equal earlier one, so ties go to the lower index.
+// Peak extra memory is O(threads * rows * block), never O(B * d_sae) (bf16/fp16 add one fp32
+// copy of W_enc, see below). Order: value descending, then lower index first; a later feature
+// never displaces an equal earlier one, so ties go to the lower index.
+//
+// Ranking is on an integer key of the value (order_key): the same order as the floating-point
+// one, with -0 == +0, and NaN ranked above every number (as torch.topk does), so the order is
+// total and a NaN cannot corrupt the heap.
+//
+// Low precision (DESIGN.md section 3): for bf16/fp16, x - b_dec is computed in the input dtype,
+// then the GEMM runs in fp32 (fp32 copies of that and of W_enc) with an fp32 result, b_enc is
+// added in fp32 and the ranking is on the fp32 value; values are relu(pre) cast back.
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 #include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include <ATen/OpMathType.h>
 
@@ -15,30 +32,51 @@ namespace sae_fast {
 
 namespace {
 
+// The integer type whose order matches acc_t's (float -> int32, double -> int64).
+template <typename acc_t>
+using key_t = std::conditional_t<sizeof(acc_t) == 4, int32_t, int64_t>;
+
+// Order-preserving key: a < b (as numbers) iff key(a) < key(b); -0 and +0 share a key; every
+// NaN gets the largest key. Branch-free, so the per-block pass vectorises.
+template <typename acc_t>
+inline key_t<acc_t> order_key(acc_t v) {
+  using K = key_t<acc_t>;
+  v += acc_t(0);  // -0 + 0 = +0
+  K bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const K magnitude = std::numeric_limits<K>::max();  // all bits but the sign
+  K key = bits ^ ((bits >> (8 * sizeof(K) - 1)) & magnitude);  // negatives: flip magnitude
+  return v != v ? magnitude : key;
+}
+
 template <typename acc_t>
 struct Entry {
+  key_t<acc_t> key;
   acc_t value;
   int64_t index;
 };
 
-// a ranks before b: larger value, then lower index.
+// a ranks before b: larger value, then lower index. Branch-free (`|`, `&`): heap sifts pick
+// children with it, and a mispredicted branch per level would cost more than the compare.
 template <typename acc_t>
 inline bool ranks_before(const Entry<acc_t>& a, const Entry<acc_t>& b) {
-  return a.value > b.value || (a.value == b.value && a.index < b.index);
+  return (a.key > b.key) | ((a.key == b.key) & (a.index < b.index));
 }
 
 // Min-heap on rank: heap[0] is the entry that ranks last.
 template <typename acc_t>
 inline void sift_down(Entry<acc_t>* heap, int64_t n, int64_t i) {
+  const Entry<acc_t> e = heap[i];
   for (;;) {
-    int64_t worst = i;
-    const int64_t l = 2 * i + 1, r = l + 1;
-    if (l < n && ranks_before(heap[worst], heap[l])) worst = l;
-    if (r < n && ranks_before(heap[worst], heap[r])) worst = r;
-    if (worst == i) return;
-    std::swap(heap[i], heap[worst]);
+    const int64_t l = 2 * i + 1;
+    if (l >= n) break;
+    const int64_t r = l + 1;
+    const int64_t worst = l + static_cast<int64_t>((r < n) && ranks_before(heap[l], heap[r]));  // worse child
+    if (!ranks_before(e, heap[worst])) break;
+    heap[i] = heap[worst];
     i = worst;
   }
+  heap[i] = e;
 }
 
 template <typename acc_t>
@@ -51,41 +89,128 @@ inline void sift_up(Entry<acc_t>* heap, int64_t i) {
   }
 }
 
+constexpr int64_t kChunk = 64;  // entries per filter test of the warm phase
+
+// The k best of one block ([nb] keys, nb >= k) into `sel` ([k]), without a heap insert
+// per entry: bisect on the key for the largest t with at least k keys >= t (one vectorised
+// count per step, at most ~31 steps), then keep every key > t and the first keys == t by
+// index. A cold heap would otherwise take ~k * ln(nb / k) sifts per row, as
+// much as the GEMM's own tile costs at small d_sae.
+template <typename acc_t>
+void select_block(const acc_t* __restrict__ row, const acc_t* __restrict__ bias,
+                  const key_t<acc_t>* __restrict__ key, int64_t nb, int64_t f0, int64_t k,
+                  key_t<acc_t> lo, key_t<acc_t> hi, Entry<acc_t>* __restrict__ sel) {
+  using K = key_t<acc_t>;
+  using U = std::make_unsigned_t<K>;
+  // Invariant: count(key >= lo) >= k > count(key > hi) (lo, hi start at the block's min, max).
+  // A step that finds exactly k keys >= mid ends the search: those k are the answer, with
+  // no tie at the boundary (on continuous data that comes after ~half the ~31 steps).
+  while (lo < hi) {
+    const K mid = static_cast<K>(static_cast<U>(lo) + (static_cast<U>(hi) - static_cast<U>(lo) + 1) / 2);
+    int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+    for (int64_t c = 0; c < nb; ++c) count += key[c] >= mid;
+    if (count == k) {
+      lo = mid - 1;  // keys > lo: exactly k
+      break;
+    }
+    if (count > k) lo = mid; else hi = mid - 1;
+  }
+  int32_t above = 0;  // keys above lo: at most k of them
+#pragma omp simd reduction(+ : above)
+  for (int64_t c = 0; c < nb; ++c) above += key[c] > lo;
+  const int64_t ties = k - above;  // the first keys == lo by index fill the rest
+  int64_t n = 0, seen = 0;
+  auto take = [&](int64_t c) {  // key[c] >= lo
+    if (key[c] > lo || seen++ < ties) sel[n++] = {key[c], row[c] + bias[c], f0 + c};
+  };
+  int64_t c = 0;
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<K, int32_t>) {  // ~k of nb pass: visit the mask's set bits only
+    for (; c + 16 <= nb; c += 16) {
+      uint32_t mask = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(key + c), _mm512_set1_epi32(lo));
+      for (; mask != 0; mask &= mask - 1) take(c + __builtin_ctz(mask));
+    }
+  }
+#endif
+  for (; c < nb; ++c)
+    if (key[c] >= lo) take(c);
+}
+
+// Whether any of kChunk entries might beat the floor: `!(v < floor)` is true for every value
+// that could (larger, equal, NaN, and -0 against a +0 floor), so it never misses one.
+template <typename acc_t>
+inline bool chunk_may_enter(const acc_t* __restrict__ row, const acc_t* __restrict__ bias, acc_t floor) {
+  int32_t count = 0;  // an int reduction over a fixed trip count: GCC vectorises this form
+#pragma omp simd reduction(+ : count)
+  for (int64_t q = 0; q < kChunk; ++q) count += (row[q] + bias[q] < floor) ? 0 : 1;
+  return count > 0;
+}
+
 // Merge one block of pre-activations [nr, nb] (features f0..f0+nb) into the heaps of nr rows.
 // pre[b, c] + bias[c] is the pre-activation of feature f0 + c (the bias is added here, not
-// by addmm, which would first copy it into every row of the block).
-template <typename scalar_t, typename acc_t>
-void merge_block(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ bias, int64_t nr,
-                 int64_t nb, int64_t f0, int64_t k, Entry<acc_t>* heaps, int64_t* sizes) {
+// by addmm, which would first copy it into every row of the block). Scratch: `key` [nb],
+// `sel` [k].
+template <typename acc_t>
+void merge_block(const acc_t* __restrict__ pre, const acc_t* __restrict__ bias, int64_t nr, int64_t nb,
+                 int64_t f0, int64_t k, Entry<acc_t>* heaps, int64_t* sizes, key_t<acc_t>* __restrict__ key,
+                 Entry<acc_t>* __restrict__ sel) {
+  using K = key_t<acc_t>;
   for (int64_t b = 0; b < nr; ++b) {
     Entry<acc_t>* heap = heaps + b * k;
     int64_t n = sizes[b];
-    const scalar_t* row = pre + b * nb;
+    const acc_t* __restrict__ row = pre + b * nb;
     int64_t c = 0;
-    for (; c < nb && n < k; ++c) {  // fill phase
-      heap[n] = {static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]), f0 + c};
+    if (n == 0 && nb >= k) {  // the row's first block: select, no per-entry inserts
+      K kmin = std::numeric_limits<K>::max(), kmax = std::numeric_limits<K>::min();
+#pragma omp simd reduction(min : kmin) reduction(max : kmax)
+      for (int64_t q = 0; q < nb; ++q) {
+        const K kc = order_key<acc_t>(row[q] + bias[q]);
+        key[q] = kc;
+        kmin = std::min(kmin, kc);
+        kmax = std::max(kmax, kc);
+      }
+      select_block<acc_t>(row, bias, key, nb, f0, k, kmin, kmax, sel);
+      std::copy(sel, sel + k, heap);
+      for (int64_t i = k / 2 - 1; i >= 0; --i) sift_down(heap, k, i);
+      sizes[b] = k;
+      continue;
+    }
+    for (; c < nb && n < k; ++c) {  // fill phase (blocks narrower than k)
+      heap[n] = {order_key<acc_t>(row[c] + bias[c]), row[c] + bias[c], f0 + c};
       sift_up(heap, n++);
     }
-    acc_t floor = heap[0].value;  // the worst kept value; strictly greater is needed
-    constexpr int64_t kChunk = 32;
+    // Warm phase. Most chunks cannot beat the worst kept entry: a vectorised float test finds
+    // the chunks that might, and only those get the exact key test.
+    K floor = heap[0].key;  // the worst kept key; strictly greater is needed
+    acc_t floor_value = heap[0].value;
+    // The exact test of entry q, which passed the float test at some earlier floor.
+    auto offer = [&](int64_t q) {
+      const acc_t v = row[q] + bias[q];
+      if (v < floor_value) return;
+      const K kq = order_key<acc_t>(v);
+      if (!(kq > floor)) return;  // equal: the kept one has the lower index
+      heap[0] = {kq, v, f0 + q};
+      sift_down(heap, k, 0);
+      floor = heap[0].key;
+      floor_value = heap[0].value;
+    };
+#ifdef __AVX512F__
+    if constexpr (std::is_same_v<acc_t, float>) {
+      // 16 entries per compare; the mask's set bits are the only entries looked at again.
+      for (; c + 16 <= nb; c += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(row + c), _mm512_loadu_ps(bias + c));
+        uint32_t mask = _mm512_cmp_ps_mask(v, _mm512_set1_ps(floor_value), _CMP_NLT_UQ);
+        for (; mask != 0; mask &= mask - 1) offer(c + __builtin_ctz(mask));
+      }
+    }
+#endif
     while (c < nb) {
       const int64_t end = std::min(nb, c + kChunk);
-      // Most chunks cannot beat the floor once the heap is warm: test them with one SIMD max.
-      acc_t chunk_max = static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]);
-#pragma omp simd reduction(max : chunk_max)
-      for (int64_t q = c; q < end; ++q)
-        chunk_max = std::max(chunk_max, static_cast<acc_t>(row[q]) + static_cast<acc_t>(bias[q]));
-      if (!(chunk_max > floor)) {  // NaN never displaces a kept entry, as in the scalar path
-        c = end;
-        continue;
-      }
-      for (; c < end; ++c) {
-        const acc_t v = static_cast<acc_t>(row[c]) + static_cast<acc_t>(bias[c]);
-        if (!(v > floor)) continue;  // equal: the kept one has the lower index
-        heap[0] = {v, f0 + c};
-        sift_down(heap, k, 0);
-        floor = heap[0].value;
-      }
+      // the tail goes straight to the exact test
+      if (end - c < kChunk || chunk_may_enter(row + c, bias + c, floor_value))
+        for (int64_t q = c; q < end; ++q) offer(q);
+      c = end;
     }
     sizes[b] = n;
   }
@@ -119,17 +244,22 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
   // The op computes in its inputs' dtype: an enclosing torch.autocast must not turn the
   // BLAS calls below into bf16 ones behind the kernel's back.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
-  auto xc = (x - b_dec).contiguous();  // [B, d_in]
-  auto bias = b_enc.contiguous();       // [d_sae]
   auto values = at::empty({B, k}, x.options());
   auto indices = at::empty({B, k}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "topk_encode_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = at::opmath_type<scalar_t>;  // the GEMM's and the ranking's dtype
+    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+    // x - b_dec in the input dtype, then (bf16/fp16 only) widened for the fp32 GEMM; W_enc is
+    // widened once per call (one fp32 copy; fp32/fp64 use the tensor, strided, as it is).
+    auto xc = (x - b_dec).to(acc_dtype).contiguous();  // [B, d_in]
+    auto W = W_enc.scalar_type() == acc_dtype ? W_enc : W_enc.to(acc_dtype).contiguous();  // [d_in, d_sae]
+    auto bias = b_enc.to(acc_dtype).contiguous();  // [d_sae]
     std::vector<Entry<acc_t>> heaps(B * k);
     std::vector<int64_t> sizes(B, 0);
-    const int64_t rows = tile_rows(B, block, x.element_size());
+    const int64_t rows = tile_rows(B, block, sizeof(acc_t));
     const int64_t n_tiles = (B + rows - 1) / rows;
-    const scalar_t* bias_ptr = bias.data_ptr<scalar_t>();
+    const int64_t nb_max = std::min(block, d_sae);
+    const acc_t* bias_ptr = bias.data_ptr<acc_t>();
     // Each thread takes whole row tiles: per tile, one GEMM per feature block into its own
     // buffer, merged at once. Tiles depend on B only, so the result does not depend on the
     // thread count.
@@ -139,7 +269,9 @@ _Pragma("omp parallel")
       // autograd and outside autocast here too.
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       c10::impl::ExcludeDispatchKeyGuard no_autocast_here(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
-      auto buf = at::empty({rows * block}, x.options());
+      auto buf = at::empty({rows * nb_max}, xc.options());
+      std::vector<key_t<acc_t>> key(nb_max);
+      std::vector<Entry<acc_t>> sel(k);
 _Pragma("omp for schedule(dynamic, 1)")
       for (int64_t t = 0; t < n_tiles; ++t) {
         const int64_t r0 = t * rows, nr = std::min(rows, B - r0);
@@ -147,9 +279,9 @@ _Pragma("omp for schedule(dynamic, 1)")
         for (int64_t f0 = 0; f0 < d_sae; f0 += block) {
           const int64_t nb = std::min(block, d_sae - f0);
           auto pre = buf.narrow(0, 0, nr * nb).view({nr, nb});
-          at::mm_out(pre, xt, W_enc.narrow(1, f0, nb));  // [nr, nb], strided view of W_enc
-          merge_block<scalar_t, acc_t>(pre.data_ptr<scalar_t>(), bias_ptr + f0, nr, nb, f0, k,
-                                       heaps.data() + r0 * k, sizes.data() + r0);
+          at::mm_out(pre, xt, W.narrow(1, f0, nb));  // [nr, nb], strided view of W
+          merge_block<acc_t>(pre.data_ptr<acc_t>(), bias_ptr + f0, nr, nb, f0, k, heaps.data() + r0 * k,
+                             sizes.data() + r0, key.data(), sel.data());
         }
       }
     }
@@ -158,7 +290,7 @@ _Pragma("omp for schedule(dynamic, 1)")
 _Pragma("omp parallel for schedule(static)")
     for (int64_t b = 0; b < B; ++b) {
       Entry<acc_t>* heap = heaps.data() + b * k;
-      std::sort(heap, heap + k, ranks_before<acc_t>);
+      std::sort(heap, heap + k, [](const Entry<acc_t>& a, const Entry<acc_t>& b) { return ranks_before(a, b); });
       for (int64_t j = 0; j < k; ++j) {
         vout[b * k + j] = static_cast<scalar_t>(std::max(heap[j].value, acc_t(0)));  // ReLU
         iout[b * k + j] = heap[j].index;
