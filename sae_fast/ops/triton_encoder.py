@@ -76,7 +76,7 @@ def _gemm_tile(xc_ptr, w_ptr, row0, col0, B, D_IN, D_SAE,
     w_base = w_ptr + col0  # scalar, int64
     x_offs = r[:, None] * D_IN + ks[None, :]  # [BM, BK] int64
     w_offs = ks[:, None].to(tl.int64) * D_SAE + c[None, :]  # [BK, BN] int64
-    w_step = D_SAE.to(tl.int64) * BLOCK_K
+    w_step = tl.cast(D_SAE, tl.int64) * BLOCK_K  # tl.cast: D_SAE may be a constexpr 1
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, D_IN, BLOCK_K):
         k_ok = (k0 + ks) < D_IN
