@@ -1,6 +1,6 @@
 """The autograd layer joining a TopK encoder, a sparse decoder and the sparse backward.
 
-One implementation of the math for every kernel set (Triton, native C++/CUDA): a backend
+One implementation of the math for every kernel set (Triton, native C++): a backend
 hands `register_sparse_ops` an object with five kernels, and gets back three differentiable
 `torch.library` custom ops (with fake implementations, so `torch.compile(fullgraph=True)`
 sees through them):

@@ -1,4 +1,4 @@
-"""Loads the compiled extension `sae_fast._C` (C++/OpenMP, optionally CUDA) if it was built.
+"""Loads the compiled extension `sae_fast._C` (C++/OpenMP, CPU tensors) if it was built.
 
 The package imports without it; `sae_fast/__init__.py` warns once which backend it fell
 back to. The extension registers its ops under `torch.ops.sae_fast`; this module gives them
@@ -64,15 +64,8 @@ def grad_values(grad: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 
 
 def feature_segments(indices: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
-    """Stable counting sort of the flat indices by feature: (perm, offsets [d_sae + 1]).
-
-    On CUDA tensors (no native counting sort there) the same result comes from torch.sort.
-    """
+    """Stable counting sort of the flat indices by feature: (perm, offsets [d_sae + 1])."""
     _require()
-    if indices.is_cuda:
-        from .autograd import feature_segments as torch_segments
-
-        return torch_segments(indices, d_sae)
     return torch.ops.sae_fast.feature_segments(indices, d_sae)
 
 
@@ -88,11 +81,8 @@ def feature_reduce_cols(
     perm: Tensor, offsets: Tensor, coef: Tensor, src: Tensor, with_sum: bool
 ) -> tuple[Tensor, Tensor]:
     """`feature_reduce` written as columns, `[D, d_sae]` (W_enc's layout). The CPU kernel
-    writes them directly (no transpose, no `[d_sae, D]` buffer); CUDA transposes the rows."""
+    writes them directly (no transpose, no `[d_sae, D]` buffer)."""
     _require()
-    if src.is_cuda:
-        out, sums = feature_reduce(perm, offsets, coef, src, with_sum)
-        return out.t().contiguous(), sums
     return torch.ops.sae_fast.feature_reduce_cols(perm, offsets, coef, src, with_sum)
 
 

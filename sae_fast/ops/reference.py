@@ -1,6 +1,6 @@
 """Pure-torch reference of every SAE op: the single source of truth (DESIGN.md section 3).
 
-Every kernel (Triton, C++, CUDA) is tested against these functions, and the `torch`
+Every kernel (Triton, C++) is tested against these functions, and the `torch`
 backend of `SparseAutoencoder` is built from them. They favour clarity over speed, but
 never silently differ from the contract:
 
