@@ -83,6 +83,9 @@ def topk_select(scores: Tensor, k: int) -> SparseCode:
     # any of the tied entries; redo those rows with a stable sort (lower index first).
     kth = vals[..., -1:]  # [B, 1]
     n_ge = (scores >= kth).sum(-1)  # [B]
+    nan_kth = kth.isnan().squeeze(-1)  # NaN ranks first (torch.topk): NaNs tie with each other
+    if bool(nan_kth.any()):
+        n_ge = torch.where(nan_kth, scores.isnan().sum(-1), n_ge)
     ambiguous = n_ge > k
     if bool(ambiguous.any()):
         rows = ambiguous.nonzero(as_tuple=True)[0]

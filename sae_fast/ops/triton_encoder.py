@@ -142,11 +142,13 @@ def _topk_filter_kernel(
             v = tl.load(tile_ptrs + s + j[None, :], cache_modifier=".cg")  # [BM, SUB]
             be = tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [SUB]
             v = tl.where(col_ok[None, :], v + be[None, :], float("-inf"))  # pre, fp32
-            emit = (v >= tau[:, None]) & col_ok[None, :] & row_ok[:, None]  # [BM, SUB]
+            nan = v != v  # NaN ranks above every number, as in torch.topk: always a candidate
+            emit = ((v >= tau[:, None]) | nan) & col_ok[None, :] & row_ok[:, None]  # [BM, SUB]
             n_new = tl.sum(emit.to(tl.int32), axis=1)  # [BM]
             if tl.max(n_new, axis=0) > 0:
                 pos = count[:, None] + tl.cumsum(emit.to(tl.int32), axis=1) - 1  # [BM, SUB]
-                tl.store(cand_row[:, None] + pos, _pack_keys(v, cols), mask=emit & (pos < CAP))
+                keys = _pack_keys(tl.where(nan, float("nan"), v), cols)  # one NaN, sign +
+                tl.store(cand_row[:, None] + pos, keys, mask=emit & (pos < CAP))
                 count += n_new
             gp = gm_ptrs + (s % GROUPS) + j[None, :]  # [BM, SUB]
             gm = tl.maximum(tl.load(gp, cache_modifier=".cg"), v)
@@ -342,14 +344,16 @@ def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _select_candidates(cand: Tensor, counts: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(values fp32 [B, k], indices [B, k], overflowed rows [B] bool) from the lists."""
+    """(values fp32 [B, k], indices [B, k], rows to redo [B] bool) from the lists. A row is
+    redone when its lists overflowed, or when they hold fewer than k keys: a NaN
+    pre-activation is never emitted, and the chunked path ranks NaN as torch.topk does."""
     B, _n_split, cap = cand.shape
     slot = torch.arange(cap, device=cand.device)
     valid = slot[None, None, :] < counts[:, :, None].to(torch.int64)
     keys = torch.where(valid, cand, torch.full_like(cand, INT64_MIN)).reshape(B, -1)
     top = torch.topk(keys, k, dim=1, sorted=True).values  # unique keys: no ties to break
     vals, idx = unpack_keys(top)
-    return vals, idx, (counts > cap).any(1)
+    return vals, idx, (counts > cap).any(1) | (top[:, -1] == INT64_MIN)
 
 
 def _gemm_fp32(xc: Tensor, W: Tensor) -> Tensor:

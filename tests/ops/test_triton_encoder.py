@@ -69,6 +69,18 @@ def test_fused_kernel_alone_is_exact(B, d_in, d_sae, k, monkeypatch):
     assert_close(v, want.values, "fused values")
 
 
+@pytest.mark.parametrize("method", ["fused", "chunked"])
+def test_nan_rows_rank_as_the_reference_does(method):
+    """A NaN input never yields out-of-range indices: NaN ranks first, as in torch.topk."""
+    x, W, be, bd = _inputs(6, 16, 300, seed=8)
+    x[2, 3] = float("nan")  # row 2: every pre-activation is NaN
+    be[7] = float("nan")  # feature 7: NaN in every row
+    v, i = te.encode_topk_fwd(x, W, be, bd, 5, method=method)
+    want = ref.encode_topk(x, W, be, bd, 5)
+    assert torch.equal(i, want.indices)
+    assert bool(((i >= 0) & (i < 300)).all())
+
+
 def test_fused_overflow_rows_are_redone_exactly(monkeypatch):
     """Columns sorted by value make every tile beat the bound: the candidate lists fill up,
     and those rows must come out exact through the chunked path."""
