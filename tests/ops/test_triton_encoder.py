@@ -78,6 +78,7 @@ def test_nan_rows_rank_as_the_reference_does(method):
     v, i = te.encode_topk_fwd(x, W, be, bd, 5, method=method)
     want = ref.encode_topk(x, W, be, bd, 5)
     assert torch.equal(i, want.indices)
+    assert torch.equal(v.isnan(), want.values.isnan())
     assert bool(((i >= 0) & (i < 300)).all())
 
 
