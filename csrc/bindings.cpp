@@ -26,6 +26,7 @@ TORCH_LIBRARY(sae_fast, m) {
   m.def("feature_segments(Tensor indices, int d_sae) -> (Tensor, Tensor)");
   m.def("feature_reduce(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
   m.def("feature_reduce_cols(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
+  m.def("topk_sae_backward(Tensor grad, Tensor? grad_values, Tensor x, Tensor W_enc, Tensor b_dec, Tensor W_dec, Tensor values, Tensor indices) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
@@ -35,6 +36,7 @@ TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
   m.impl("feature_segments", &sae_fast::feature_segments_cpu);
   m.impl("feature_reduce", &sae_fast::feature_reduce_cpu);
   m.impl("feature_reduce_cols", &sae_fast::feature_reduce_cols_cpu);
+  m.impl("topk_sae_backward", &sae_fast::topk_sae_backward_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -36,4 +36,11 @@ std::tuple<at::Tensor, at::Tensor> feature_reduce_cols_cpu(const at::Tensor& per
                                                            const at::Tensor& coef, const at::Tensor& src,
                                                            bool with_sum);
 
+// The whole TopK SAE backward from one sort, one walk over the features (topk_backward.cpp):
+// (d_pre [B, k] acc dtype, dW_enc [D, d_sae], db_enc [d_sae] acc dtype, dW_dec [d_sae, D]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_sae_backward_cpu(
+    const at::Tensor& grad, const c10::optional<at::Tensor>& grad_values, const at::Tensor& x,
+    const at::Tensor& W_enc, const at::Tensor& b_dec, const at::Tensor& W_dec, const at::Tensor& values,
+    const at::Tensor& indices);
+
 }  // namespace sae_fast

@@ -13,6 +13,7 @@
 // then the GEMM runs in fp32 (fp32 copies of that and of W_enc) with an fp32 result, b_enc is
 // added in fp32 and the ranking is on the fp32 value; values are relu(pre) cast back.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -91,25 +92,21 @@ inline void sift_up(Entry<acc_t>* heap, int64_t i) {
 
 constexpr int64_t kChunk = 64;  // entries per filter test of the warm phase
 
-// The k best of one block ([nb] keys, nb >= k) into `sel` ([k]), without a heap insert
-// per entry: bisect on the key for the largest t with at least k keys >= t (one vectorised
-// count per step, at most ~31 steps), then keep every key > t and the first keys == t by
-// index. A cold heap would otherwise take ~k * ln(nb / k) sifts per row, as
-// much as the GEMM's own tile costs at small d_sae.
-template <typename acc_t>
-void select_block(const acc_t* __restrict__ row, const acc_t* __restrict__ bias,
-                  const key_t<acc_t>* __restrict__ key, int64_t nb, int64_t f0, int64_t k,
-                  key_t<acc_t> lo, key_t<acc_t> hi, Entry<acc_t>* __restrict__ sel) {
-  using K = key_t<acc_t>;
+// The k best of n keys (n >= k): bisect on the key for the largest t with at least k keys >= t
+// (one vectorised count per step, at most ~31 steps), then emit every key > t and the first
+// keys == t in order, by calling emit(c) for each chosen c in increasing c. A cold heap would
+// otherwise take ~k * ln(n / k) sifts per row, as much as the GEMM's own tile costs at small
+// d_sae. Requires count(key >= lo) >= k > count(key > hi).
+template <typename K, typename Emit>
+void bisect_select(const K* __restrict__ key, int64_t n, int64_t k, K lo, K hi, Emit emit) {
   using U = std::make_unsigned_t<K>;
-  // Invariant: count(key >= lo) >= k > count(key > hi) (lo, hi start at the block's min, max).
   // A step that finds exactly k keys >= mid ends the search: those k are the answer, with
   // no tie at the boundary (on continuous data that comes after ~half the ~31 steps).
   while (lo < hi) {
     const K mid = static_cast<K>(static_cast<U>(lo) + (static_cast<U>(hi) - static_cast<U>(lo) + 1) / 2);
     int32_t count = 0;
 #pragma omp simd reduction(+ : count)
-    for (int64_t c = 0; c < nb; ++c) count += key[c] >= mid;
+    for (int64_t c = 0; c < n; ++c) count += key[c] >= mid;
     if (count == k) {
       lo = mid - 1;  // keys > lo: exactly k
       break;
@@ -118,23 +115,79 @@ void select_block(const acc_t* __restrict__ row, const acc_t* __restrict__ bias,
   }
   int32_t above = 0;  // keys above lo: at most k of them
 #pragma omp simd reduction(+ : above)
-  for (int64_t c = 0; c < nb; ++c) above += key[c] > lo;
+  for (int64_t c = 0; c < n; ++c) above += key[c] > lo;
   const int64_t ties = k - above;  // the first keys == lo by index fill the rest
-  int64_t n = 0, seen = 0;
+  int64_t seen = 0;
   auto take = [&](int64_t c) {  // key[c] >= lo
-    if (key[c] > lo || seen++ < ties) sel[n++] = {key[c], row[c] + bias[c], f0 + c};
+    if (key[c] > lo || seen++ < ties) emit(c);
   };
   int64_t c = 0;
 #ifdef __AVX512F__
-  if constexpr (std::is_same_v<K, int32_t>) {  // ~k of nb pass: visit the mask's set bits only
-    for (; c + 16 <= nb; c += 16) {
+  if constexpr (std::is_same_v<K, int32_t>) {  // ~k of n pass: visit the mask's set bits only
+    for (; c + 16 <= n; c += 16) {
       uint32_t mask = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(key + c), _mm512_set1_epi32(lo));
       for (; mask != 0; mask &= mask - 1) take(c + __builtin_ctz(mask));
     }
   }
 #endif
-  for (; c < nb; ++c)
+  for (; c < n; ++c)
     if (key[c] >= lo) take(c);
+}
+
+// A row's candidate list: the positions (ascending) of its keys >= a guessed threshold.
+template <typename K>
+struct Candidates {
+  std::vector<K> key;
+  std::vector<int32_t> pos;
+  int64_t cap = 0;  // more candidates than this: the guess was too low, bisect the row
+  explicit Candidates(int64_t k, int64_t nb)
+      : key(std::min<int64_t>(8 * k, nb) + 16), pos(std::min<int64_t>(8 * k, nb) + 16),
+        cap(std::min<int64_t>(8 * k, nb)) {}
+};
+
+// One pass over a block's pre-activations row[c] + bias[c]: the positions (ascending) and keys
+// of those whose key is >= t go to `cand`; returns how many (cand.cap + 1 or more once the
+// list is full: the caller then bisects the whole row) and the row's largest value.
+template <typename acc_t>
+int64_t gather_candidates(const acc_t* __restrict__ row, const acc_t* __restrict__ bias, int64_t nb,
+                          key_t<acc_t> t, Candidates<key_t<acc_t>>& cand, acc_t& vmax) {
+  int64_t n = 0, c = 0;
+  vmax = -std::numeric_limits<acc_t>::infinity();
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // Branch-free: compress the passing lanes in registers (a compress straight to memory is
+    // slow on some cores) and store all 16; the next store overwrites the unused tail.
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i tv = _mm512_set1_epi32(t), magnitude = _mm512_set1_epi32(0x7fffffff);
+    __m512 vm = _mm512_set1_ps(vmax);
+    for (; c + 16 <= nb && n <= cand.cap; c += 16) {
+      // order_key, vectorised: +0 for -0, negatives' magnitude bits flipped, NaN the largest
+      const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(row + c), _mm512_loadu_ps(bias + c)),
+                                     _mm512_setzero_ps());
+      const __m512i bits = _mm512_castps_si512(v);
+      __m512i kv = _mm512_xor_si512(bits, _mm512_and_si512(_mm512_srai_epi32(bits, 31), magnitude));
+      kv = _mm512_mask_mov_epi32(kv, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), magnitude);
+      vm = _mm512_max_ps(vm, v);
+      const __mmask16 mask = _mm512_cmpge_epi32_mask(kv, tv);
+      _mm512_storeu_si512(cand.key.data() + n, _mm512_maskz_compress_epi32(mask, kv));
+      const __m512i pv = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(c)));
+      _mm512_storeu_si512(cand.pos.data() + n, _mm512_maskz_compress_epi32(mask, pv));
+      n += __builtin_popcount(static_cast<uint32_t>(mask));
+    }
+    vmax = _mm512_reduce_max_ps(vm);
+  }
+#endif
+  for (; c < nb && n <= cand.cap; ++c) {
+    const acc_t v = row[c] + bias[c];
+    const key_t<acc_t> kc = order_key<acc_t>(v);
+    vmax = std::max(vmax, v);
+    if (kc >= t) {
+      cand.key[n] = kc;
+      cand.pos[n] = static_cast<int32_t>(c);
+      ++n;
+    }
+  }
+  return n;
 }
 
 // Whether any of kChunk entries might beat the floor: `!(v < floor)` is true for every value
@@ -154,25 +207,64 @@ inline bool chunk_may_enter(const acc_t* __restrict__ row, const acc_t* __restri
 template <typename acc_t>
 void merge_block(const acc_t* __restrict__ pre, const acc_t* __restrict__ bias, int64_t nr, int64_t nb,
                  int64_t f0, int64_t k, Entry<acc_t>* heaps, int64_t* sizes, key_t<acc_t>* __restrict__ key,
-                 Entry<acc_t>* __restrict__ sel) {
+                 Entry<acc_t>* __restrict__ sel, Candidates<key_t<acc_t>>& cand, bool only_block) {
   using K = key_t<acc_t>;
+  bool have_guess = false;  // a threshold guess from the previous row of this block
+  K guess = 0;
   for (int64_t b = 0; b < nr; ++b) {
     Entry<acc_t>* heap = heaps + b * k;
     int64_t n = sizes[b];
     const acc_t* __restrict__ row = pre + b * nb;
     int64_t c = 0;
     if (n == 0 && nb >= k) {  // the row's first block: select, no per-entry inserts
-      K kmin = std::numeric_limits<K>::max(), kmax = std::numeric_limits<K>::min();
-#pragma omp simd reduction(min : kmin) reduction(max : kmax)
-      for (int64_t q = 0; q < nb; ++q) {
-        const K kc = order_key<acc_t>(row[q] + bias[q]);
-        key[q] = kc;
-        kmin = std::min(kmin, kc);
-        kmax = std::max(kmax, kc);
+      // The exact top k (ties to the lower index) in one of two ways; the guess changes only
+      // the work. With a guess (the previous row's k-th value lowered by a quarter of its gap
+      // to that row's max: ~2k entries pass on rows alike), one fused pass gathers the keys
+      // >= guess and the bisection runs on those few. Without one, or when it kept fewer than
+      // k or overflowed the list, the whole row's keys are bisected, narrowed by what the
+      // guess showed.
+      int64_t m = 0;
+      acc_t kth = std::numeric_limits<acc_t>::infinity(), vmax;
+      auto emit_at = [&](int64_t q) {  // q: a position in the block
+        const acc_t v = row[q] + bias[q];
+        sel[m++] = {order_key<acc_t>(v), v, f0 + q};
+        kth = std::min(kth, v);
+      };
+      bool done = false;
+      K lo_bound = std::numeric_limits<K>::min(), hi_bound = std::numeric_limits<K>::max();
+      if (have_guess) {
+        const int64_t found = gather_candidates<acc_t>(row, bias, nb, guess, cand, vmax);
+        if (found >= k && found <= cand.cap) {
+          K top = guess;
+          for (int64_t q = 0; q < found; ++q) top = std::max(top, cand.key[q]);
+          bisect_select(cand.key.data(), found, k, guess, top, [&](int64_t q) { emit_at(cand.pos[q]); });
+          done = true;
+        } else if (found < k) {
+          hi_bound = guess - 1;  // fewer than k keys >= guess: the k-th lies below it
+        } else {
+          lo_bound = guess;  // at least k keys >= guess
+        }
       }
-      select_block<acc_t>(row, bias, key, nb, f0, k, kmin, kmax, sel);
+      if (!done) {
+        K kmin = std::numeric_limits<K>::max(), kmax = std::numeric_limits<K>::min();
+        vmax = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(min : kmin) reduction(max : kmax, vmax)
+        for (int64_t q = 0; q < nb; ++q) {
+          const acc_t v = row[q] + bias[q];
+          const K kc = order_key<acc_t>(v);
+          key[q] = kc;
+          kmin = std::min(kmin, kc);
+          kmax = std::max(kmax, kc);
+          vmax = std::max(vmax, v);
+        }
+        bisect_select(key, nb, k, std::max(kmin, lo_bound), std::min(kmax, hi_bound), emit_at);
+      }
+      const acc_t g = kth - (vmax - kth) / 4;  // the next row's guess; not finite: none
+      have_guess = std::isfinite(g) && std::isfinite(vmax);
+      if (have_guess) guess = order_key<acc_t>(g);
       std::copy(sel, sel + k, heap);
-      for (int64_t i = k / 2 - 1; i >= 0; --i) sift_down(heap, k, i);
+      if (!only_block)  // later blocks merge into a min-heap on rank (no later block: no heap)
+        for (int64_t i = k / 2 - 1; i >= 0; --i) sift_down(heap, k, i);
       sizes[b] = k;
       continue;
     }
@@ -216,12 +308,49 @@ void merge_block(const acc_t* __restrict__ pre, const acc_t* __restrict__ bias, 
   }
 }
 
-// Rows per tile: a thread's [rows, block] pre-activation tile stays within ~512 KiB, so it is
-// merged from L2 right after its GEMM instead of going out to memory and back; and a batch
-// gives at least 8 tiles when it can (16 rows or more each). A function of B and block only,
-// never of the thread count, so the result does not depend on it.
+// A row's k kept entries written in rank order (value descending, then lower index), values
+// ReLU'd. fp32 with indices below 2^31: each entry's rank is the number of entries that rank
+// before it, counted 8 at a time on a composite 64-bit key (no branches, no sort); otherwise
+// std::sort.
+template <typename acc_t, typename scalar_t>
+void write_sorted(Entry<acc_t>* e, int64_t k, scalar_t* vout, int64_t* iout) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<acc_t, float>) {
+    constexpr int64_t kMax = 256;
+    bool small = k <= kMax;
+    for (int64_t j = 0; j < k && small; ++j) small = e[j].index < (int64_t(1) << 31);
+    if (small) {
+      alignas(64) int64_t comp[kMax + 8];
+      for (int64_t j = 0; j < k; ++j)  // larger composite = ranks first; all distinct
+        comp[j] = static_cast<int64_t>(static_cast<uint64_t>(static_cast<int64_t>(e[j].key)) << 32) |
+                  (int64_t(0x7fffffff) - e[j].index);
+      for (int64_t j = k; j < k + 8; ++j) comp[j] = std::numeric_limits<int64_t>::min();  // never above
+      for (int64_t j = 0; j < k; ++j) {
+        const __m512i cj = _mm512_set1_epi64(comp[j]);
+        int64_t rank = 0;
+        for (int64_t q = 0; q < k; q += 8)
+          rank += __builtin_popcount(_mm512_cmpgt_epi64_mask(_mm512_load_si512(comp + q), cj));
+        vout[rank] = static_cast<scalar_t>(std::max(e[j].value, acc_t(0)));  // ReLU
+        iout[rank] = e[j].index;
+      }
+      return;
+    }
+  }
+#endif
+  std::sort(e, e + k, [](const Entry<acc_t>& a, const Entry<acc_t>& b) { return ranks_before(a, b); });
+  for (int64_t j = 0; j < k; ++j) {
+    vout[j] = static_cast<scalar_t>(std::max(e[j].value, acc_t(0)));  // ReLU
+    iout[j] = e[j].index;
+  }
+}
+
+// Rows per tile: enough that BLAS's repacking of the W_enc block (once per call) is small
+// against the tile's GEMM (at least 512 rows, or ~512 KiB of tile when blocks are narrow);
+// at 85-row tiles the repacking alone cost ~5% of the encode. A batch still gives at least 8
+// tiles when it can (16 rows or more each). A function of B and block only, never of the
+// thread count, so the result does not depend on it.
 inline int64_t tile_rows(int64_t B, int64_t block, int64_t itemsize) {
-  const int64_t by_cache = std::max<int64_t>((int64_t(1) << 19) / (block * itemsize), 16);
+  const int64_t by_cache = std::max<int64_t>((int64_t(1) << 19) / (block * itemsize), 512);
   return std::max<int64_t>(std::min(by_cache, (B + 7) / 8), 16);
 }
 
@@ -272,6 +401,7 @@ _Pragma("omp parallel")
       auto buf = at::empty({rows * nb_max}, xc.options());
       std::vector<key_t<acc_t>> key(nb_max);
       std::vector<Entry<acc_t>> sel(k);
+      Candidates<key_t<acc_t>> cand(k, nb_max);
 _Pragma("omp for schedule(dynamic, 1)")
       for (int64_t t = 0; t < n_tiles; ++t) {
         const int64_t r0 = t * rows, nr = std::min(rows, B - r0);
@@ -281,7 +411,7 @@ _Pragma("omp for schedule(dynamic, 1)")
           auto pre = buf.narrow(0, 0, nr * nb).view({nr, nb});
           at::mm_out(pre, xt, W.narrow(1, f0, nb));  // [nr, nb], strided view of W
           merge_block<acc_t>(pre.data_ptr<acc_t>(), bias_ptr + f0, nr, nb, f0, k, heaps.data() + r0 * k,
-                             sizes.data() + r0, key.data(), sel.data());
+                             sizes.data() + r0, key.data(), sel.data(), cand, nb == d_sae);
         }
       }
     }
@@ -289,12 +419,7 @@ _Pragma("omp for schedule(dynamic, 1)")
     int64_t* iout = indices.data_ptr<int64_t>();
 _Pragma("omp parallel for schedule(static)")
     for (int64_t b = 0; b < B; ++b) {
-      Entry<acc_t>* heap = heaps.data() + b * k;
-      std::sort(heap, heap + k, [](const Entry<acc_t>& a, const Entry<acc_t>& b) { return ranks_before(a, b); });
-      for (int64_t j = 0; j < k; ++j) {
-        vout[b * k + j] = static_cast<scalar_t>(std::max(heap[j].value, acc_t(0)));  // ReLU
-        iout[b * k + j] = heap[j].index;
-      }
+      write_sorted<acc_t, scalar_t>(heaps.data() + b * k, k, vout + b * k, iout + b * k);
     }
   });
   return {values, indices};

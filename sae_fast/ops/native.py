@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import reference as ref
+
 try:
     from sae_fast import _C  # noqa: F401  (registers torch.ops.sae_fast.*)
 
@@ -31,13 +33,14 @@ def _require() -> None:
 
 
 def encode_block(batch: int) -> int:
-    """Features per BLAS call in the native TopK encoder. The kernel tiles rows so that a
-    thread's `[rows, block]` pre-activation tile stays in L2 (256 rows of fp32 at 512); on
-    a 2-core EPYC, 256-512 put the encode within 1.05x of the bare encoder GEMM, 4096 at
-    1.45x (`benchmarks/kernels.py`). `batch` is kept for callers; the block no longer
-    depends on it."""
+    """Features per BLAS call in the native TopK encoder. The kernel tiles rows (at least 512
+    when the batch has them) so that BLAS repacks W_enc rarely; each [rows, block] tile is
+    selected from while in cache. On the 2-core EPYC (interleaved medians, 2026-12-02)
+    1024 gave 1.01x the bare GEMM at d_sae=12288 (512: 1.04, 12288: 1.10), 0.98x at the
+    wide-k64 shape and 1.15x at d_sae=1536 (where every block size gave 1.14-1.22x).
+    `batch` is kept for callers; the block does not depend on it."""
     del batch
-    return 512
+    return 1024
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
@@ -86,6 +89,30 @@ def feature_reduce_cols(
     return torch.ops.sae_fast.feature_reduce_cols(perm, offsets, coef, src, with_sum)
 
 
+def sparse_backward(
+    grad: Tensor,
+    grad_values: Tensor | None,
+    x: Tensor,
+    W_enc: Tensor,
+    b_dec: Tensor,
+    W_dec: Tensor,
+    values: Tensor,
+    indices: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(d_pre [B, k] fp32, dW_enc, db_enc, dW_dec, db_dec) of a TopK SAE: one counting sort
+    and one C++ walk over the features for every gradient (`grad = dL/drecon`)."""
+    _require()
+    if W_enc.stride(0) != W_enc.shape[1] or W_enc.stride(1) != 1:
+        W_enc = W_enc.contiguous()
+    d_pre, dW_enc, db_enc, dW_dec = torch.ops.sae_fast.topk_sae_backward(
+        grad, grad_values, x, W_enc, b_dec, W_dec, values, indices
+    )
+    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
+    acc = torch.promote_types(grad.dtype, torch.float32)
+    db_dec = grad.sum(0, dtype=acc) + ref.b_dec_grad_through_encoder(W_enc, db_enc)
+    return d_pre, dW_enc, db_enc, dW_dec, db_dec.to(b_dec.dtype)
+
+
 if NATIVE_AVAILABLE:
 
     def _acc(t: Tensor) -> torch.dtype:
@@ -113,6 +140,16 @@ if NATIVE_AVAILABLE:
         acc = _acc(src)
         return src.new_empty(d_sae, src.shape[1], dtype=acc), src.new_empty(
             d_sae if with_sum else 0, dtype=acc
+        )
+
+    @torch.library.register_fake("sae_fast::topk_sae_backward")
+    def _(grad, grad_values, x, W_enc, b_dec, W_dec, values, indices):
+        acc = _acc(W_dec)
+        return (
+            values.new_empty(values.shape, dtype=acc),
+            torch.empty_like(W_enc),
+            W_dec.new_empty(W_dec.shape[0], dtype=acc),
+            torch.empty_like(W_dec),
         )
 
     @torch.library.register_fake("sae_fast::feature_reduce_cols")

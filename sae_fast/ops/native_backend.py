@@ -20,6 +20,7 @@ class NativeKernels:
     segments = staticmethod(native.feature_segments)
     feature_reduce = staticmethod(native.feature_reduce)
     feature_reduce_cols = staticmethod(native.feature_reduce_cols)
+    sparse_backward = staticmethod(native.sparse_backward)
 
 
 native_encode_topk, native_decode_sparse, native_topk_sae = register_sparse_ops(

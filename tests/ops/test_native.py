@@ -124,6 +124,35 @@ def test_topk_encode_ties_go_to_the_lower_index_across_blocks():
         assert i.tolist() == [[0, 1, 2]] * 4 and not v.any()
 
 
+@pytest.mark.parametrize("k", [1, 8, 40])
+def test_topk_encode_threshold_guess_never_changes_the_result(k):
+    """Each row's selection starts from a threshold guessed from the row before it; rows
+    whose scale jumps by 1e4 either way (the guess keeps fewer than k, or overflows its
+    list), rows of ties, rows with NaN and rows of -inf must still give exactly the
+    reference's top k, indices bitwise, in rank order, whatever the block."""
+    g = torch.Generator().manual_seed(k)
+    B, d_in, d_sae = 48, 16, 700
+    x = torch.randn(B, d_in, generator=g)
+    x[1::3] *= 1e4  # far above the previous row: the guess keeps every entry (overflow)
+    x[2::3] *= 1e-4  # far below: the guess keeps fewer than k
+    W = torch.randn(d_in, d_sae, generator=g) / 4
+    be = torch.zeros(d_sae)
+    x[10] = 0  # a row of ties (every pre-activation equals b_enc = 0)
+    x[20, 0] = float("nan")  # NaN everywhere W[0] is non-zero
+    bd = torch.zeros(d_in)
+    want_v, want_i = ref.encode_topk(x, W, be, bd, k)
+    for block in (64, 700, 100000):
+        v, i = native.topk_encode(x, W, be, bd, k, block)
+        assert torch.equal(i, want_i), block
+        assert torch.equal(v.isnan(), want_v.isnan()), block
+        assert_close(v.nan_to_num(), want_v.nan_to_num(), f"block {block}", rtol=1e-5, atol=1e-5)
+    xi = torch.randn(B, d_in, generator=g)
+    be_inf = torch.full((d_sae,), float("-inf"))
+    be_inf[::7] = 0  # a hundred finite features, the rest -inf
+    want = ref.encode_topk(xi, W, be_inf, bd, k)
+    assert torch.equal(native.topk_encode(xi, W, be_inf, bd, k, 700)[1], want[1])
+
+
 def test_topk_encode_strided_w_enc_view():
     x, W, be, bd = _enc_inputs(9, 11, 64)
     wide = torch.randn(11, 100)
