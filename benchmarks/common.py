@@ -43,7 +43,7 @@ class Shape:
         return asdict(self)
 
 
-# DESIGN.md section 6: the CPU and GPU training rows, the CPU encode-memory row, and a
+# docs/design.md section 6: the CPU and GPU training rows, the CPU encode-memory row, and a
 # small preset for smoke runs (tests).
 PRESETS = {
     "cpu": Shape(384, 12288, 4096, 32),

@@ -1,7 +1,7 @@
 """The native CPU training step at awkward shapes (issue 16, point 8): one TopK step of
 `SparseAutoencoder(backend="native")` (zero_grad, forward, loss, backward, fused Adam)
 against the encoder GEMM alone, at a small dictionary, a wide one with a large k, and
-DESIGN.md's CPU shape.
+docs/design.md's CPU shape.
 
     python -m benchmarks.cpu_step                 # all three, writes results/cpu-step-<date>.md
     python -m benchmarks.cpu_step --shapes 4x --repeats 9 --out /tmp/b
@@ -26,7 +26,7 @@ from .train import time_shape
 SHAPES: dict[str, tuple[Shape, float]] = {
     "4x": (Shape(384, 1536, 4096, 32), 1.5),  # 4x dictionary: the GEMM is small
     "wide-k64": (Shape(768, 24576, 2048, 64), 1.5),
-    "design": (Shape(384, 12288, 4096, 32), 1.3),  # DESIGN.md section 6, the CPU row
+    "design": (Shape(384, 12288, 4096, 32), 1.3),  # docs/design.md section 6, the CPU row
 }
 
 

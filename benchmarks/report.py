@@ -1,5 +1,5 @@
 """Turn the suites' rows into what people read: a markdown report with the targets of
-DESIGN.md section 6 marked met or missed, and a PNG of step cost against dictionary size
+docs/design.md section 6 marked met or missed, and a PNG of step cost against dictionary size
 and batch size. Written atomically next to the CSV."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def markdown(rows: list[dict], device: str, main: Shape, meta: dict[str, str]) -
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "date"]
     checks = targets(rows, device, main)
     if checks:
-        lines += ["", "## Targets (DESIGN.md section 6)", ""]
+        lines += ["", "## Targets (docs/design.md section 6)", ""]
         lines += [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
     step = _at(rows, "train", main)
     if step:

@@ -98,7 +98,7 @@ def dense_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -
 
 
 class DenseReference(SaeFast):
-    """DESIGN.md section 3 written densely: `[B, d_sae]` codes from `dense_topk`,
+    """docs/design.md section 3 written densely: `[B, d_sae]` codes from `dense_topk`,
     `acts @ W_dec + b_dec`, and the dense backward GEMMs autograd derives from it;
     `compile=True` wraps it in torch.compile."""
 

@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
+from . import architectures
 from .errors import ConfigError
+from .validate import check_int
 
-ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
+ACTIVATIONS = architectures.names()  # the registry's, in order
 BACKENDS = ("auto", "triton", "native", "torch")
 PARALLEL = ("none", "data", "features")  # training parallelism (sae_fast.training.distributed)
 
@@ -44,27 +46,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """`value` as an int (bools refused), at least `minimum`; else a ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def check_feature_id(feature: Any, d_sae: int, where: str = "") -> int:
-    """`feature` as a feature id of an SAE with `d_sae` features, else a ConfigError."""
-    prefix = f"{where}: " if where else ""
-    if isinstance(feature, bool) or not isinstance(feature, int):
-        raise ConfigError(f"{prefix}feature id must be an integer, got {feature!r}")
-    if not 0 <= feature < d_sae:
-        raise ConfigError(
-            f"{prefix}unknown feature {feature}: out of range, the SAE has {d_sae} features"
-        )
-    return feature
-
-
 @dataclass
 class SAEConfig:
     """Architecture of one SAE plus where its activations came from (metadata)."""
@@ -85,18 +66,9 @@ class SAEConfig:
         """Raise ConfigError naming the first field that is wrong."""
         check_int("d_in", self.d_in, 1)
         check_int("d_sae", self.d_sae, 1)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
-            )
-        if self.activation in ("topk", "batchtopk"):
-            if self.k is None:
-                raise ConfigError(f"activation {self.activation!r} needs k")
-            check_int("k", self.k, 1)
-            if self.k > self.d_sae:
-                raise ConfigError(f"k must be <= d_sae ({self.d_sae}), got {self.k}")
-        else:
-            self.k = None
+        arch = architectures.get(self.activation)
+        self.activation = arch.name  # a SAELens name or alias becomes ours
+        arch.validate(self)
         self.dtype = dtype_name(dtype_from_name(self.dtype))
         for name in ("model_name", "hook_name"):
             value = getattr(self, name)
@@ -142,7 +114,7 @@ class TrainConfig:
     context_size: int = _opt(128, "tokens per window, special tokens included")
     max_tokens: int = _opt(100_000, "activations collected (the training set)")
     cache: str | None = _opt(None, "activation cache dir (read if present, else written)")
-    activation: str = _opt("topk", "topk | batchtopk | relu | jumprelu")
+    activation: str = _opt("topk", architectures.help_text())
     expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
     k: int = _opt(32, "active latents per token (topk) / per token on average (batchtopk)")
@@ -183,10 +155,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that is wrong."""
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
-            )
+        self.activation = architectures.get(self.activation).name
         if self.parallel not in PARALLEL:
             raise ConfigError(
                 f"unknown parallel mode {self.parallel!r}; expected one of {PARALLEL}"

@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import architectures
 from .config import SAEConfig, dtype_from_name
 from .errors import ConfigError
-from .ops import reference as ref
 from .ops.dispatch import check_backend_name, get_backend, resolve_backend
+from .output import SAEOutput
 
-
-@dataclass
-class SAEOutput:
-    """Result of `SparseAutoencoder.forward`.
-
-    `values`/`indices` (`[..., k]`, indices int64) are set for topk codes; `feature_acts`
-    (`[..., d_sae]`) for dense codes (relu, jumprelu, batchtopk). `dense_acts()` gives the
-    dense code in every case.
-    """
-
-    reconstruction: Tensor
-    values: Tensor | None = None
-    indices: Tensor | None = None
-    feature_acts: Tensor | None = None
-    d_sae: int = 0
-
-    def dense_acts(self) -> Tensor:
-        """Dense code `[..., d_sae]` (materialised from values/indices for topk)."""
-        if self.feature_acts is not None:
-            return self.feature_acts
-        if self.values is None or self.indices is None:
-            raise ValueError("SAEOutput holds neither a dense nor a sparse code")
-        return ref.densify(self.values, self.indices, self.d_sae)
+__all__ = ["SAEOutput", "SparseAutoencoder"]
 
 
 class SparseAutoencoder(nn.Module):
     """Sparse autoencoder with SAELens parameter names and orientation.
 
-    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`, and
-    `threshold [d_sae]` for jumprelu. Inputs may have any leading batch dims.
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`, plus what
+    the architecture adds (`threshold [d_sae]` for jumprelu, the `topk_threshold` buffer for
+    batchtopk). The architecture (`self.arch`, from `sae_fast.architectures`) does the
+    encoding; inputs may have any leading batch dims.
     """
 
     def __init__(
@@ -79,13 +59,9 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(w.t().contiguous().to(torch_dtype))  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=torch_dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=torch_dtype, device=device))
-        if activation == "jumprelu":
-            self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=torch_dtype, device=device))
-        else:
-            self.register_parameter("threshold", None)
-        # BatchTopK at inference: one scalar threshold replaces the batch selection in eval
-        # mode once a trainer (or an import) has estimated it.
-        self.batchtopk_threshold: float | None = None
+        self.register_parameter("threshold", None)  # jumprelu's init_state sets it
+        self.arch = architectures.get(self.cfg.activation)
+        self.arch.init_state(self)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -103,6 +79,20 @@ class SparseAutoencoder(nn.Module):
     @property
     def k(self) -> int | None:
         return self.cfg.k
+
+    @property
+    def batchtopk_threshold(self) -> float | None:
+        """BatchTopK's inference threshold (None until estimated, and for the others)."""
+        thr = getattr(self.arch, "threshold", None)
+        return thr(self) if thr is not None else None
+
+    @batchtopk_threshold.setter
+    def batchtopk_threshold(self, value: float | None) -> None:
+        setter = getattr(self.arch, "set_threshold", None)
+        if setter is not None:
+            setter(self, value)
+        elif value is not None:
+            raise ConfigError(f"a {self.activation} SAE has no batchtopk_threshold")
 
     @property
     def active_backend(self) -> str:
@@ -160,75 +150,39 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): nothing to encode")
         return x.reshape(-1, width), lead
 
-    def _ops(self):
+    def ops(self):
+        """The backend ops this SAE runs on now (see `sae_fast.ops.dispatch`)."""
         return get_backend(self.backend, self.device, self.dtype)
-
-    def _dense_code(self, x2: Tensor) -> Tensor:
-        ops = self._ops()
-        if (
-            self.activation == "batchtopk"
-            and not self.training
-            and (self.batchtopk_threshold is not None)
-        ):
-            thr = torch.full(
-                (self.d_sae,), self.batchtopk_threshold, dtype=self.dtype, device=self.device
-            )
-            return ops.encode_dense(x2, self.W_enc, self.b_enc, self.b_dec, "jumprelu", None, thr)
-        return ops.encode_dense(
-            x2, self.W_enc, self.b_enc, self.b_dec, self.activation, self.k, self.threshold
-        )
 
     # ------------------------------------------------------------------ API
     def forward(self, x: Tensor) -> SAEOutput:
         """Encode and decode `x [..., d_in]`; see SAEOutput for what is returned."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        ops = self._ops()
-        if self.activation == "topk":
-            recon, (values, indices) = ops.topk_sae(
-                x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k
-            )
-            return SAEOutput(
-                recon.reshape(*lead, self.d_in),
-                values=values.reshape(*lead, -1),
-                indices=indices.reshape(*lead, -1),
-                d_sae=self.d_sae,
-            )
-        acts = self._dense_code(x2)
-        recon = ops.decode_dense(acts, self.W_dec, self.b_dec)
-        return SAEOutput(
-            recon.reshape(*lead, self.d_in),
-            feature_acts=acts.reshape(*lead, self.d_sae),
-            d_sae=self.d_sae,
-        )
+        out = self.arch.forward(self, x2, self.ops())
+        out.reconstruction = out.reconstruction.reshape(*lead, self.d_in)
+        if out.values is not None:
+            out.values = out.values.reshape(*lead, -1)
+            out.indices = out.indices.reshape(*lead, -1)
+        if out.feature_acts is not None:
+            out.feature_acts = out.feature_acts.reshape(*lead, self.d_sae)
+        return out
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense codes `[..., d_sae]`."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        if self.activation == "topk":
-            values, indices = self._ops().encode_topk(
-                x2, self.W_enc, self.b_enc, self.b_dec, self.k
-            )
-            acts = ref.densify(values, indices, self.d_sae)
-        else:
-            acts = self._dense_code(x2)
-        return acts.reshape(*lead, self.d_sae)
+        return self.arch.encode(self, x2, self.ops()).reshape(*lead, self.d_sae)
 
     def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`(values, indices)`, each `[..., k]` for topk; for dense codes each row's
         non-zeros, zero-padded to the batch's largest L0."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        if self.activation == "topk":
-            values, indices = self._ops().encode_topk(
-                x2, self.W_enc, self.b_enc, self.b_dec, self.k
-            )
-        else:
-            values, indices = ref.dense_to_sparse(self._dense_code(x2))
+        values, indices = self.arch.encode_sparse(self, x2, self.ops())
         return values.reshape(*lead, -1), indices.reshape(*lead, -1)
 
     def decode(self, acts: Tensor) -> Tensor:
         """Reconstruction `[..., d_in]` from dense codes `[..., d_sae]`."""
         a2, lead = self._flatten(acts, self.d_sae, "acts")
-        return self._ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_in)
+        return self.ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_in)
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """Reconstruction `[..., d_in]` from a sparse code `values, indices [..., k]`."""
@@ -250,7 +204,7 @@ class SparseAutoencoder(nn.Module):
         lo, hi = int(i2.min()), int(i2.max())
         if lo < 0 or hi >= self.d_sae:
             raise IndexError(f"indices must be in [0, {self.d_sae}), got range [{lo}, {hi}]")
-        recon = self._ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
+        recon = self.ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
         return recon.reshape(*lead, self.d_in)
 
     # ------------------------------------------------------------------ persistence

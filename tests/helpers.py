@@ -121,3 +121,16 @@ def identity_sae(d_in: int):
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
         sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
     return sae
+
+
+def reference_code(activation, x, W_enc, b_enc, b_dec, k=None, threshold=None):
+    """The reference's dense code `[B, d_sae]` for an architecture name (the tests' one
+    map from a name to the reference ops)."""
+    from sae_fast.ops import reference as ref
+
+    if activation == "topk":
+        pre = ref.pre_activations(x, W_enc, b_enc, b_dec)
+        return ref.densify(*ref.topk_act(pre, k), pre.shape[-1]).to(W_enc.dtype)
+    if activation == "batchtopk":
+        return ref.batchtopk_act(ref.encode_dense(x, W_enc, b_enc, b_dec), k)
+    return ref.encode_dense(x, W_enc, b_enc, b_dec, threshold if activation == "jumprelu" else None)

@@ -1,4 +1,4 @@
-"""SparseAutoencoder: contract of DESIGN.md section 2, against the reference math."""
+"""SparseAutoencoder: contract of docs/design.md section 2, against the reference math."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import sae_fast
 from sae_fast import BackendUnavailableError, ConfigError, SparseAutoencoder
 from sae_fast.ops import reference as ref
-from tests.helpers import assert_close
+from tests.helpers import assert_close, reference_code
 
 ACTS = ["topk", "batchtopk", "relu", "jumprelu"]
 
@@ -44,8 +44,8 @@ def test_forward_matches_reference_any_leading_dims(activation, lead):
     out = sae(x)
     x2 = x.reshape(-1, 7)
     p = dict(sae.named_parameters())
-    dense = ref.encode_dense(
-        x2, p["W_enc"], p["b_enc"], p["b_dec"], activation, k=3, threshold=sae.threshold
+    dense = reference_code(
+        activation, x2, p["W_enc"], p["b_enc"], p["b_dec"], k=3, threshold=sae.threshold
     )
     assert out.reconstruction.shape == (*lead, 7)
     assert_close(

@@ -1,4 +1,4 @@
-// Sparse backward pieces on the CPU (DESIGN.md section 3):
+// Sparse backward pieces on the CPU (docs/design.md section 3):
 //   dL/dv[b, j]     = g[b] . W_dec[i[b, j]]                           grad_values_cpu
 //   dL/dW_dec[f]    = sum over (b, j) with i[b, j] = f of v[b, j] * g[b]  feature_reduce_cpu
 //   dL/dW_enc[:, f] = sum over (b, j) with i[b, j] = f of dL/dpre[b, j] * (x[b] - b_dec)

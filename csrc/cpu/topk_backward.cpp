@@ -1,4 +1,4 @@
-// The whole TopK SAE backward on the CPU in one walk over the features (DESIGN.md section 3):
+// The whole TopK SAE backward on the CPU in one walk over the features (docs/design.md section 3):
 // one stable counting sort of the indices, then for each feature f and each position (b, j)
 // of its segment, with g = dL/drecon[b] and xc = x[b] - b_dec:
 //   dv           = g . W_dec[f] (+ grad_values[b, j])        d_pre[b, j] = dv * (v[b, j] > 0)

@@ -9,7 +9,7 @@
 // one, with -0 == +0, and NaN ranked above every number (as torch.topk does), so the order is
 // total and a NaN cannot corrupt the heap.
 //
-// Low precision (DESIGN.md section 3): for bf16/fp16, x - b_dec is computed in the input dtype,
+// Low precision (docs/design.md section 3): for bf16/fp16, x - b_dec is computed in the input dtype,
 // then the GEMM runs in fp32 (fp32 copies of that and of W_enc) with an fp32 result, b_enc is
 // added in fp32 and the ranking is on the fp32 value; values are relu(pre) cast back.
 #include <algorithm>

@@ -143,11 +143,11 @@ def build_feature_site(
 ) -> Path:
     """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
-    from ..config import check_int
     from ..data.activations import load_model, select_windows, token_windows
     from ..data.corpus import load_texts
     from ..data.hooks import check_hook_width
     from ..sae import SparseAutoencoder
+    from ..validate import check_int
     from .features import collect_features, token_effects
 
     sae = SparseAutoencoder.load(sae_dir, backend=backend)

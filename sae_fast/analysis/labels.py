@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import check_feature_id
 from ..errors import ConfigError, FormatError
 from ..formats._io import atomic_file, read_json
+from ..validate import check_feature_id
 
 LABELS_FILE = "labels.json"
 SOURCES = ("human", "auto", "none")

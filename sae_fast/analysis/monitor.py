@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import check_feature_id
 from ..data.activations import iter_activations, token_windows
 from ..data.corpus import iter_jsonl
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
+from ..validate import check_feature_id
 
 SEVERITIES = ("low", "medium", "high", "critical")
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import check_feature_id
 from ..data.activations import pooled_embedding
 from ..data.hooks import patch
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
+from ..validate import check_feature_id
 
 MODES = ("add", "clamp", "ablate")
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from ..config import check_int
 from ..data.activations import (
     ActivationBatch,
     iter_activations,
@@ -29,6 +28,7 @@ from ..data.hooks import check_width, resolve_hook
 from ..data.store import concat_batches
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
+from ..validate import check_int
 from .metrics import ReconstructionMetrics, reconstruction_metrics
 from .splice import Fidelity
 

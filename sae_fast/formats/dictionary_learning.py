@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .. import architectures
 from ..config import SAEConfig, dtype_name
 from ..errors import ConfigError, FormatError
 from ._io import build_sae, cfg_get, check_tensors, fold_input_bias, read_json, require_dir
@@ -137,7 +138,7 @@ def load_dictionary_learning(
     sd = _read_pt(wpath)
     source_dtype = next((v.dtype for v in sd.values() if v.is_floating_point()), torch.float32)
     activation, params, thr = _params(cls, dict(sd), d_in, d_sae, str(wpath))
-    k = cfg_get(trainer, "k", int, where_t) if activation in ("topk", "batchtopk") else None
+    k = cfg_get(trainer, "k", int, where_t) if architectures.get(activation).uses_k else None
     buffer_cfg = raw.get("buffer")
     model_name = buffer_cfg.get("model_name") if isinstance(buffer_cfg, dict) else None
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, architectures
 from ..config import SAEConfig, dtype_from_name, dtype_name
 from ..errors import ConfigError, FormatError
 from ._io import (
@@ -36,9 +36,6 @@ CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
 
-TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
-FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
-
 
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write `sae` to directory `path` (atomically: temp dir, then rename)."""
@@ -46,7 +43,7 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     meta: dict[str, Any] = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
     meta.update(cfg.metadata)
     out: dict[str, Any] = {
-        "architecture": TO_SAELENS[cfg.activation],
+        "architecture": sae.arch.saelens_name,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": dtype_name(sae.dtype),
@@ -57,8 +54,7 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
         "metadata": meta,
         "sae_fast": {"version": __version__, "activation": cfg.activation},
     }
-    if cfg.k is not None:
-        out["k"] = cfg.k
+    out.update(sae.arch.saelens_fields(sae))
     if sae.batchtopk_threshold is not None:
         out["sae_fast"]["batchtopk_threshold"] = float(sae.batchtopk_threshold)
     tensors = {name: p for name, p in sae.named_parameters()}
@@ -97,18 +93,14 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
         arch = "topk"
         kwargs = cfg_get(raw, "activation_fn_kwargs", dict, where, default={})
         raw = {**raw, "k": kwargs.get("k", raw.get("k"))}
-    if arch not in FROM_SAELENS:
+    try:
+        architecture = architectures.get(arch)
+    except ConfigError:
         raise FormatError(
             f"{where}: architecture {arch!r} is not supported; sae_fast loads "
-            f"{sorted(FROM_SAELENS)}"
-        )
-    activation = FROM_SAELENS[arch]
-    k = None
-    if activation in ("topk", "batchtopk"):
-        k_raw = cfg_get(raw, "k", (int, float), where)
-        if isinstance(k_raw, float) and not k_raw.is_integer():
-            raise ConfigError(f"{where}: k={k_raw} is fractional; sae_fast needs an integer k")
-        k = int(k_raw)
+            f"{sorted(architectures.names())} (SAELens 'standard' is relu)"
+        ) from None
+    fields = architecture.from_saelens(raw, where)
 
     meta = raw.get("metadata", raw.get("meta", {})) or {}
     if not isinstance(meta, dict):
@@ -124,9 +116,9 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
         cfg = SAEConfig(
             d_in=d_in,
             d_sae=d_sae,
-            activation=activation,
-            k=k,
+            activation=architecture.name,
             dtype=dtype,
+            **fields,
             model_name=model_name if isinstance(model_name, str) else None,
             hook_name=hook_name if isinstance(hook_name, str) else None,
             metadata=extra,

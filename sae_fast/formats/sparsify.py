@@ -23,6 +23,10 @@ CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
 
 
+# sparsify's `activation` values -> sae_fast's architectures (groupmax has no counterpart)
+FROM_SPARSIFY = {"topk": "topk"}
+
+
 def load_sparsify(
     path: str | Path,
     *,
@@ -41,9 +45,11 @@ def load_sparsify(
     for flag in ("transcode", "skip_connection"):
         if cfg_get(raw, flag, bool, where, default=False):
             raise FormatError(f"{where}: {flag}=true is not supported by sae_fast")
-    activation = cfg_get(raw, "activation", str, where, default="topk")
-    if activation != "topk":
-        raise FormatError(f"{where}: activation {activation!r} is not supported (only topk)")
+    theirs = cfg_get(raw, "activation", str, where, default="topk")
+    if theirs not in FROM_SPARSIFY:
+        raise FormatError(
+            f"{where}: activation {theirs!r} is not supported (only {sorted(FROM_SPARSIFY)})"
+        )
     d_sae = num_latents or d_in * expansion
 
     wpath = path / WEIGHTS_FILENAME
@@ -63,7 +69,7 @@ def load_sparsify(
         cfg = SAEConfig(
             d_in=d_in,
             d_sae=d_sae,
-            activation="topk",
+            activation=FROM_SPARSIFY[theirs],
             k=k,
             dtype=src_dtype,
             metadata={"imported_from": "sparsify"},

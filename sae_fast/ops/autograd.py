@@ -19,7 +19,7 @@ gradient (the encoder and decoder ops above each sort on their own when used apa
 
     topk_sae(x, W_enc, b_enc, W_dec, b_dec, k) -> (recon [B, D], values [B, k], indices)
 
-Backward (DESIGN.md section 3):
+Backward (docs/design.md section 3):
     decoder: dL/dv = g . W_dec[i];   dL/dW_dec[f] = sum_{i[b,j]=f} v[b,j] g[b]
              dL/db_dec += sum_b g[b]
     encoder: dL/dpre = dL/dv * (v > 0)

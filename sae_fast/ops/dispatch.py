@@ -30,15 +30,10 @@ class Backend(Protocol):
     ) -> SparseCode: ...
 
     def encode_dense(
-        self,
-        x: Tensor,
-        W_enc: Tensor,
-        b_enc: Tensor,
-        b_dec: Tensor,
-        activation: str,
-        k: int | None,
-        threshold: Tensor | None,
-    ) -> Tensor: ...
+        self, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None
+    ) -> Tensor:
+        """relu(pre), or jumprelu(pre, threshold) with a threshold `[d_sae]`."""
+        ...
 
     def decode_sparse(
         self, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor

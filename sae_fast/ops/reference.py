@@ -1,4 +1,4 @@
-"""Pure-torch reference of every SAE op: the single source of truth (DESIGN.md section 3).
+"""Pure-torch reference of every SAE op: the single source of truth (docs/design.md section 3).
 
 Every kernel (Triton, C++) is tested against these functions, and the `torch`
 backend of `SparseAutoencoder` is built from them. They favour clarity over speed, but
@@ -26,7 +26,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -38,7 +37,7 @@ class SparseCode(NamedTuple):
 
 
 class TopKGrads(NamedTuple):
-    """Gradients of a TopK SAE step, as in DESIGN.md section 3 (`None` where not asked for)."""
+    """Gradients of a TopK SAE step, as in docs/design.md section 3 (`None` where not asked for)."""
 
     d_values: Tensor  # [B, k] dL/dpre at the selected entries (relu mask applied)
     W_enc: Tensor  # [d_in, d_sae]
@@ -122,29 +121,14 @@ def batchtopk_act(pre: Tensor, k: int) -> Tensor:
 
 
 def encode_dense(
-    x: Tensor,
-    W_enc: Tensor,
-    b_enc: Tensor,
-    b_dec: Tensor,
-    activation: str,
-    k: int | None = None,
-    threshold: Tensor | None = None,
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None = None
 ) -> Tensor:
-    """Dense code `[B, d_sae]` for any activation (topk scattered into zeros)."""
+    """Dense code `[B, d_sae]`: `relu(pre)`, or `jumprelu(pre, threshold)` when a threshold
+    `[d_sae]` is given; in the parameters' dtype. (TopK and BatchTopK select from these.)"""
     pre = pre_activations(x, W_enc, b_enc, b_dec)
-    if activation == "relu":
+    if threshold is None:
         return relu_act(pre).to(W_enc.dtype)
-    if activation == "jumprelu":
-        if threshold is None:
-            raise ValueError("jumprelu needs a threshold")
-        return jumprelu_act(pre, threshold).to(W_enc.dtype)
-    if k is None:
-        raise ValueError(f"{activation} needs k")
-    if activation == "topk":
-        return densify(*topk_act(pre, k), pre.shape[-1]).to(W_enc.dtype)
-    if activation == "batchtopk":
-        return batchtopk_act(pre, k).to(W_enc.dtype)
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return jumprelu_act(pre, threshold).to(W_enc.dtype)
 
 
 def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> SparseCode:
@@ -217,7 +201,7 @@ def topk_backward(
     b_dec: Tensor,
     grad_values: Tensor | None = None,
 ) -> TopKGrads:
-    """Explicit backward of a TopK SAE (DESIGN.md section 3), written without autograd.
+    """Explicit backward of a TopK SAE (docs/design.md section 3), written without autograd.
 
     `grad_recon = dL/drecon [B, d_in]`; `grad_values [B, k]` is an optional extra gradient
     reaching the code directly (for example from an L1 or AuxK term). `x` needs no gradient.

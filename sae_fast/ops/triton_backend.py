@@ -54,26 +54,9 @@ class TritonBackend:
 
     @staticmethod
     def encode_dense(
-        x: Tensor,
-        W_enc: Tensor,
-        b_enc: Tensor,
-        b_dec: Tensor,
-        activation: str,
-        k: int | None,
-        threshold: Tensor | None,
+        x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None
     ) -> Tensor:
-        if activation == "jumprelu":
-            if threshold is None:
-                raise ValueError("jumprelu needs a threshold")
-            return triton_encode_dense(x, W_enc, b_enc, b_dec, threshold)
-        acts = triton_encode_dense(x, W_enc, b_enc, b_dec, None)  # relu(pre)
-        if activation == "relu":
-            return acts
-        if activation == "batchtopk":
-            if k is None:
-                raise ValueError("batchtopk needs k")
-            return ref.batchtopk_act(acts, k)
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ref.ACTIVATIONS}")
+        return triton_encode_dense(x, W_enc, b_enc, b_dec, threshold)
 
     @staticmethod
     def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Triton backward of a TopK SAE in one pass over the features (DESIGN.md section 3).
+"""Triton backward of a TopK SAE in one pass over the features (docs/design.md section 3).
 
 One stable sort of the flat indices by feature (`feature_segments`) serves every gradient.
 Each program owns `BLOCK_F` consecutive features and `BLOCK_D` columns of d_in, walks the

@@ -1,4 +1,4 @@
-"""Triton sparse decoder and the sparse backward pieces (DESIGN.md section 3).
+"""Triton sparse decoder and the sparse backward pieces (docs/design.md section 3).
 
 - `sparse_decode_fwd`: recon[b] = sum_j v[b, j] * W[i[b, j]] + b_dec (any row/col strides of
   W, so `W_enc.T` serves as a dictionary for dL/dx).

@@ -30,14 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..architectures.batchtopk import PAD_INDEX, batch_winners  # noqa: F401 (named here for tests)
 from ..errors import ConfigError, FormatError
 from ..ops import reference as ref
-from ..ops.dispatch import get_backend
 from ..sae import SAEOutput, SparseAutoencoder
 from . import distributed
 
 # Global index of a padding candidate: after every real latent on value ties.
-_PAD_INDEX = 2**62
 # The dim along which each parameter is split over the shards (b_dec is replicated).
 SHARD_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
 
@@ -151,53 +150,16 @@ class Shard:
             pos = torch.zeros(pre.shape[0], 0, dtype=torch.int64, device=pre.device)
         pad = k - kk  # every shard offers k candidates to the exchange
         cand = torch.cat([vals.detach(), vals.new_full((pre.shape[0], pad), -torch.inf)], -1)
-        ids = torch.cat([columns[pos], pos.new_full((pre.shape[0], pad), _PAD_INDEX)], -1)
+        ids = torch.cat([columns[pos], pos.new_full((pre.shape[0], pad), PAD_INDEX)], -1)
         keep = self.winners(cand, ids, k)[:, :kk]
         return ref.SparseCode(vals * keep, pos)
 
 
 def forward(sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
-    """`sae(x)` of the full SAE, computed from this shard's latents (`sae` holds them).
-
-    The reconstruction is the full one; values/indices or feature_acts are this shard's
-    (indices local to the shard). JumpReLU is handled by the trainer (straight-through)."""
-    if shard.count == 1 and (sae.activation != "batchtopk" or shard.replicas == 1):
-        return sae(x)
-    ops = get_backend(sae.backend, sae.device, sae.dtype)
-    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    bias = shard.decoder_bias(b_dec)
-    if sae.activation == "topk":
-        values, indices = ops.encode_topk(x, W_enc, b_enc, b_dec, sae.k)
-        keep = shard.winners(values, indices + shard.lo, sae.k)
-        values = values * keep
-        recon = shard.sum(ops.decode_sparse(values, indices, W_dec, bias))
-        return SAEOutput(recon, values=values, indices=indices, d_sae=shard.size)
-    acts = ops.encode_dense(x, W_enc, b_enc, b_dec, "relu", None, None)
-    if sae.activation == "batchtopk":
-        acts = acts * batch_winners(acts, sae.k, shard)
-    recon = shard.sum(ops.decode_dense(acts, W_dec, bias))
-    return SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
-
-
-def batch_winners(acts: Tensor, k: int, shard: Shard) -> Tensor:
-    """BatchTopK's mask over this rank's `acts [B, n]` (relu'd): the `k` x rows largest
-    entries of the global batch (every replica's rows, every shard's latents), lower flat
-    index `row * d_sae + f` on ties."""
-    B, n = acts.shape
-    rows = B * shard.replicas
-    keep = min(k * rows, rows * shard.d_sae)
-    flat = acts.detach().reshape(1, -1)
-    m = min(keep, flat.shape[-1])
-    # the local canonical top-m: local flat order is global flat order within a rank
-    vals, pos = ref.topk_select(flat, m)
-    ids = (shard.replica * B + pos // n) * shard.d_sae + shard.lo + pos % n
-    pad = keep - m
-    vals = torch.cat([vals, vals.new_full((1, pad), -torch.inf)], -1)
-    ids = torch.cat([ids, ids.new_full((1, pad), _PAD_INDEX)], -1)
-    won = shard.batch_group.winners(vals, ids, keep)[:, :m]
-    mask = torch.zeros(B * n, dtype=torch.bool, device=acts.device)
-    mask[pos[won]] = True
-    return mask.view(B, n).to(acts.dtype)
+    """`sae(x)` of the full SAE, computed from this shard's latents (`sae` holds them): the
+    architecture's `train_forward`. The reconstruction is the full one; values/indices or
+    feature_acts are this shard's (indices local to the shard)."""
+    return sae.arch.train_forward(sae, x, shard)
 
 
 @torch.no_grad()
@@ -231,7 +193,7 @@ def consolidate(sae: SparseAutoencoder, shard: Shard) -> SparseAutoencoder | Non
     if shard.count == 1:
         return sae
     full: dict[str, Tensor] = {}
-    for name, p in sae.named_parameters():
+    for name, p in sae.state_dict().items():  # parameters and buffers
         t = p.detach().cpu().contiguous()
         if name not in SHARD_DIM:
             full[name] = t
@@ -245,7 +207,6 @@ def consolidate(sae: SparseAutoencoder, shard: Shard) -> SparseAutoencoder | Non
     cfg = dataclasses.replace(sae.cfg, d_sae=shard.d_sae)
     out = SparseAutoencoder.from_config(cfg, backend=sae.backend, device="meta")
     out.load_state_dict(full, assign=True)
-    out.batchtopk_threshold = sae.batchtopk_threshold
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import architectures
 from ..config import TrainConfig
 from ..data.activations import ActivationBatch, iter_activations, load_model, token_windows
 from ..data.corpus import corpus_hash, load_texts
@@ -30,7 +31,6 @@ from ..data.hooks import resolve_hook
 from ..data.store import ActivationStore, concat_batches, read_cache, write_cache
 from ..errors import ConfigError, DataError, FormatError
 from ..formats._io import atomic_directory, atomic_file, read_json, write_json
-from ..ops import reference as ref
 from ..sae import SparseAutoencoder
 from . import distributed, losses, sharded
 from .basic import init_decoder_rows, normalize_decoder_rows, project_decoder_grad
@@ -189,8 +189,7 @@ class Trainer:
             w = init_decoder_rows(d_sae, d_in, cfg.seed, self.shard.lo, self.shard.hi)
             self.sae.W_dec.copy_(w)
             self.sae.W_enc.copy_(w.t())
-            if self.sae.threshold is not None:
-                self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
+            self.sae.arch.init_training(self.sae, cfg)
         sample = acts[:65536]  # sets the input scale and b_dec
         _check_finite(sample, torch.arange(len(sample)), "the activation set")
         self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
@@ -204,7 +203,6 @@ class Trainer:
         )
         self.step = 0
         self.since_fired = torch.zeros(self.shard.size, dtype=torch.int64, device=self.device)
-        self.batchtopk_threshold: float | None = None
         if cfg.resume:
             self._load_checkpoint(Path(cfg.resume))
         self.metrics_path = self.out / "metrics.jsonl"
@@ -214,7 +212,7 @@ class Trainer:
         shards = self.group.shards
         if d_sae % shards:
             raise ConfigError(f"d_sae {d_sae} must be a multiple of feature_shards {shards}")
-        if self.cfg.activation in ("topk", "batchtopk") and self.cfg.k > d_sae // shards:
+        if architectures.get(self.cfg.activation).uses_k and self.cfg.k > d_sae // shards:
             raise ConfigError(
                 f"k={self.cfg.k} is more than the {d_sae // shards} latents of each of "
                 f"{shards} feature shards; use fewer shards or a larger dictionary"
@@ -223,52 +221,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
-        # Feature-sharded: `sae` holds this shard's latents; `shard.sum` adds up the partial
-        # reconstructions and per-latent terms, so every shard computes the same loss.
-        cfg, sae, shard = self.cfg, self.sae, self.shard
-        terms: dict[str, Tensor] = {}
-        if cfg.activation == "jumprelu":
-            pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
-            acts = losses.JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-            recon = shard.sum(ref.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
-            terms["l0"] = cfg.l0_coefficient * shard.sum(
-                losses.StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-            )
-            fired = (acts != 0).any(0)
-            l0 = (acts != 0).sum(-1).float().mean()
-        else:
-            out = sharded.forward(sae, x, shard)
-            recon = out.reconstruction
-            if out.values is not None:
-                fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-                fired[out.indices[out.values > 0]] = True
-                l0 = (out.values > 0).sum(-1).float().mean()
-            else:
-                acts = out.feature_acts
-                fired = (acts != 0).any(0)
-                l0 = (acts != 0).sum(-1).float().mean()
-                if cfg.activation == "batchtopk":
-                    kept = acts[acts > 0]
-                    low = float(kept.min().detach()) if kept.numel() else math.inf
-                    low = shard.batch_group.total(low, op="min")
-                    if low < math.inf:
-                        prev = self.batchtopk_threshold
-                        self.batchtopk_threshold = low if prev is None else 0.99 * prev + 0.01 * low
-            if cfg.activation == "relu":
-                ramp = min(1.0, (self.step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1
-                l1 = shard.sum(losses.l1(out.feature_acts, sae.W_dec))
-                terms["l1"] = cfg.l1_coefficient * ramp * l1
-            if cfg.activation in ("topk", "batchtopk") and cfg.auxk_coefficient:
-                dead = self.since_fired >= cfg.dead_after_tokens
-                terms["auxk"] = cfg.auxk_coefficient * losses.auxk(
-                    x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead, shard
-                )
+        # The architecture gives the forward and its loss terms; feature-sharded, `sae` holds
+        # this shard's latents and `shard.sum` adds up the partial reconstructions and
+        # per-latent terms, so every shard computes the same loss.
+        out, terms = self.sae.arch.train_terms(self, x)
+        recon = out.reconstruction
         terms["mse"] = losses.mse(recon, x)
         total = sum(terms.values())
         logs = {n: float(t.detach()) for n, t in terms.items()}
         logs["fvu"] = float(losses.fvu(recon.detach(), x))
-        logs["l0"] = shard.total(float(l0))
-        return total, logs, fired
+        logs["l0"] = self.shard.total(float(out.l0()))
+        return total, logs, out.fired()
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
@@ -293,9 +256,7 @@ class Trainer:
             sharded.clip_grad_norm(self.sae, cfg.grad_clip, self.shard)
         self.opt.step()
         normalize_decoder_rows(self.sae)
-        if self.sae.threshold is not None:
-            with torch.no_grad():
-                self.sae.threshold.clamp_(min=0.0)
+        self.sae.arch.after_step(self.sae)
         fired = distributed.any_rank(fired, self.group)
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
@@ -348,7 +309,7 @@ class Trainer:
                     {
                         "step": self.step,
                         "scale": self.scale,
-                        "batchtopk_threshold": self.batchtopk_threshold,
+                        "batchtopk_threshold": self.sae.batchtopk_threshold,  # for older readers
                         "feature_shards": group.shards,
                         "config": self.cfg.to_dict(),
                     },
@@ -408,7 +369,8 @@ class Trainer:
         self.since_fired = load_file(str(where / COUNTERS_FILE))["since_fired"].to(self.device)
         self.step = int(state["step"])
         self.scale = float(state["scale"])
-        self.batchtopk_threshold = state.get("batchtopk_threshold")
+        if self.sae.batchtopk_threshold is None and state.get("batchtopk_threshold") is not None:
+            self.sae.batchtopk_threshold = state["batchtopk_threshold"]  # a checkpoint of before
 
     # ------------------------------------------------------------------ run
     def final_sae(self) -> SparseAutoencoder | None:
@@ -424,8 +386,6 @@ class Trainer:
             sae.W_enc.mul_(s)
             sae.W_dec.div_(s)
             sae.b_dec.div_(s)
-        if self.batchtopk_threshold is not None:
-            sae.batchtopk_threshold = self.batchtopk_threshold
         return sae
 
     def run(self) -> TrainResult:

@@ -71,7 +71,7 @@ def test_every_gradient_matches_the_reference(B, d_in, d_sae, k, with_extra, dty
 def test_low_precision_error_is_within_twice_torchs_own(dtype, B, d_in, d_sae, k):
     """Against fp64 truth, the kernel errs at most 2x (plus a hair) what torch's own
     backward in `dtype` errs: the parameters' dtype on output, fp32 accumulation inside."""
-    p, x, v, i, grad, extra = _case(B, d_in, d_sae, k, dtype, seed=3)
+    p, x, v, i, grad, _ = _case(B, d_in, d_sae, k, dtype, seed=3)
     got = _run(p, x, v, i, grad, None)
     truth = _want(p, x, v, i, grad, None)
     torch_own = _want(p, x, v, i, grad, None, dtype=dtype)

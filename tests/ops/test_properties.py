@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sae_fast
+from sae_fast.ops import reference as ref
 from sae_fast.ops.dispatch import TorchBackend, get_backend
 from tests.conftest import DEVICE
 from tests.helpers import assert_close
@@ -124,7 +125,9 @@ def _step(ops, dev: str, case: dict, inputs: dict, dtype: torch.dtype, activatio
         code = (values, indices)
     else:
         thr = inputs["threshold"].to(dev, dtype) if activation == "jumprelu" else None
-        acts = ops.encode_dense(x, W_enc, b_enc, b_dec, activation, case["k"], thr)
+        acts = ops.encode_dense(x, W_enc, b_enc, b_dec, thr)
+        if activation == "batchtopk":  # the batch-wide selection, as the architecture does it
+            acts = ref.batchtopk_act(acts, case["k"])
         recon = ops.decode_dense(acts, W_dec, b_dec)
         code_term = (acts * g_code).sum()
         code = (acts,)

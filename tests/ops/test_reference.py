@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_fast.ops import reference as ref
-from tests.helpers import assert_close, make_params
+from tests.helpers import assert_close, make_params, reference_code
 
 # ----------------------------------------------------------------- hand-computed examples
 
@@ -111,10 +111,12 @@ def test_dense_to_sparse_pads_with_zeros():
     assert torch.equal(ref.densify(v, i, 4), acts)
 
 
-def test_encode_dense_rejects_unknown_activation():
+def test_encode_dense_is_relu_or_jumprelu():
     x, W_enc, b_enc, b_dec = _tiny()
-    with pytest.raises(ValueError, match="unknown activation"):
-        ref.encode_dense(x, W_enc, b_enc, b_dec, "gelu", k=1)
+    pre = ref.pre_activations(x, W_enc, b_enc, b_dec)
+    assert torch.equal(ref.encode_dense(x, W_enc, b_enc, b_dec), torch.relu(pre))
+    thr = torch.full((pre.shape[-1],), 0.1, dtype=pre.dtype)
+    assert torch.equal(ref.encode_dense(x, W_enc, b_enc, b_dec, thr), pre * (pre > thr))
 
 
 # ----------------------------------------------------------------- explicit backward
@@ -189,8 +191,8 @@ def test_dense_backward_matches_autograd(activation, B, d_in, d_sae):
     x, p = _separated_inputs(B, d_in, d_sae, seed=B)
     thr = torch.full((d_sae,), 0.05, dtype=torch.float64)
     leaves = {n: t.clone().requires_grad_() for n, t in p.items()}
-    acts = ref.encode_dense(
-        x, leaves["W_enc"], leaves["b_enc"], leaves["b_dec"], activation, k=2, threshold=thr
+    acts = reference_code(
+        activation, x, leaves["W_enc"], leaves["b_enc"], leaves["b_dec"], k=2, threshold=thr
     )
     recon = ref.decode_dense(acts, leaves["W_dec"], leaves["b_dec"])
     g_recon = torch.randn(
@@ -199,7 +201,7 @@ def test_dense_backward_matches_autograd(activation, B, d_in, d_sae):
     (recon * g_recon).sum().backward()
     with torch.no_grad():
         pre = ref.pre_activations(x, p["W_enc"], p["b_enc"], p["b_dec"])
-        a = ref.encode_dense(x, p["W_enc"], p["b_enc"], p["b_dec"], activation, k=2, threshold=thr)
+        a = reference_code(activation, x, p["W_enc"], p["b_enc"], p["b_dec"], k=2, threshold=thr)
         mask = (pre > thr) if activation == "jumprelu" else (a > 0)
     explicit = ref.dense_backward(g_recon, x, a, mask.double(), p["W_enc"], p["W_dec"], p["b_dec"])
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):

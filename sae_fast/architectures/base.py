@@ -1,0 +1,153 @@
+"""The architecture interface: everything that differs between SAE architectures, in one
+class per architecture (docs/design.md, "Architectures").
+
+An architecture owns
+- its config fields and their validation (`uses_k`, `validate`);
+- its per-SAE state beyond W_enc, b_enc, W_dec, b_dec (`init_state`: parameters and
+  registered buffers, so that they travel in the state_dict);
+- its encode, through the backend's ops (`forward`, `encode`, `encode_sparse`), and the
+  same computed from one shard's latents (`sharded_forward`);
+- its training loss terms (`train_terms`);
+- its SAELens cfg mapping (`saelens_name`, `aliases`, `saelens_fields`, `from_saelens`).
+
+Architectures are stateless classes; the SAE module holds `arch` and the tensors. Adding
+one is a module under `sae_fast/architectures/`, its tests, and one line in the registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..ops import reference as ref
+from ..output import SAEOutput
+from ..validate import check_int
+from .losses import auxk
+
+if TYPE_CHECKING:
+    from ..config import SAEConfig, TrainConfig
+    from ..sae import SparseAutoencoder
+    from ..training.sharded import Shard
+
+
+class TrainState(Protocol):
+    """What `train_terms` reads of a training run (the Trainer provides it)."""
+
+    cfg: TrainConfig
+    sae: SparseAutoencoder
+    shard: Shard
+    step: int
+    since_fired: Tensor
+
+
+class Architecture:
+    """One SAE architecture (see the module docstring). Subclasses set the class
+    attributes and override what differs; the defaults describe a dense code."""
+
+    name: ClassVar[str]  # sae_fast's name: cfg.activation, `--activation`
+    saelens_name: ClassVar[str]  # the `architecture` SAELens writes in cfg.json
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names accepted for it
+    summary: ClassVar[str] = ""  # one line for `--help`
+    uses_k: ClassVar[bool] = False  # needs cfg.k
+    batch_wide: ClassVar[bool] = (
+        False  # selection spans the batch: data parallel must see all of it
+    )
+
+    # ---------------------------------------------------------------- config and state
+    @classmethod
+    def validate(cls, cfg: SAEConfig) -> None:
+        """Check (and normalise) the config fields this architecture reads; ConfigError."""
+        if not cls.uses_k:
+            cfg.k = None
+            return
+        if cfg.k is None:
+            raise ConfigError(f"activation {cls.name!r} needs k")
+        check_int("k", cfg.k, 1)
+        if cfg.k > cfg.d_sae:
+            raise ConfigError(f"k must be <= d_sae ({cfg.d_sae}), got {cfg.k}")
+
+    @classmethod
+    def init_state(cls, sae: SparseAutoencoder) -> None:
+        """Register the parameters and buffers beyond the four every SAE has."""
+
+    # ---------------------------------------------------------------- encode
+    @classmethod
+    def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
+        """Dense code `[B, d_sae]` of 2-D `x`."""
+        raise NotImplementedError
+
+    @classmethod
+    def encode_sparse(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> ref.SparseCode:
+        """(values, indices) of 2-D `x`; for a dense code each row's non-zeros, zero-padded
+        to the batch's largest L0."""
+        return ref.dense_to_sparse(cls.encode(sae, x, ops))
+
+    @classmethod
+    def forward(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> SAEOutput:
+        """Encode and decode 2-D `x`."""
+        acts = cls.encode(sae, x, ops)
+        recon = ops.decode_dense(acts, sae.W_dec, sae.b_dec)
+        return SAEOutput(recon, feature_acts=acts, d_sae=sae.d_sae)
+
+    @classmethod
+    def sharded_forward(
+        cls, sae: SparseAutoencoder, x: Tensor, shard: Shard, ops: Any
+    ) -> SAEOutput:
+        """`forward` of the whole SAE computed from the latents of one shard (`sae` holds
+        them): the full reconstruction, this shard's code."""
+        raise ConfigError(f"activation {cls.name!r} cannot be trained feature-sharded")
+
+    # ---------------------------------------------------------------- training
+    @classmethod
+    def train_forward(cls, sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
+        """The forward of a training step: `sae(x)`, or `sharded_forward` when this rank
+        holds one shard of the latents or (for a batch-wide selection) one replica's rows."""
+        if shard.count == 1 and (shard.replicas == 1 or not cls.batch_wide):
+            return sae(x)
+        return cls.sharded_forward(sae, x, shard, sae.ops())
+
+    @classmethod
+    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+        """The training forward of batch `x` and this architecture's loss terms besides the
+        reconstruction MSE (which the trainer adds), each already weighted."""
+        return cls.train_forward(run.sae, x, run.shard), {}
+
+    @classmethod
+    def init_training(cls, sae: SparseAutoencoder, cfg: TrainConfig) -> None:
+        """Set this architecture's own state from the training config, before step 0."""
+
+    @classmethod
+    def after_step(cls, sae: SparseAutoencoder) -> None:
+        """Projection after each optimiser step (e.g. keep a threshold >= 0)."""
+
+    # ---------------------------------------------------------------- SAELens
+    @classmethod
+    def saelens_fields(cls, sae: SparseAutoencoder) -> dict[str, Any]:
+        """Architecture fields of SAELens's cfg.json, beyond d_in, d_sae and dtype."""
+        return {"k": sae.k} if cls.uses_k else {}
+
+    @classmethod
+    def from_saelens(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
+        """SAEConfig fields read from a SAELens cfg.json (`where` names it in errors)."""
+        if not cls.uses_k:
+            return {}
+        if "k" not in raw:
+            raise ConfigError(f"{where} is missing the key 'k' ({cls.saelens_name!r} needs it)")
+        k = raw["k"]
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            raise ConfigError(f"{where}: 'k' must be int/float, got {type(k).__name__} {k!r}")
+        if isinstance(k, float) and not k.is_integer():
+            raise ConfigError(f"{where}: k={k} is fractional; sae_fast needs an integer k")
+        return {"k": int(k)}
+
+
+def auxk_term(run: TrainState, x: Tensor, recon: Tensor) -> dict[str, Tensor]:
+    """The AuxK term of TopK-style architectures (Gao et al.), weighted; empty when off."""
+    cfg, sae = run.cfg, run.sae
+    if not cfg.auxk_coefficient:
+        return {}
+    dead = run.since_fired >= cfg.dead_after_tokens
+    term = auxk(x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead, run.shard)
+    return {"auxk": cfg.auxk_coefficient * term}

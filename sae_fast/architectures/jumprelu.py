@@ -1,0 +1,56 @@
+"""JumpReLU (Rajamanoharan et al. 2024): `pre * (pre > threshold)` with a learned
+per-latent `threshold`; trained on the MSE plus an L0 penalty, both with straight-through
+threshold gradients (a rectangle kernel of width `jumprelu_bandwidth`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import reference as ref
+from ..output import SAEOutput
+from .base import Architecture, TrainState
+from .losses import JumpReLUSTE, StepL0
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..sae import SparseAutoencoder
+
+
+class JumpReLU(Architecture):
+    name: ClassVar[str] = "jumprelu"
+    saelens_name: ClassVar[str] = "jumprelu"
+    summary: ClassVar[str] = "pre where it passes a learned per-latent threshold, L0 penalty"
+
+    @classmethod
+    def init_state(cls, sae: SparseAutoencoder) -> None:
+        sae.threshold = nn.Parameter(torch.zeros(sae.d_sae, dtype=sae.dtype, device=sae.device))
+
+    @classmethod
+    def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
+        return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold)
+
+    @classmethod
+    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+        # the straight-through estimator needs the pre-activations: the reference ops, and
+        # every shard's partial reconstruction summed (no exchange: each latent is local)
+        cfg, sae, shard = run.cfg, run.sae, run.shard
+        pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
+        acts = JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
+        recon = shard.sum(ref.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
+        l0 = shard.sum(StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth))
+        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size), {
+            "l0": cfg.l0_coefficient * l0
+        }
+
+    @classmethod
+    def init_training(cls, sae: SparseAutoencoder, cfg: TrainConfig) -> None:
+        with torch.no_grad():
+            sae.threshold.fill_(cfg.jumprelu_init_threshold)
+
+    @classmethod
+    def after_step(cls, sae: SparseAutoencoder) -> None:
+        with torch.no_grad():
+            sae.threshold.clamp_(min=0.0)

@@ -1,0 +1,108 @@
+"""Loss terms of the architectures, written once and tested against hand values (the
+architecture modules combine them; `sae_fast.training.losses` re-exports them).
+
+mse         mean_b ||x_hat - x||^2
+auxk        TopK/BatchTopK (Gao et al.): the top k_aux dead latents (by pre-activation)
+            reconstruct the residual e = x - x_hat (detached); scale * mean_b ||e_hat - e||^2,
+            scale = min(n_dead / k_aux, 1), k_aux = min(d_in // 2, n_dead)
+l1          ReLU: mean_b sum_f a_f * ||W_dec[f]||
+l0 / STE    JumpReLU (Rajamanoharan et al.): a = pre * H(pre - t); the threshold's gradient
+            uses a rectangle kernel of width `bandwidth` around the jump
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..ops import reference as ref
+
+if TYPE_CHECKING:
+    from ..training.sharded import Shard
+
+
+def mse(recon: Tensor, x: Tensor) -> Tensor:
+    """Mean over rows of the squared reconstruction error."""
+    return (recon - x).pow(2).sum(-1).mean()
+
+
+def fvu(recon: Tensor, x: Tensor) -> Tensor:
+    """Fraction of variance unexplained of a batch (mean-centred per dimension)."""
+    return (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
+
+
+def auxk(
+    x: Tensor,
+    recon: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    dead: Tensor,
+    shard: Shard | None = None,
+) -> Tensor:
+    """AuxK loss over the dead latents (`dead`: bool, one per latent the parameters hold);
+    0 when none is dead. With `shard`, the parameters and `dead` are one shard's latents and
+    the dead latents of every shard compete (see sharded.py)."""
+    n_dead = int(dead.sum()) if shard is None else int(shard.total(int(dead.sum())))
+    if n_dead == 0:
+        return x.new_zeros(())
+    k_aux = min(x.shape[-1] // 2, n_dead)
+    scale = min(n_dead / max(x.shape[-1] // 2, 1), 1.0)
+    idx = dead.nonzero(as_tuple=True)[0]  # [n_dead]
+    pre = ref.pre_activations(x, W_enc[:, idx], b_enc[idx], b_dec)  # [B, n_dead] only
+    if shard is None:
+        vals, sel = ref.topk_act(pre, k_aux)
+        e_hat = ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec))
+    else:
+        vals, sel = shard.topk_act(pre, k_aux, idx + shard.lo)
+        e_hat = shard.sum(ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec)))
+    residual = (x - recon).detach()
+    return scale * (e_hat - residual).pow(2).sum(-1).mean()
+
+
+def l1(acts: Tensor, W_dec: Tensor) -> Tensor:
+    """Decoder-norm-weighted L1 of a dense code, mean over rows."""
+    return (acts * W_dec.norm(dim=1)).sum(-1).mean()
+
+
+def _rect(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class JumpReLUSTE(torch.autograd.Function):
+    """a = pre * H(pre - t): exact gradient in pre (where it passes), STE gradient in t."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return ref.jumprelu_act(pre, threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, t = ctx.saved_tensors
+        eps = ctx.bandwidth
+        d_pre = grad * (pre > t).to(grad.dtype)
+        # d a / d t = -(t / eps) * rect((pre - t) / eps)
+        d_t = (grad * -(t / eps) * _rect((pre - t) / eps)).sum(0)
+        return d_pre, d_t, None
+
+
+class StepL0(torch.autograd.Function):
+    """L0 = sum_f H(pre - t) per row (mean over rows), with d L0 / d t = -(1/eps) rect(..)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype).sum(-1).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, t = ctx.saved_tensors
+        eps = ctx.bandwidth
+        d_t = grad * (-(1.0 / eps) * _rect((pre - t) / eps)).sum(0) / pre.shape[0]
+        return None, d_t, None

@@ -1,0 +1,93 @@
+"""The architecture registry and interface: names resolve (SAELens's too), each
+architecture's state lives in the state_dict, nothing outside `sae_fast/architectures/`
+branches on an architecture's name, and a new architecture needs only its class and a
+registry entry to build, run, save and load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+from sae_fast import SparseAutoencoder, architectures
+from sae_fast.architectures.topk import TopK
+from sae_fast.config import SAEConfig
+from sae_fast.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1] / "sae_fast"
+
+
+def test_registry_names_and_saelens_aliases():
+    assert architectures.names() == ("topk", "batchtopk", "relu", "jumprelu")
+    assert architectures.get("standard") is architectures.get("relu")  # SAELens's name
+    for name in architectures.names():
+        arch = architectures.get(name)
+        assert arch.name == name and architectures.get(arch.saelens_name) is arch
+    with pytest.raises(ConfigError, match="unknown activation 'gelu'.*topk"):
+        architectures.get("gelu")
+    assert SAEConfig(8, 16, activation="standard").activation == "relu"
+
+
+def test_each_architecture_validates_its_own_fields():
+    with pytest.raises(ConfigError, match="needs k"):
+        SAEConfig(8, 16, activation="topk", k=None)
+    with pytest.raises(ConfigError, match="k must be <= d_sae"):
+        SAEConfig(8, 16, activation="batchtopk", k=17)
+    assert SAEConfig(8, 16, activation="jumprelu", k=5).k is None  # not one of its fields
+
+
+def test_batchtopk_threshold_is_a_buffer_in_the_state_dict(tmp_path):
+    sae = SparseAutoencoder(8, 32, activation="batchtopk", k=3)
+    assert sae.batchtopk_threshold is None and "topk_threshold" in sae.state_dict()
+    sae.batchtopk_threshold = 0.25
+    other = SparseAutoencoder(8, 32, activation="batchtopk", k=3)
+    other.load_state_dict(sae.state_dict())
+    assert other.batchtopk_threshold == 0.25
+    back = SparseAutoencoder.load(sae.save(tmp_path / "bt"))
+    assert back.batchtopk_threshold == 0.25
+    x = torch.randn(5, 8)
+    back.eval()  # the threshold, not the batch, decides: one row alone gives the same code
+    alone, batched = back.encode(x[:1]), back.encode(x)[:1]
+    assert torch.equal(alone != 0, batched != 0) and torch.allclose(alone, batched, atol=1e-6)
+    assert (alone[alone != 0] > 0.25).all()
+    topk = SparseAutoencoder(8, 32, activation="topk", k=3)
+    assert topk.batchtopk_threshold is None and "topk_threshold" not in topk.state_dict()
+    with pytest.raises(ConfigError, match="no batchtopk_threshold"):
+        topk.batchtopk_threshold = 1.0
+
+
+NAME_BRANCH = re.compile(r"""(activation|arch\.name)\s*(==|!=|in)\s*[("']""")
+
+
+def test_no_architecture_name_branch_outside_the_architectures():
+    """`activation == "..."` / `activation in ("...")` only in sae_fast/architectures/."""
+    hits = []
+    for path in ROOT.rglob("*.py"):
+        if "architectures" in path.parts:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if NAME_BRANCH.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not hits, "\n".join(hits)
+
+
+class _ShiftedTopK(TopK):
+    """A toy architecture: TopK with a different name, for the registry test below."""
+
+    name: ClassVar[str] = "shifted_topk"
+    saelens_name: ClassVar[str] = "shifted_topk"
+
+
+def test_a_new_architecture_needs_only_its_class_and_a_registry_entry(monkeypatch, tmp_path):
+    monkeypatch.setitem(architectures.REGISTRY, "shifted_topk", _ShiftedTopK)
+    monkeypatch.setitem(architectures._BY_ALIAS, "shifted_topk", _ShiftedTopK)
+    sae = SparseAutoencoder(8, 32, activation="shifted_topk", k=4, backend="torch")
+    assert sae.arch is _ShiftedTopK
+    x = torch.randn(6, 8)
+    out = sae(x)
+    assert out.values.shape == (6, 4) and out.l0() <= 4
+    back = SparseAutoencoder.load(sae.save(tmp_path / "s"), backend="torch")
+    assert back.arch is _ShiftedTopK and torch.equal(back(x).reconstruction, out.reconstruction)
