@@ -58,6 +58,8 @@ class SAEConfig:
     model_name: str | None = None
     hook_name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # architecture-specific settings, validated by the architecture (matryoshka_widths, ...)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,6 +68,8 @@ class SAEConfig:
         """Raise ConfigError naming the first field that is wrong."""
         check_int("d_in", self.d_in, 1)
         check_int("d_sae", self.d_sae, 1)
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options must be an object, got {type(self.options).__name__}")
         arch = architectures.get(self.activation)
         self.activation = arch.name  # a SAELens name or alias becomes ours
         arch.validate(self)
@@ -118,6 +122,9 @@ class TrainConfig:
     expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
     k: int = _opt(32, "active latents per token (topk) / per token on average (batchtopk)")
+    matryoshka_widths: str | None = _opt(
+        None, "matryoshka_batchtopk: nested prefix widths below d_sae, e.g. 256,1024"
+    )
     steps: int = _opt(1500, "optimizer steps")
     batch_size: int = _opt(1024, "tokens per step")
     lr: float = _opt(4e-4, "peak Adam learning rate")

@@ -39,6 +39,7 @@ class SparseAutoencoder(nn.Module):
         model_name: str | None = None,
         hook_name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         torch_dtype = dtype_from_name(dtype)
@@ -46,6 +47,7 @@ class SparseAutoencoder(nn.Module):
             d_in=d_in, d_sae=d_sae, activation=activation, k=k,
             dtype=str(torch_dtype).removeprefix("torch."),
             model_name=model_name, hook_name=hook_name, metadata=dict(metadata or {}),
+            options=dict(options or {}),
         )  # fmt: skip
         self.backend = check_backend_name(backend)
         device = torch.device(device)
@@ -242,5 +244,6 @@ class SparseAutoencoder(nn.Module):
             model_name=cfg.model_name,
             hook_name=cfg.hook_name,
             metadata=cfg.metadata,
+            options=cfg.options,
             **kwargs,
         )

@@ -10,11 +10,20 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Architecture
 from .batchtopk import BatchTopK
+from .gated import Gated
 from .jumprelu import JumpReLU
+from .matryoshka import MatryoshkaBatchTopK
 from .relu import ReLU
 from .topk import TopK
 
-_ARCHITECTURES: tuple[type[Architecture], ...] = (TopK, BatchTopK, ReLU, JumpReLU)
+_ARCHITECTURES: tuple[type[Architecture], ...] = (
+    TopK,
+    BatchTopK,
+    ReLU,
+    JumpReLU,
+    Gated,
+    MatryoshkaBatchTopK,
+)
 
 REGISTRY: dict[str, type[Architecture]] = {a.name: a for a in _ARCHITECTURES}
 _BY_ALIAS: dict[str, type[Architecture]] = {

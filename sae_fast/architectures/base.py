@@ -51,14 +51,21 @@ class Architecture:
     aliases: ClassVar[tuple[str, ...]] = ()  # other names accepted for it
     summary: ClassVar[str] = ""  # one line for `--help`
     uses_k: ClassVar[bool] = False  # needs cfg.k
-    batch_wide: ClassVar[bool] = (
-        False  # selection spans the batch: data parallel must see all of it
-    )
+    # its selection spans the batch, so data parallel must see all of it
+    batch_wide: ClassVar[bool] = False
+    latent_params: ClassVar[tuple[str, ...]] = ()  # its per-latent parameters ([d_sae] each)
+    saelens_tensor_names: ClassVar[dict[str, str]] = {}  # ours -> SAELens's, where they differ
+    option_names: ClassVar[tuple[str, ...]] = ()  # the cfg.options keys it reads
 
     # ---------------------------------------------------------------- config and state
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         """Check (and normalise) the config fields this architecture reads; ConfigError."""
+        unknown = sorted(set(cfg.options) - set(cls.option_names))
+        if unknown:
+            raise ConfigError(
+                f"activation {cls.name!r} takes options {list(cls.option_names)}, got {unknown}"
+            )
         if not cls.uses_k:
             cfg.k = None
             return
@@ -115,6 +122,11 @@ class Architecture:
         return cls.train_forward(run.sae, x, run.shard), {}
 
     @classmethod
+    def train_options(cls, cfg: TrainConfig, d_sae: int) -> dict[str, Any]:
+        """cfg.options of the SAE a run with `cfg` trains (`d_sae`: the whole dictionary)."""
+        return {}
+
+    @classmethod
     def init_training(cls, sae: SparseAutoencoder, cfg: TrainConfig) -> None:
         """Set this architecture's own state from the training config, before step 0."""
 
@@ -123,6 +135,34 @@ class Architecture:
         """Projection after each optimiser step (e.g. keep a threshold >= 0)."""
 
     # ---------------------------------------------------------------- SAELens
+    @classmethod
+    def fold_input_bias(cls, tensors: dict[str, Tensor]) -> None:
+        """Rewrite, in place, the tensors of an SAE that does not subtract b_dec from its
+        input (SAELens `apply_b_dec_to_input: false`) into ours, which does: exact."""
+        tensors["b_enc"] = ref.fold_input_bias(tensors["W_enc"], tensors["b_enc"], tensors["b_dec"])
+
+    @classmethod
+    def saelens_architecture(cls, sae: SparseAutoencoder) -> str:
+        """The `architecture` written to cfg.json (the form SAELens loads it in)."""
+        return cls.saelens_name
+
+    @classmethod
+    def saelens_forms(cls) -> tuple[str, ...]:
+        """Every `architecture` value a file of this architecture may carry."""
+        return (cls.name, cls.saelens_name, *cls.aliases)
+
+    @classmethod
+    def saelens_tensors(cls, sae: SparseAutoencoder) -> dict[str, Tensor]:
+        """The tensors written to sae_weights.safetensors, under SAELens's names."""
+        rename = cls.saelens_tensor_names
+        return {rename.get(n, n): p.detach() for n, p in sae.named_parameters()}
+
+    @classmethod
+    def tensors_from_saelens(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The inverse of `saelens_tensors`: SAELens's tensors under our names."""
+        ours = {v: k for k, v in cls.saelens_tensor_names.items()}
+        return {ours.get(n, n): t for n, t in tensors.items()}
+
     @classmethod
     def saelens_fields(cls, sae: SparseAutoencoder) -> dict[str, Any]:
         """Architecture fields of SAELens's cfg.json, beyond d_in, d_sae and dtype."""

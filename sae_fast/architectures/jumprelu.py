@@ -23,6 +23,7 @@ class JumpReLU(Architecture):
     name: ClassVar[str] = "jumprelu"
     saelens_name: ClassVar[str] = "jumprelu"
     summary: ClassVar[str] = "pre where it passes a learned per-latent threshold, L0 penalty"
+    latent_params: ClassVar[tuple[str, ...]] = ("threshold",)
 
     @classmethod
     def init_state(cls, sae: SparseAutoencoder) -> None:

@@ -173,12 +173,6 @@ def check_tensors(
             raise FormatError(f"{where}: {name} must be floating point, got {t.dtype}")
 
 
-def fold_input_bias(W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
-    """b_enc' such that `(x - b_dec) @ W_enc + b_enc' == x @ W_enc + b_enc`, in float64 so
-    that the one rounding happens when `build_sae` casts to the target dtype."""
-    return b_enc.double() + b_dec.double() @ W_enc.double()
-
-
 def build_sae(
     cfg: SAEConfig,
     params: dict[str, Tensor],
@@ -196,7 +190,7 @@ def build_sae(
     sae = SparseAutoencoder(
         cfg.d_in, cfg.d_sae, activation=cfg.activation, k=cfg.k, backend=backend,
         dtype=torch_dtype, device=device, model_name=cfg.model_name,
-        hook_name=cfg.hook_name, metadata=cfg.metadata,
+        hook_name=cfg.hook_name, metadata=cfg.metadata, options=cfg.options,
     )  # fmt: skip
     expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
     check_tensors(params, expected, where)

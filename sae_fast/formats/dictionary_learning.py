@@ -23,7 +23,8 @@ from torch import Tensor
 from .. import architectures
 from ..config import SAEConfig, dtype_name
 from ..errors import ConfigError, FormatError
-from ._io import build_sae, cfg_get, check_tensors, fold_input_bias, read_json, require_dir
+from ..ops.reference import fold_input_bias
+from ._io import build_sae, cfg_get, check_tensors, read_json, require_dir
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder

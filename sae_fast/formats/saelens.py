@@ -21,7 +21,6 @@ from ._io import (
     atomic_directory,
     build_sae,
     cfg_get,
-    fold_input_bias,
     read_json,
     read_safetensors,
     require_dir,
@@ -43,7 +42,7 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     meta: dict[str, Any] = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
     meta.update(cfg.metadata)
     out: dict[str, Any] = {
-        "architecture": sae.arch.saelens_name,
+        "architecture": sae.arch.saelens_architecture(sae),
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": dtype_name(sae.dtype),
@@ -54,10 +53,14 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
         "metadata": meta,
         "sae_fast": {"version": __version__, "activation": cfg.activation},
     }
+    if cfg.options:
+        out["sae_fast"]["options"] = cfg.options
+    if cfg.k is not None:
+        out["sae_fast"]["k"] = cfg.k
     out.update(sae.arch.saelens_fields(sae))
     if sae.batchtopk_threshold is not None:
         out["sae_fast"]["batchtopk_threshold"] = float(sae.batchtopk_threshold)
-    tensors = {name: p for name, p in sae.named_parameters()}
+    tensors = sae.arch.saelens_tensors(sae)
     with atomic_directory(path) as tmp:
         write_safetensors(tensors, tmp / WEIGHTS_FILENAME, {"format": "pt"})
         write_json(tmp / CFG_FILENAME, out)
@@ -93,6 +96,10 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
         arch = "topk"
         kwargs = cfg_get(raw, "activation_fn_kwargs", dict, where, default={})
         raw = {**raw, "k": kwargs.get("k", raw.get("k"))}
+    ours = cfg_get(raw, "sae_fast", dict, where, default={})
+    mine = ours.get("activation")
+    if mine in architectures.names() and arch in architectures.get(mine).saelens_forms():
+        arch = mine  # ours, saved in a form SAELens loads (matryoshka as jumprelu)
     try:
         architecture = architectures.get(arch)
     except ConfigError:
@@ -108,7 +115,7 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
     model_name = meta.get("model_name", raw.get("model_name"))
     hook_name = meta.get("hook_name", raw.get("hook_name"))
     extra = {k2: v for k2, v in meta.items() if k2 not in ("model_name", "hook_name")}
-    ours = cfg_get(raw, "sae_fast", dict, where, default={})
+    options = fields.pop("options", ours.get("options", {}))
     thr = ours.get("batchtopk_threshold")
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
         raise ConfigError(f"{where}: sae_fast.batchtopk_threshold must be a number")
@@ -122,6 +129,7 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
             model_name=model_name if isinstance(model_name, str) else None,
             hook_name=hook_name if isinstance(hook_name, str) else None,
             metadata=extra,
+            options=options,
         )
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
@@ -139,8 +147,10 @@ def load_saelens(
     path = require_dir(path)
     cfg, apply_b_dec, thr = _parse_cfg(read_json(path / CFG_FILENAME), str(path / CFG_FILENAME))
     tensors = read_safetensors(path / WEIGHTS_FILENAME)
+    arch = architectures.get(cfg.activation)
+    tensors = arch.tensors_from_saelens(tensors)
     if not apply_b_dec and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
-        tensors["b_enc"] = fold_input_bias(tensors["W_enc"], tensors["b_enc"], tensors["b_dec"])
+        arch.fold_input_bias(tensors)
     return build_sae(
         cfg,
         tensors,

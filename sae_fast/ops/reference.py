@@ -58,6 +58,12 @@ def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> T
     return xc @ W_enc + b_enc  # [B, d_sae]
 
 
+def fold_input_bias(W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """b_enc' such that `(x - b_dec) @ W_enc + b_enc' == x @ W_enc + b_enc` (for SAEs that do
+    not centre their input), in float64 so that the one rounding happens at the final cast."""
+    return b_enc.double() + b_dec.double() @ W_enc.double()
+
+
 def relu_act(pre: Tensor) -> Tensor:
     """ReLU code `relu(pre)`."""
     return torch.relu(pre)

@@ -38,7 +38,13 @@ from . import distributed
 
 # Global index of a padding candidate: after every real latent on value ties.
 # The dim along which each parameter is split over the shards (b_dec is replicated).
-SHARD_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
+SHARD_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+
+
+def shard_dims(sae: SparseAutoencoder) -> dict[str, int]:
+    """Parameter name -> the dim split over the shards (the architecture's per-latent
+    parameters along dim 0); parameters not named are replicated."""
+    return {**SHARD_DIM, **dict.fromkeys(sae.arch.latent_params, 0)}
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -193,15 +199,16 @@ def consolidate(sae: SparseAutoencoder, shard: Shard) -> SparseAutoencoder | Non
     if shard.count == 1:
         return sae
     full: dict[str, Tensor] = {}
+    dims = shard_dims(sae)
     for name, p in sae.state_dict().items():  # parameters and buffers
         t = p.detach().cpu().contiguous()
-        if name not in SHARD_DIM:
+        if name not in dims:
             full[name] = t
             continue
         parts = [torch.empty_like(t) for _ in range(shard.count)] if shard.index == 0 else None
         dist.gather(t, parts, dst=shard.root, group=shard.gather_pg)
         if parts is not None:
-            full[name] = torch.cat(parts, SHARD_DIM[name])
+            full[name] = torch.cat(parts, dims[name])
     if shard.index != 0:
         return None
     cfg = dataclasses.replace(sae.cfg, d_sae=shard.d_sae)
@@ -233,7 +240,7 @@ def load_shard(sae: SparseAutoencoder, path: Path, shard: Shard) -> None:
                 )
             for name, p in sae.named_parameters():
                 part = f.get_slice(name)
-                dim = SHARD_DIM.get(name)
+                dim = shard_dims(sae).get(name)
                 t = part[:] if dim is None else part[:, cut] if dim == 1 else part[cut]
                 p.copy_(t)
     except SafetensorError as err:

@@ -178,6 +178,7 @@ class Trainer:
             device=self.device,
             model_name=cfg.model,
             hook_name=cfg.hook,
+            options=architectures.get(cfg.activation).train_options(cfg, d_sae),
             # Read by `evaluate` to hold out the training tokens of the same corpus.
             metadata={
                 "context_size": cfg.context_size,

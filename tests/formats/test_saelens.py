@@ -184,7 +184,7 @@ def _edit_cfg(d, **changes):
         ({"k": "3"}, ConfigError, "'k' must be int/float"),
         ({"k": 2.5}, ConfigError, "fractional"),
         ({"k": 99}, ConfigError, "k must be <= d_sae"),
-        ({"architecture": "gated"}, FormatError, "architecture 'gated' is not supported"),
+        ({"architecture": "transcoder"}, FormatError, "architecture 'transcoder' is not supported"),
         ({"dtype": "int8"}, ConfigError, "unknown dtype"),
         ({"apply_b_dec_to_input": "yes"}, ConfigError, "must be bool"),
         ({"normalize_activations": "layer_norm"}, FormatError, "layer_norm"),

@@ -123,13 +123,24 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     assert_same_sae(tmp_path / "resumed" / "sae", tmp_path / "single" / "sae")
 
 
-def test_data_parallel_batchtopk_selects_over_the_global_batch(tmp_path, cache):
-    cfg = dict(BASE, cache=cache, steps=4, checkpoint_every=0, activation="batchtopk")
+@pytest.mark.parametrize(
+    "arch",
+    [
+        dict(activation="batchtopk"),  # selects over the global batch
+        dict(activation="matryoshka_batchtopk", matryoshka_widths="128,384"),
+        dict(activation="gated", l1_coefficient=0.5),
+    ],
+    ids=lambda a: a["activation"],
+)
+def test_data_parallel_equals_one_process_for_each_architecture(tmp_path, cache, arch):
+    cfg = dict(BASE, cache=cache, steps=4, checkpoint_every=0, **arch)
     single = train(TrainConfig(**cfg, out=str(tmp_path / "single")))
     _run_data_parallel(dict(cfg, out=str(tmp_path / "dp"), parallel="data"))
     assert_same_sae(tmp_path / "dp" / "sae", tmp_path / "single" / "sae")
     dp = SparseAutoencoder.load(tmp_path / "dp" / "sae")
-    assert dp.batchtopk_threshold == pytest.approx(single.sae.batchtopk_threshold, rel=1e-4)
+    assert dp.activation == arch["activation"]
+    if single.sae.batchtopk_threshold is not None:
+        assert dp.batchtopk_threshold == pytest.approx(single.sae.batchtopk_threshold, rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", [["data"], ["features", "--feature-shards", "2"]])

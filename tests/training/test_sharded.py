@@ -63,7 +63,7 @@ def _exchange_main(rank: int, world: int, port: int, tmp: str, single_ckpt: str)
         part = SparseAutoencoder(6, 5, activation="jumprelu", k=None)
         with torch.no_grad():
             for name, prm in part.named_parameters():
-                dim = sharded.SHARD_DIM.get(name)
+                dim = sharded.shard_dims(part).get(name)
                 w = getattr(whole, name)
                 prm.copy_(w if dim is None else w.narrow(dim, shard.lo, 5))
         got = sharded.consolidate(part, shard)
@@ -84,7 +84,7 @@ def _exchange_main(rank: int, world: int, port: int, tmp: str, single_ckpt: str)
         torch.nn.utils.clip_grad_norm_(whole.parameters(), 0.5)
         sharded.clip_grad_norm(part, 0.5, shard)
         for name, prm in part.named_parameters():
-            dim = sharded.SHARD_DIM.get(name)
+            dim = sharded.shard_dims(part).get(name)
             want = whole.get_parameter(name).grad
             want = want if dim is None else want.narrow(dim, shard.lo, 5)
             torch.testing.assert_close(prm.grad, want, msg=name)
@@ -119,6 +119,9 @@ RUNS = {  # name -> config on top of BASE; every one also runs sharded
     "relu": dict(SHORT, activation="relu", l1_coefficient=0.5),
     "jumprelu": dict(SHORT, activation="jumprelu", jumprelu_init_threshold=0.05),
     "batchtopk": dict(SHORT, activation="batchtopk"),
+    "gated": dict(SHORT, activation="gated", l1_coefficient=0.5),
+    # the widths cross the shards' boundary (768 latents, 384 a shard)
+    "matryoshka": dict(SHORT, activation="matryoshka_batchtopk", matryoshka_widths="128,512"),
 }
 
 

@@ -17,11 +17,11 @@ from sae_fast.architectures.topk import TopK
 from sae_fast.config import SAEConfig
 from sae_fast.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1] / "sae_fast"
+ROOT = Path(__file__).resolve().parents[2] / "sae_fast"
 
 
 def test_registry_names_and_saelens_aliases():
-    assert architectures.names() == ("topk", "batchtopk", "relu", "jumprelu")
+    assert architectures.names()[:4] == ("topk", "batchtopk", "relu", "jumprelu")
     assert architectures.get("standard") is architectures.get("relu")  # SAELens's name
     for name in architectures.names():
         arch = architectures.get(name)
