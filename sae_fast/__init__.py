@@ -10,8 +10,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
+from . import formats  # noqa: F401  (gives SparseAutoencoder.save / .load their format)
+from ._version import __version__
 from .analysis.monitor import Monitor
 from .analysis.steering import steer
 from .analysis.trace import trace

@@ -34,20 +34,24 @@ class SAEOutput:
             raise ValueError("SAEOutput holds neither a dense nor a sparse code")
         return ref.densify(self.values, self.indices, self.d_sae)
 
+    def counts(self) -> tuple[Tensor, Tensor]:
+        """(active latents per row `[n]`, rows each latent is active on `[d_sae]`), int64,
+        on the code's device: the one count behind L0, dead latents and densities."""
+        if self.values is not None and self.indices is not None:
+            vals = self.values.detach().reshape(-1, self.values.shape[-1])
+            idx = self.indices.reshape(-1, self.indices.shape[-1])
+            on = vals != 0
+            return on.sum(-1), torch.bincount(idx[on], minlength=self.d_sae)
+        if self.feature_acts is None:
+            raise ValueError("SAEOutput holds neither a dense nor a sparse code")
+        acts = self.feature_acts.detach()
+        on = acts.reshape(-1, acts.shape[-1]) != 0
+        return on.sum(-1), on.sum(0)
+
     def l0(self) -> Tensor:
         """Mean number of non-zero latents per row (a float tensor, no grad)."""
-        if self.feature_acts is not None:
-            return (self.feature_acts.detach() != 0).sum(-1).float().mean()
-        if self.values is None:
-            raise ValueError("SAEOutput holds neither a dense nor a sparse code")
-        return (self.values.detach() != 0).sum(-1).float().mean()
+        return self.counts()[0].float().mean()
 
     def fired(self) -> Tensor:
         """bool `[d_sae]`: which latents are non-zero in at least one row."""
-        if self.feature_acts is not None:
-            return (self.feature_acts.detach() != 0).reshape(-1, self.feature_acts.shape[-1]).any(0)
-        if self.values is None or self.indices is None:
-            raise ValueError("SAEOutput holds neither a dense nor a sparse code")
-        out = torch.zeros(self.d_sae, dtype=torch.bool, device=self.values.device)
-        out[self.indices[self.values.detach() != 0]] = True
-        return out
+        return self.counts()[1] > 0

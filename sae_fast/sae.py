@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,12 +210,19 @@ class SparseAutoencoder(nn.Module):
         recon = self.ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
         return recon.reshape(*lead, self.d_in)
 
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on `scale * x` read `x` itself, with the same code: the
+        pre-activations `(s x - b_dec) @ W_enc` equal `(x - b_dec / s) @ (s W_enc)`, and
+        the reconstruction is divided by s. In place; exact up to rounding."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write `cfg.json` + `sae_weights.safetensors` (SAELens layout), atomically."""
-        from .formats.saelens import save_saelens
-
-        return save_saelens(self, path)
+        return _FORMAT["save"](self, path)
 
     @classmethod
     def load(
@@ -226,9 +234,7 @@ class SparseAutoencoder(nn.Module):
         backend: str = "auto",
     ) -> SparseAutoencoder:
         """Load a directory written by sae_fast, SAELens, sparsify or dictionary_learning."""
-        from .formats import load_any
-
-        return load_any(path, device=device, dtype=dtype, backend=backend)
+        return _FORMAT["load"](path, device=device, dtype=dtype, backend=backend)
 
     @classmethod
     def from_config(cls, cfg: SAEConfig, **kwargs: Any) -> SparseAutoencoder:
@@ -247,3 +253,13 @@ class SparseAutoencoder(nn.Module):
             options=cfg.options,
             **kwargs,
         )
+
+
+# The file format, given by `sae_fast.formats` when it is imported (`import sae_fast` does):
+# the formats depend on this module, never the reverse.
+_FORMAT: dict[str, Callable[..., Any]] = {}
+
+
+def use_format(save: Callable[..., Path], load: Callable[..., SparseAutoencoder]) -> None:
+    """Make `save` and `load` what `SparseAutoencoder.save` and `.load` call."""
+    _FORMAT.update(save=save, load=load)

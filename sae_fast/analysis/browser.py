@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..formats._io import atomic_file
+from ..files import atomic_file
 from .features import ACT_EDGES, Example, FeatureReport
 from .labels import Labels
 

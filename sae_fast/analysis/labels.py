@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FormatError
-from ..formats._io import atomic_file, read_json
+from ..files import atomic_file, read_json
 from ..validate import check_feature_id
 
 LABELS_FILE = "labels.json"

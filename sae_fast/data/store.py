@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..errors import ConfigError, FormatError
-from ..formats._io import atomic_file
+from ..files import atomic_file
 from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"

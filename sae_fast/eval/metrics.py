@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FormatError
-from ..formats._io import atomic_file, read_safetensors
+from ..files import atomic_file, read_safetensors
 from ..sae import SAEOutput, SparseAutoencoder
 
 SPARSITY_FILE = "sparsity.safetensors"
@@ -61,17 +61,10 @@ class ReconstructionMetrics:
 
 
 def code_counts(out: SAEOutput) -> tuple[Tensor, Tensor]:
-    """(active latents per row `[n]`, rows each feature is active on `[d_sae]`), int64."""
-    if out.values is not None and out.indices is not None:
-        vals = out.values.reshape(-1, out.values.shape[-1])
-        idx = out.indices.reshape(-1, out.indices.shape[-1])
-        on = vals != 0
-        per_row = on.sum(-1)
-        per_feature = torch.bincount(idx[on].cpu(), minlength=out.d_sae)
-        return per_row.cpu(), per_feature
-    acts = out.dense_acts()
-    on = acts.reshape(-1, acts.shape[-1]) != 0
-    return on.sum(-1).cpu(), on.sum(0).cpu()
+    """(active latents per row `[n]`, rows each feature is active on `[d_sae]`), int64, on
+    the CPU (`SAEOutput.counts`)."""
+    per_row, per_feature = out.counts()
+    return per_row.cpu(), per_feature.cpu()
 
 
 class ReconstructionStats:

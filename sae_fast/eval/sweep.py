@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..data.collect import collect
 from ..errors import ConfigError
-from ..formats._io import atomic_file
-from ..training.trainer import Trainer, collect
+from ..files import atomic_file
+from ..training.trainer import Trainer
 from .evaluate import DEFAULT_EVAL_TOKENS, EvalResult, EvalSet, evaluate
 from .metrics import save_sparsity
 

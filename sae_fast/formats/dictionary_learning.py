@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -23,11 +22,10 @@ from torch import Tensor
 from .. import architectures
 from ..config import SAEConfig, dtype_name
 from ..errors import ConfigError, FormatError
+from ..files import read_json, require_dir
 from ..ops.reference import fold_input_bias
-from ._io import build_sae, cfg_get, check_tensors, read_json, require_dir
-
-if TYPE_CHECKING:
-    from ..sae import SparseAutoencoder
+from ..sae import SparseAutoencoder
+from ._io import build_sae, cfg_get, check_tensors
 
 CFG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "ae.pt"
@@ -117,6 +115,11 @@ def _params(cls: str, sd: dict[str, Tensor], d_in: int, d_sae: int, where: str):
         f"dict_class {cls!r} is not supported; sae_fast imports AutoEncoder, "
         "AutoEncoderNew, AutoEncoderTopK, BatchTopKSAE, JumpReluAutoEncoder"
     )
+
+
+def holds(path: Path) -> bool:
+    """Whether directory `path` has this format's files."""
+    return (path / "ae.pt").exists() or (path / "config.json").exists()
 
 
 def load_dictionary_learning(

@@ -10,30 +10,35 @@ exact; runtime input normalisations and decoder-norm rescaling are refused, not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .. import __version__, architectures
+from .. import architectures
+from .._version import __version__
 from ..config import SAEConfig, dtype_from_name, dtype_name
 from ..errors import ConfigError, FormatError
-from ._io import (
+from ..files import (
     atomic_directory,
-    build_sae,
-    cfg_get,
     read_json,
     read_safetensors,
     require_dir,
     write_json,
     write_safetensors,
 )
-
-if TYPE_CHECKING:
-    from ..sae import SparseAutoencoder
+from ..sae import SparseAutoencoder
+from ._io import build_sae, cfg_get
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
+
+
+def holds(path: Path) -> bool:
+    """Whether directory `path` has this format's files (sparsify also writes a cfg.json)."""
+    return (path / WEIGHTS_FILENAME).exists() or (
+        (path / CFG_FILENAME).exists() and not (path / "sae.safetensors").exists()
+    )
 
 
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:

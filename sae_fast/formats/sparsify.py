@@ -8,16 +8,14 @@ which is our topk code exactly. Transcoders, skip connections and groupmax are r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import SAEConfig, dtype_name
 from ..errors import ConfigError, FormatError
-from ._io import build_sae, cfg_get, check_tensors, read_json, read_safetensors, require_dir
-
-if TYPE_CHECKING:
-    from ..sae import SparseAutoencoder
+from ..files import read_json, read_safetensors, require_dir
+from ..sae import SparseAutoencoder
+from ._io import build_sae, cfg_get, check_tensors
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
@@ -25,6 +23,11 @@ WEIGHTS_FILENAME = "sae.safetensors"
 
 # sparsify's `activation` values -> sae_fast's architectures (groupmax has no counterpart)
 FROM_SPARSIFY = {"topk": "topk"}
+
+
+def holds(path: Path) -> bool:
+    """Whether directory `path` has this format's weights file."""
+    return (path / WEIGHTS_FILENAME).exists()
 
 
 def load_sparsify(

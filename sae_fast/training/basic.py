@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..architectures.losses import l1, mse
 from ..sae import SparseAutoencoder
 
 INIT_BLOCK = 4096  # decoder rows per generator in `init_decoder_rows`
@@ -72,9 +73,9 @@ def fit(
     for _ in range(steps):
         x = sample(batch_size)
         out = sae(x)
-        loss = (out.reconstruction - x).pow(2).sum(-1).mean()
+        loss = mse(out.reconstruction, x)
         if l1_coefficient and out.feature_acts is not None:
-            loss = loss + l1_coefficient * (out.feature_acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
+            loss = loss + l1_coefficient * l1(out.feature_acts, sae.W_dec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         project_decoder_grad(sae)

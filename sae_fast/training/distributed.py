@@ -18,7 +18,6 @@ candidates over every rank, so it selects over the global batch. Feature shardin
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..config import PARALLEL
-from ..data.activations import ActivationBatch, iter_activations, select_windows
+from ..data.collect import barrier, collect_shares  # noqa: F401 (the run's collectives)
 from ..errors import ConfigError
 
 
@@ -169,43 +168,3 @@ def mean_logs(logs: dict[str, float], group: Group, device: torch.device) -> dic
     t = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, group=group.data_pg)
     return {k: float(v) / group.replicas for k, v in zip(keys, t.tolist(), strict=True)}
-
-
-def barrier(group: Group) -> None:
-    """Wait for every rank (no-op alone)."""
-    if group.world > 1:
-        dist.barrier()
-
-
-def collect_shares(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    windows: list[list[int]],
-    hook: str,
-    max_tokens: int,
-    group: Group,
-    batch_size: int = 32,
-) -> list[ActivationBatch]:
-    """`list(iter_activations(...))` with the model's work split over the ranks: each rank
-    runs its own replica over every world-th batch of the windows one process would read,
-    and the batches are gathered back in order (on every rank)."""
-    chosen, _ = select_windows(tokenizer, windows, max_tokens)
-    starts = range(group.rank * batch_size, len(chosen), group.world * batch_size)
-    mine = []
-    for w0 in starts:
-        part = chosen[w0 : w0 + batch_size]
-        for b in iter_activations(model, tokenizer, part, hook, batch_size):
-            mine.append(dataclasses.replace(b, window=b.window + w0))
-    gathered: list[Any] = [None] * group.world
-    dist.all_gather_object(gathered, mine)
-    ordered: list[ActivationBatch] = []  # batch i * world + r is gathered[r][i]
-    for i in range(max(len(g) for g in gathered)):
-        ordered += [g[i] for g in gathered if i < len(g)]
-    out, seen = [], 0
-    for b in ordered:  # one process stops at max_tokens, mid-batch
-        n = min(len(b.tokens), max_tokens - seen)
-        if n <= 0:
-            break
-        out.append(ActivationBatch(b.acts[:n], b.tokens[:n], b.window[:n], b.position[:n]))
-        seen += n
-    return out

@@ -25,19 +25,14 @@ from torch import Tensor
 
 from .. import architectures
 from ..config import TrainConfig
-from ..data.activations import ActivationBatch, iter_activations, load_model, token_windows
-from ..data.corpus import corpus_hash, load_texts
-from ..data.hooks import resolve_hook
-from ..data.store import ActivationStore, concat_batches, read_cache, write_cache
-from ..errors import ConfigError, DataError, FormatError
-from ..formats._io import atomic_directory, atomic_file, read_json, write_json
+from ..data.activations import ActivationBatch
+from ..data.collect import collect
+from ..data.store import ActivationStore
+from ..errors import ConfigError, DataError
+from ..files import atomic_file, write_json
 from ..sae import SparseAutoencoder
-from . import distributed, losses, sharded
+from . import checkpoint, distributed, losses, sharded
 from .basic import init_decoder_rows, normalize_decoder_rows, project_decoder_grad
-
-STATE_FILE = "trainer_state.json"
-OPTIM_FILE = "optimizer.pt"
-COUNTERS_FILE = "counters.safetensors"
 
 
 @dataclass
@@ -63,49 +58,6 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     if step < decay_from or cfg.steps <= decay_from:
         return warm
     return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
-
-
-def collect(
-    cfg: TrainConfig, group: distributed.Group | None = None
-) -> tuple[ActivationBatch, list[list[int]], Any]:
-    """Training activations (from the cache when it matches), windows and tokenizer.
-
-    In a parallel run (`group`, every rank calls it), each rank runs its own model replica
-    over its share of the windows and the shares are gathered, in window order, so every
-    rank ends with the activations one process would collect; rank 0 writes the cache."""
-    group = group or distributed.Group()
-    model, tokenizer = load_model(cfg.model)
-    resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
-    texts = load_texts(cfg.corpus, cfg.text_field)
-    windows = token_windows(tokenizer, texts, cfg.context_size)
-    identity = {
-        "model": cfg.model,
-        "hook": cfg.hook,
-        "context_size": cfg.context_size,
-        "corpus_hash": corpus_hash(texts),
-        "max_tokens": cfg.max_tokens,
-    }
-    cache = None if cfg.cache is None else Path(cfg.cache)
-    distributed.barrier(group)  # every rank sees the same cache state
-    if cache is not None and (cache / "manifest.json").exists():
-        return read_cache(cache, identity), windows, tokenizer
-    if group.world == 1:  # streamed into the cache, if any
-        acts = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
-    else:  # the same batches, on every rank: all of them stop here if there are none
-        acts = distributed.collect_shares(
-            model, tokenizer, windows, cfg.hook, cfg.max_tokens, group
-        )
-        if not acts:
-            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
-    if cache is not None:
-        if group.is_main:
-            write_cache(cache, acts, identity)
-        distributed.barrier(group)
-        return read_cache(cache, identity), windows, tokenizer
-    acts = list(acts)
-    if not acts:
-        raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
-    return concat_batches(acts), windows, tokenizer
 
 
 def train_device(name: str) -> torch.device:
@@ -205,7 +157,7 @@ class Trainer:
         self.step = 0
         self.since_fired = torch.zeros(self.shard.size, dtype=torch.int64, device=self.device)
         if cfg.resume:
-            self._load_checkpoint(Path(cfg.resume))
+            checkpoint.load(self, Path(cfg.resume))
         self.metrics_path = self.out / "metrics.jsonl"
 
     def _shard(self, d_sae: int) -> sharded.Shard:
@@ -281,97 +233,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step_<n>` atomically; keep the two newest.
-
-        Layout: `sae/` (the whole SAE, an ordinary SAE directory), `trainer_state.json`, and
-        the optimiser state and dead-latent counters: in the root when every rank holds all
-        latents (data-parallel ranks are identical, so rank 0 writes them), else one
-        `shards/shard-<i>/` per feature shard, written by replica 0's ranks into a staging
-        directory that joins the checkpoint in the final rename."""
-        ckpt_root = self.out / "checkpoints"
-        path = ckpt_root / f"step_{self.step:08d}"
-        group = self.group
-        staging = ckpt_root / f".staging-step_{self.step:08d}"
-        if group.shards > 1:
-            if group.is_main:
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-            distributed.barrier(group)
-            if group.replica == 0:
-                with atomic_directory(staging / f"shard-{group.shard:03d}") as tmp:
-                    self._write_state(tmp)
-        sae = sharded.consolidate(self.sae, self.shard) if group.replica == 0 else None
-        if group.is_main:
-            assert sae is not None
-            with atomic_directory(path) as tmp:
-                sae.save(tmp / "sae")
-                write_json(
-                    tmp / STATE_FILE,
-                    {
-                        "step": self.step,
-                        "scale": self.scale,
-                        "batchtopk_threshold": self.sae.batchtopk_threshold,  # for older readers
-                        "feature_shards": group.shards,
-                        "config": self.cfg.to_dict(),
-                    },
-                )
-                if group.shards > 1:
-                    os.rename(staging, tmp / "shards")
-                else:
-                    self._write_state(tmp)
-            old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-2]
-            for p in old:  # renamed first: a kill mid-delete must not leave a torn step_*
-                doomed = p.with_name(f".{p.name}.deleting")
-                os.rename(p, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-        distributed.barrier(group)
-        return path
-
-    def _write_state(self, where: Path) -> None:
-        """This rank's optimiser state and dead-latent counters, into directory `where`."""
-        from safetensors.torch import save_file
-
-        torch.save(self.opt.state_dict(), where / OPTIM_FILE)
-        save_file({"since_fired": self.since_fired.cpu()}, str(where / COUNTERS_FILE))
-
-    def _load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = read_json(path / STATE_FILE)
-        shards = int(state.get("feature_shards", 1))
-        if shards != self.group.shards:
-            raise ConfigError(
-                f"checkpoint {path} was written by a run with {shards} feature shard(s); "
-                f"resume it with {shards} (--parallel features --feature-shards {shards}, "
-                f"or no sharding for 1), not {self.group.shards}"
-            )
-        if shards > 1:
-            sharded.load_shard(self.sae, path / "sae", self.shard)
-            where = path / "shards" / f"shard-{self.group.shard:03d}"
-        else:
-            saved = SparseAutoencoder.load(path / "sae", backend=self.cfg.backend)
-            if (saved.d_in, saved.d_sae, saved.activation) != (
-                self.sae.d_in,
-                self.sae.d_sae,
-                self.sae.activation,
-            ):
-                raise ConfigError(
-                    f"checkpoint {path} is a {saved.activation} SAE {saved.d_in}->{saved.d_sae}, "
-                    f"but this run builds {self.sae.activation} {self.sae.d_in}->{self.sae.d_sae} "
-                    "(d_in comes from the model and hook)"
-                )
-            self.sae.load_state_dict(saved.state_dict())
-            where = path
-        try:
-            opt_state = torch.load(where / OPTIM_FILE, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise FormatError(f"{where / OPTIM_FILE} is unreadable: {err}") from err
-        self.opt.load_state_dict(opt_state)
-        self.since_fired = load_file(str(where / COUNTERS_FILE))["since_fired"].to(self.device)
-        self.step = int(state["step"])
-        self.scale = float(state["scale"])
-        if self.sae.batchtopk_threshold is None and state.get("batchtopk_threshold") is not None:
-            self.sae.batchtopk_threshold = state["batchtopk_threshold"]  # a checkpoint of before
+        """Write `checkpoints/step_<n>` atomically and keep the two newest (checkpoint.py)."""
+        return checkpoint.save(self)
 
     # ------------------------------------------------------------------ run
     def final_sae(self) -> SparseAutoencoder | None:
@@ -382,11 +245,7 @@ class Trainer:
             return None
         sae = SparseAutoencoder.from_config(whole.cfg, backend=self.cfg.backend)
         sae.load_state_dict(whole.state_dict())
-        s = self.scale
-        with torch.no_grad():  # pre((s x)) == pre'(x) with W_enc * s; recon / s
-            sae.W_enc.mul_(s)
-            sae.W_dec.div_(s)
-            sae.b_dec.div_(s)
+        sae.fold_input_scale(self.scale)
         return sae
 
     def run(self) -> TrainResult:

@@ -91,3 +91,21 @@ def test_a_new_architecture_needs_only_its_class_and_a_registry_entry(monkeypatc
     assert out.values.shape == (6, 4) and out.l0() <= 4
     back = SparseAutoencoder.load(sae.save(tmp_path / "s"), backend="torch")
     assert back.arch is _ShiftedTopK and torch.equal(back(x).reconstruction, out.reconstruction)
+
+
+@pytest.mark.parametrize("name", architectures.names())
+def test_fold_input_scale_keeps_every_architectures_code(name):
+    """An SAE trained on s * x, folded, reads x with the same code and recon / s."""
+    torch.manual_seed(1)
+    options = {"matryoshka_widths": [8]} if name == "matryoshka_batchtopk" else {}
+    sae = SparseAutoencoder(6, 24, activation=name, k=3, backend="torch", dtype=torch.float64,
+                            options=options)  # fmt: skip
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, s = torch.randn(5, 6, dtype=torch.float64), 3.5
+    want = sae(s * x)
+    sae.fold_input_scale(s)
+    got = sae(x)
+    torch.testing.assert_close(got.dense_acts(), want.dense_acts())
+    torch.testing.assert_close(got.reconstruction, want.reconstruction / s)

@@ -16,7 +16,7 @@ from sae_fast.eval.metrics import (
     reconstruction_metrics,
     save_sparsity,
 )
-from sae_fast.sae import SAEOutput
+from sae_fast.output import SAEOutput
 
 X = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])
 X_HAT = torch.tensor([[1.0, 1.0], [3.0, 4.0], [4.0, 0.0]])

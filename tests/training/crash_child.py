@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import sae_fast.data.store
-import sae_fast.formats._io
+import sae_fast.files
 import sae_fast.formats.saelens
 from sae_fast.cli import main
 
@@ -69,7 +69,7 @@ def arm(target: str, nth: int) -> None:
                 _die()
             real(src, dst)
 
-        sae_fast.formats._io.os.rename = rename  # the os module: every rename counts
+        sae_fast.files.os.rename = rename  # the os module: every rename counts
     elif target == "prune":
         real_rmtree, calls = shutil.rmtree, 0
 

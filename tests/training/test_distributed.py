@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.data import collect as data_collect
 from sae_fast.data.store import read_cache
 from sae_fast.ops import reference as ref
 from sae_fast.training import distributed, sharded
@@ -71,13 +72,13 @@ def _collect_main(rank: int, world: int, port: int, out: str) -> None:
     join_env(rank, world, port)
     group, _ = distributed.init("data", torch.device("cpu"))
     runs = []  # the windows each rank's model replica ran on
-    real = distributed.iter_activations
+    real = data_collect.iter_activations
 
     def counted(model, tokenizer, windows, *args, **kwargs):
         runs.append(len(windows))
         return real(model, tokenizer, windows, *args, **kwargs)
 
-    distributed.iter_activations = counted
+    data_collect.iter_activations = counted
     try:
         cfg = TrainConfig(**BASE, cache=str(Path(out) / "cache"))
         data, _, _ = collect(cfg, group)

@@ -1,0 +1,129 @@
+"""Activation collection for a run: the model over the corpus's windows at one hook, into
+memory or through the activation cache, and split over the ranks of a parallel run (each
+rank runs its own model replica over its share; every rank ends with what one process
+would collect)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from .activations import (
+    ActivationBatch,
+    iter_activations,
+    load_model,
+    select_windows,
+    token_windows,
+)
+from .corpus import corpus_hash, load_texts
+from .hooks import resolve_hook
+from .store import concat_batches, read_cache, write_cache
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+class Ranks(Protocol):
+    """Where this process is in a parallel run (`training.distributed.Group` is one)."""
+
+    rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Single:
+    rank: int = 0
+    world: int = 1
+    is_main: bool = True
+
+
+SINGLE = _Single()
+
+
+def barrier(group: Ranks) -> None:
+    """Wait for every rank (no-op alone)."""
+    if group.world > 1:
+        dist.barrier()
+
+
+def collect(
+    cfg: TrainConfig, group: Ranks | None = None
+) -> tuple[ActivationBatch, list[list[int]], Any]:
+    """Training activations (from the cache when it matches), windows and tokenizer.
+
+    In a parallel run (`group`, every rank calls it), each rank runs its own model replica
+    over its share of the windows and the shares are gathered, in window order, so every
+    rank ends with the activations one process would collect; rank 0 writes the cache."""
+    group = group or SINGLE
+    model, tokenizer = load_model(cfg.model)
+    resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
+    texts = load_texts(cfg.corpus, cfg.text_field)
+    windows = token_windows(tokenizer, texts, cfg.context_size)
+    identity = {
+        "model": cfg.model,
+        "hook": cfg.hook,
+        "context_size": cfg.context_size,
+        "corpus_hash": corpus_hash(texts),
+        "max_tokens": cfg.max_tokens,
+    }
+    cache = None if cfg.cache is None else Path(cfg.cache)
+    barrier(group)  # every rank sees the same cache state
+    if cache is not None and (cache / "manifest.json").exists():
+        return read_cache(cache, identity), windows, tokenizer
+    if group.world == 1:  # streamed into the cache, if any
+        acts = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
+    else:  # the same batches, on every rank: all of them stop here if there are none
+        acts = collect_shares(model, tokenizer, windows, cfg.hook, cfg.max_tokens, group)
+        if not acts:
+            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
+    if cache is not None:
+        if group.is_main:
+            write_cache(cache, acts, identity)
+        barrier(group)
+        return read_cache(cache, identity), windows, tokenizer
+    acts = list(acts)
+    if not acts:
+        raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
+    return concat_batches(acts), windows, tokenizer
+
+
+def collect_shares(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    windows: list[list[int]],
+    hook: str,
+    max_tokens: int,
+    group: Ranks,
+    batch_size: int = 32,
+) -> list[ActivationBatch]:
+    """`list(iter_activations(...))` with the model's work split over the ranks: each rank
+    runs its own replica over every world-th batch of the windows one process would read,
+    and the batches are gathered back in order (on every rank)."""
+    chosen, _ = select_windows(tokenizer, windows, max_tokens)
+    starts = range(group.rank * batch_size, len(chosen), group.world * batch_size)
+    mine = []
+    for w0 in starts:
+        part = chosen[w0 : w0 + batch_size]
+        for b in iter_activations(model, tokenizer, part, hook, batch_size):
+            mine.append(dataclasses.replace(b, window=b.window + w0))
+    gathered: list[Any] = [None] * group.world
+    dist.all_gather_object(gathered, mine)
+    ordered: list[ActivationBatch] = []  # batch i * world + r is gathered[r][i]
+    for i in range(max(len(g) for g in gathered)):
+        ordered += [g[i] for g in gathered if i < len(g)]
+    out, seen = [], 0
+    for b in ordered:  # one process stops at max_tokens, mid-batch
+        n = min(len(b.tokens), max_tokens - seen)
+        if n <= 0:
+            break
+        out.append(ActivationBatch(b.acts[:n], b.tokens[:n], b.window[:n], b.position[:n]))
+        seen += n
+    return out
