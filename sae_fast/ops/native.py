@@ -107,10 +107,8 @@ def sparse_backward(
     d_pre, dW_enc, db_enc, dW_dec = torch.ops.sae_fast.topk_sae_backward(
         grad, grad_values, x, W_enc, b_dec, W_dec, values, indices
     )
-    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
-    acc = torch.promote_types(grad.dtype, torch.float32)
-    db_dec = grad.sum(0, dtype=acc) + ref.b_dec_grad_through_encoder(W_enc, db_enc)
-    return d_pre, dW_enc, db_enc, dW_dec, db_dec.to(b_dec.dtype)
+    db_enc, db_dec = ref.bias_grads(grad, W_enc, db_enc, b_dec)
+    return d_pre, dW_enc, db_enc, dW_dec, db_dec
 
 
 if NATIVE_AVAILABLE:

@@ -184,6 +184,18 @@ def b_dec_grad_through_encoder(W_enc: Tensor, db_enc: Tensor) -> Tensor:
     return -(W_enc @ db_enc)
 
 
+def bias_grads(
+    grad: Tensor, W_enc: Tensor, db_enc: Tensor, b_dec: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(dL/db_enc in W_enc's dtype, dL/db_dec in b_dec's) of a TopK SAE from the per-feature
+    sums `db_enc` (any float dtype) and `grad = dL/drecon`: the decoder's `sum_b g[b]` plus
+    the encoder's part. The kernels' backward ends here."""
+    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
+    acc = torch.promote_types(grad.dtype, torch.float32)
+    db_dec = grad.sum(0, dtype=acc) + b_dec_grad_through_encoder(W_enc, db_enc)
+    return db_enc, db_dec.to(b_dec.dtype)
+
+
 def encoder_backward_dense(
     d_pre: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

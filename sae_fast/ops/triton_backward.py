@@ -157,6 +157,5 @@ def sparse_backward(
         dW_dec, dW_enc, db_enc, K, D, d_sae,
         BLOCK_F=BLOCK_F, BLOCK_P=BLOCK_P, BLOCK_D=block_d, PRECISION=prec, num_warps=warps,
     )  # fmt: skip
-    db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
-    db_dec = grad.sum(0, dtype=torch.float32) + ref.b_dec_grad_through_encoder(W_enc, db_enc)
-    return d_pre, dW_enc, db_enc, dW_dec, db_dec.to(b_dec.dtype)
+    db_enc, db_dec = ref.bias_grads(grad, W_enc, db_enc, b_dec)
+    return d_pre, dW_enc, db_enc, dW_dec, db_dec
