@@ -12,8 +12,9 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Any
 
-from .config import TrainConfig
+from .config import EvalConfig, FeaturesConfig, MonitorConfig, TrainConfig
 from .errors import ConfigError, SAEFastError
 
 
@@ -25,37 +26,42 @@ def _parse_optional(kind):
     return parse
 
 
-def _add_train_flags(p: argparse.ArgumentParser, **defaults) -> None:
-    """One flag per TrainConfig field, with its type, default (or `defaults`) and help."""
-    for f in dataclasses.fields(TrainConfig):
+def add_config_flags(p: argparse.ArgumentParser, config: type, **defaults: Any) -> None:
+    """One flag per field of the dataclass `config`, with its type, default (or
+    `defaults`) and help; a field without a default is a required flag."""
+    for f in dataclasses.fields(config):
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
         annotation = str(f.type)
         default = defaults.get(f.name, f.default)
+        required = default is dataclasses.MISSING
+        shown = "" if required or default is None else f" (default: {default})"
         if annotation == "bool":
             p.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{helptext} (default: {default})",
+                flag, action=argparse.BooleanOptionalAction, default=default, help=helptext + shown
             )
             continue
         base = {"int": int, "float": float}.get(annotation.split(" |")[0], str)
         kind = _parse_optional(base) if "None" in annotation else base
+        extra = {"required": True} if required else {"default": default}
         p.add_argument(
-            flag,
-            type=kind,
-            default=default,
-            metavar=base.__name__.upper(),
-            help=f"{helptext} (default: {default})",
+            flag, type=kind, metavar=base.__name__.upper(), help=helptext + shown, **extra
         )
+
+
+def config_from(args: argparse.Namespace, config: type) -> Any:
+    """The `config` dataclass built from the parsed flags `add_config_flags` made."""
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+
+
+def _add_train_flags(p: argparse.ArgumentParser, **defaults: Any) -> None:
+    add_config_flags(p, TrainConfig, **defaults)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    result = train(TrainConfig(**values))
+    result = train(config_from(args, TrainConfig))
     m = result.metrics
     print(
         f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
@@ -74,28 +80,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate, save_sparsity
     from .sae import SparseAutoencoder
 
-    sae = SparseAutoencoder.load(args.sae_dir, backend=args.backend)
-    result = evaluate(
-        sae,
-        model=args.model,
-        hook=args.hook,
-        corpus=args.corpus,
-        text_field=args.text_field,
-        context_size=args.context_size,
-        max_tokens=args.max_tokens,
-        skip_tokens=args.skip_tokens,
-        downstream=args.downstream,
-        error_term=args.error_term,
-        batch_size=args.batch_size,
-    )
+    cfg = config_from(args, EvalConfig)
+    sae = SparseAutoencoder.load(args.sae_dir, backend=cfg.backend)
+    result = evaluate(sae, **cfg.evaluate_kwargs())
     result.sae_name = str(args.sae_dir)
-    if args.save_sparsity:
+    if cfg.save_sparsity:
         try:
             path = save_sparsity(args.sae_dir, result.density)
             print(f"wrote {path}", file=sys.stderr)
         except OSError as err:
             print(f"warning: could not write the sparsity file: {err}", file=sys.stderr)
-    print(result.to_json() if args.json else result.table())
+    print(result.to_json() if cfg.json else result.table())
     return 0
 
 
@@ -132,15 +127,16 @@ def _load_sae_and_model(args: argparse.Namespace, sae=None):
 def _cmd_features(args: argparse.Namespace) -> int:
     from .analysis.browser import build_feature_site
 
+    cfg = config_from(args, FeaturesConfig)
     path = build_feature_site(
         args.sae_dir,
-        args.out,
-        model=args.model,
-        corpus=args.corpus,
-        text_field=args.text_field,
-        max_tokens=args.max_tokens,
-        n_top=args.top,
-        width=args.width,
+        cfg.out,
+        model=cfg.model,
+        corpus=cfg.corpus,
+        text_field=cfg.text_field,
+        max_tokens=cfg.max_tokens,
+        n_top=cfg.top,
+        width=cfg.width,
     )
     print(f"wrote {path} (open it in a browser; no server needed)")
     return 0
@@ -214,16 +210,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from .analysis.monitor import Monitor, load_rules, read_jsonl_inputs
     from .sae import SparseAutoencoder
 
+    cfg = config_from(args, MonitorConfig)
     sae = SparseAutoencoder.load(args.sae_dir)
-    rules = load_rules(args.rules, sae.d_sae)  # rejected here, before any input is read
-    if not os.path.isfile(args.input):
-        raise FileNotFoundError(f"input file {args.input} does not exist")
+    rules = load_rules(cfg.rules, sae.d_sae)  # rejected here, before any input is read
+    if not os.path.isfile(cfg.input):
+        raise FileNotFoundError(f"input file {cfg.input} does not exist")
     sae, model, tokenizer, _labels = _load_sae_and_model(args, sae)
     mon = Monitor(sae, rules, model, tokenizer)
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    sink = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
     n_alerts = n_inputs = 0
     try:
-        for input_id, text in read_jsonl_inputs(args.input, args.text_field):
+        for input_id, text in read_jsonl_inputs(cfg.input, cfg.text_field):
             n_inputs += 1
             for alert in mon.check(text, input_id):
                 n_alerts += 1
@@ -270,34 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained SAE (metrics table, --json)")
     e.add_argument("sae_dir", help="SAE directory (sae_fast, SAELens, sparsify, ...)")
-    e.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
-    e.add_argument("--hook", default=None, help="hook (default: the SAE's hook_name)")
-    e.add_argument("--corpus", default=None, help="corpus (default: the SAE's training corpus)")
-    e.add_argument("--text-field", default="text", help="JSONL / datasets text field")
-    e.add_argument("--context-size", type=int, default=None, help="(default: the SAE's)")
-    e.add_argument("--max-tokens", type=int, default=20_000, help="tokens to evaluate on")
-    e.add_argument(
-        "--skip-tokens",
-        type=int,
-        default=None,
-        help="tokens to skip first (default: the SAE's training tokens if same corpus)",
-    )
-    e.add_argument(
-        "--downstream",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="splice the SAE into the model and score the outputs (default: on)",
-    )
-    e.add_argument("--error-term", action="store_true", help="splice x_hat + (x - x_hat)")
-    e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    e.add_argument("--backend", default="auto", help="SAE backend")
-    e.add_argument(
-        "--save-sparsity",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="write sparsity.safetensors (log10 density) into SAE_DIR (default: on)",
-    )
-    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_config_flags(e, EvalConfig)
     e.set_defaults(func=_cmd_eval)
     s = sub.add_parser(
         "sweep", help="train several dictionary sizes on one cache, evaluate, pick the elbow"
@@ -324,13 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
         return a
 
-    f = analysis_parser("features", "write the feature browser (a static site)")
-    f.add_argument("--out", default="site", help="output directory (default: site)")
-    f.add_argument("--corpus", default=None, help="corpus (default: the SAE's training corpus)")
-    f.add_argument("--text-field", default="text", help="JSONL / datasets text field")
-    f.add_argument("--max-tokens", type=int, default=50_000, help="tokens to scan")
-    f.add_argument("--top", type=int, default=10, help="top contexts per feature")
-    f.add_argument("--width", type=int, default=12, help="context tokens either side")
+    f = sub.add_parser("features", help="write the feature browser (a static site)")
+    f.add_argument("sae_dir", help="SAE directory")
+    add_config_flags(f, FeaturesConfig)
     f.set_defaults(func=_cmd_features)
     lab = sub.add_parser("label", help="set (or --clear) a human label of a feature")
     lab.add_argument("sae_dir", help="SAE directory")
@@ -348,11 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--max-new-tokens", type=int, default=20, help="causal LMs: tokens to add")
     st.add_argument("--references", default=None, help="encoders: file of reference sentences")
     st.set_defaults(func=_cmd_steer)
-    mo = analysis_parser("monitor", "check JSONL inputs against feature rules")
-    mo.add_argument("--rules", required=True, help="rules file (.json / .yaml)")
-    mo.add_argument("--input", required=True, help="JSONL inputs ({'id': ..., 'text': ...})")
-    mo.add_argument("--output", default=None, help="alerts JSONL (default: stdout)")
-    mo.add_argument("--text-field", default="text", help="text field of the inputs")
+    mo = sub.add_parser("monitor", help="check JSONL inputs against feature rules")
+    mo.add_argument("sae_dir", help="SAE directory")
+    add_config_flags(mo, MonitorConfig)
     mo.set_defaults(func=_cmd_monitor)
     tr = analysis_parser("trace", "features active at a token and their contributions")
     tr.add_argument("--text", required=True, help="input text")

@@ -215,3 +215,58 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown train config keys {unknown}")
         return cls(**data)
+
+
+def _required(help: str) -> Any:
+    """A dataclass field with no default: its CLI flag is required."""
+    return field(metadata={"help": help})
+
+
+@dataclass
+class EvalConfig:
+    """`sae-fast eval SAE_DIR`: every field is a flag (the SAE directory is positional)."""
+
+    model: str | None = _opt(None, "model (default: the SAE's model_name)")
+    hook: str | None = _opt(None, "hook (default: the SAE's hook_name)")
+    corpus: str | None = _opt(None, "corpus (default: the SAE's training corpus)")
+    text_field: str = _opt("text", "JSONL / datasets text field")
+    context_size: int | None = _opt(None, "tokens per window (default: the SAE's)")
+    max_tokens: int = _opt(20_000, "tokens to evaluate on")
+    skip_tokens: int | None = _opt(
+        None, "tokens to skip first (default: the SAE's training tokens if same corpus)"
+    )
+    downstream: bool = _opt(True, "splice the SAE into the model and score the outputs")
+    error_term: bool = _opt(False, "splice x_hat + (x - x_hat)")
+    batch_size: int = _opt(16, "windows per forward pass")
+    backend: str = _opt("auto", "SAE backend")
+    save_sparsity: bool = _opt(True, "write sparsity.safetensors (log10 density) into SAE_DIR")
+    json: bool = _opt(False, "print JSON instead of a table")
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `sae_fast.eval.evaluate` this config sets."""
+        skip = ("backend", "save_sparsity", "json")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+@dataclass
+class FeaturesConfig:
+    """`sae-fast features SAE_DIR`: the feature browser's flags."""
+
+    model: str | None = _opt(None, "model (default: the SAE's model_name)")
+    out: str = _opt("site", "output directory")
+    corpus: str | None = _opt(None, "corpus (default: the SAE's training corpus)")
+    text_field: str = _opt("text", "JSONL / datasets text field")
+    max_tokens: int = _opt(50_000, "tokens to scan")
+    top: int = _opt(10, "top contexts per feature")
+    width: int = _opt(12, "context tokens either side")
+
+
+@dataclass
+class MonitorConfig:
+    """`sae-fast monitor SAE_DIR`: rules checked against JSONL inputs."""
+
+    rules: str = _required("rules file (.json / .yaml)")
+    input: str = _required("JSONL inputs ({'id': ..., 'text': ...})")
+    model: str | None = _opt(None, "model (default: the SAE's model_name)")
+    output: str | None = _opt(None, "alerts JSONL (default: stdout)")
+    text_field: str = _opt("text", "text field of the inputs")

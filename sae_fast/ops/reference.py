@@ -184,9 +184,7 @@ def b_dec_grad_through_encoder(W_enc: Tensor, db_enc: Tensor) -> Tensor:
     return -(W_enc @ db_enc)
 
 
-def bias_grads(
-    grad: Tensor, W_enc: Tensor, db_enc: Tensor, b_dec: Tensor
-) -> tuple[Tensor, Tensor]:
+def bias_grads(grad: Tensor, W_enc: Tensor, db_enc: Tensor, b_dec: Tensor) -> tuple[Tensor, Tensor]:
     """(dL/db_enc in W_enc's dtype, dL/db_dec in b_dec's) of a TopK SAE from the per-feature
     sums `db_enc` (any float dtype) and `grad = dL/drecon`: the decoder's `sum_b g[b]` plus
     the encoder's part. The kernels' backward ends here."""
