@@ -134,3 +134,28 @@ def reference_code(activation, x, W_enc, b_enc, b_dec, k=None, threshold=None):
     if activation == "batchtopk":
         return ref.batchtopk_act(ref.encode_dense(x, W_enc, b_enc, b_dec), k)
     return ref.encode_dense(x, W_enc, b_enc, b_dec, threshold if activation == "jumprelu" else None)
+
+
+def backward_case(B, d_in, d_sae, k, dtype=torch.float32, seed=0, device="cpu", collide=False):
+    """Inputs of a TopK backward test: (params, x, values, indices, dL/drecon, a direct
+    gradient on the values). `collide`: every row on the same few features."""
+    from sae_fast.ops import reference as ref
+
+    p = {n: t.to(device, dtype) for n, t in make_params(d_in, d_sae, seed=seed).items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(B, d_in, generator=g).to(device, dtype)
+    v, i = ref.encode_topk(x, p["W_enc"], p["b_enc"], p["b_dec"], k)
+    if collide:
+        i = torch.stack([torch.randperm(min(d_sae, k + 2), generator=g)[:k] for _ in range(B)])
+        i = i.to(device)
+    grad = torch.randn(B, d_in, generator=g).to(device, dtype)
+    extra = torch.randn(B, k, generator=g).to(device, torch.float32)
+    return p, x, v, i, grad, extra
+
+
+def backend_device(backend: str) -> str:
+    """Where a backend's tensors live in the tests: native on the CPU, the rest on the
+    tests' device (`tests.conftest.DEVICE`)."""
+    from tests.conftest import DEVICE
+
+    return "cpu" if backend == "native" else DEVICE

@@ -10,7 +10,7 @@ import torch
 import sae_fast
 from sae_fast import SparseAutoencoder
 from tests.conftest import DEVICE, ON_GPU
-from tests.helpers import assert_close
+from tests.helpers import assert_close, backend_device
 
 BACKENDS = [
     pytest.param(
@@ -30,10 +30,6 @@ BACKENDS = [
 ]
 
 
-def _device(backend: str) -> str:
-    return "cpu" if backend == "native" else DEVICE
-
-
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 TOPK_SHAPES = [(1, 97, 1031, 1), (33, 97, 1031, 7), (33, 97, 1031, 64), (5, 7, 13, 13)]
 DENSE_SHAPES = [(1, 97, 1031, 7), (33, 97, 1031, 7)]
@@ -45,7 +41,7 @@ if ON_GPU:
 def _pair(backend, activation, d_in, d_sae, k, dtype=torch.float32, seed=0):
     """A kernel-backend SAE and an identical torch-backend SAE, non-trivial parameters."""
     torch.manual_seed(seed)
-    dev = _device(backend)
+    dev = backend_device(backend)
     a = SparseAutoencoder(
         d_in, d_sae, activation=activation, k=k, backend=backend, dtype=dtype, device=dev
     )

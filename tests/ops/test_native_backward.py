@@ -10,7 +10,7 @@ import torch
 
 from sae_fast.ops import native
 from sae_fast.ops import reference as ref
-from tests.helpers import assert_close, make_params
+from tests.helpers import assert_close, backward_case
 
 pytestmark = pytest.mark.skipif(
     not native.NATIVE_AVAILABLE, reason=f"sae_fast._C not built: {native.NATIVE_IMPORT_ERROR}"
@@ -24,15 +24,8 @@ SHAPES = [(64, 384, 1536, 32), (9, 144, 77, 3), (50, 48, 200, 5), (37, 64, 300, 
 
 
 def _case(B, d_in, d_sae, k, dtype=torch.float32, seed=0, collide=False):
-    p = {n: t.to(dtype) for n, t in make_params(d_in, d_sae, seed=seed).items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(B, d_in, generator=g).to(dtype)
-    v, i = ref.encode_topk(x, p["W_enc"], p["b_enc"], p["b_dec"], k)
-    if collide:  # every row on the same few features: long segments
-        i = torch.stack([torch.randperm(min(d_sae, k + 2), generator=g)[:k] for _ in range(B)])
+    p, x, v, i, grad, extra = backward_case(B, d_in, d_sae, k, dtype, seed, collide=collide)
     v[:, -1] = 0  # a ReLU'd value: its d_pre must be 0
-    grad = torch.randn(B, d_in, generator=g).to(dtype)
-    extra = torch.randn(B, k, generator=g)
     return p, x, v, i, grad, extra
 
 

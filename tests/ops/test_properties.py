@@ -20,7 +20,7 @@ import sae_fast
 from sae_fast.ops import reference as ref
 from sae_fast.ops.dispatch import TorchBackend, get_backend
 from tests.conftest import DEVICE
-from tests.helpers import assert_close
+from tests.helpers import assert_close, backend_device
 
 KERNEL_BACKENDS = [b for b in ("native", "triton") if b in sae_fast.available_backends(DEVICE)]
 FULL = [torch.float32, torch.float64]
@@ -105,10 +105,6 @@ def _inputs(case: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def _device(backend: str) -> str:
-    return "cpu" if backend == "native" else DEVICE
-
-
 def _step(ops, dev: str, case: dict, inputs: dict, dtype: torch.dtype, activation: str):
     """Code, reconstruction and every gradient of `(recon * g_recon).sum() + (code *
     g_code).sum()` (the code term per feature, so tied slots cannot reorder it)."""
@@ -138,7 +134,7 @@ def _step(ops, dev: str, case: dict, inputs: dict, dtype: torch.dtype, activatio
 
 def _check(backend: str, case: dict, activation: str) -> None:
     inputs = _inputs(case)
-    dev = _device(backend)
+    dev = backend_device(backend)
     ops = get_backend(backend, dev, case["dtype"])
     code, recon, grads = _step(ops, dev, case, inputs, case["dtype"], activation)
     if case["dtype"] in FULL:
@@ -207,9 +203,9 @@ def test_sparse_decode_of_any_indices_matches_reference(backend):
         B, k, d_sae = case["B"], case["k"], case["d_sae"]
         idx = torch.randint(0, d_sae, (B, k), generator=g)
         if dup:
-            idx[:, k // 2 :] = idx[:, : k - k // 2]
+            idx[:, k // 2 :] = idx[:, : k - k // 2].clone()  # the halves overlap for odd k
         results = []
-        dev = _device(backend)
+        dev = backend_device(backend)
         for ops in (get_backend(backend, dev), TorchBackend):
             vals = _layout(inputs["g_code"][:, :k].to(dev, case["dtype"]), case["layout"])
             W = _layout(inputs["W_dec"].to(dev, case["dtype"]), case["layout"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import DEVICE
-from tests.helpers import assert_close, make_params
+from tests.helpers import assert_close, backward_case
 
 pytest.importorskip("triton", reason="triton is not installed")
 tb = pytest.importorskip("sae_fast.ops.triton_backward")
@@ -17,13 +17,8 @@ from sae_fast.ops import reference as ref  # noqa: E402
 
 
 def _case(B, d_in, d_sae, k, dtype=torch.float32, seed=0):
-    p = {n: t.to(DEVICE, dtype) for n, t in make_params(d_in, d_sae, seed=seed).items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(B, d_in, generator=g).to(DEVICE, dtype)
-    code = ref.encode_topk(x, p["W_enc"], p["b_enc"], p["b_dec"], k)
-    grad = torch.randn(B, d_in, generator=g).to(DEVICE, dtype)
-    extra = torch.randn(B, k, generator=g).to(DEVICE, torch.float32)
-    return p, x, code, grad, extra
+    p, x, v, i, grad, extra = backward_case(B, d_in, d_sae, k, dtype, seed, device=DEVICE)
+    return p, x, (v, i), grad, extra
 
 
 @pytest.mark.parametrize("B,d_in,d_sae,k", [(1, 97, 1031, 1), (33, 97, 1031, 7), (5, 7, 13, 13)])
