@@ -54,10 +54,6 @@ def config_from(args: argparse.Namespace, config: type) -> Any:
     return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
 
 
-def _add_train_flags(p: argparse.ArgumentParser, **defaults: Any) -> None:
-    add_config_flags(p, TrainConfig, **defaults)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
@@ -263,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sae-fast", description="Sparse autoencoders, fast.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an SAE on a transformer's activations")
-    _add_train_flags(t)
+    add_config_flags(t, TrainConfig)
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained SAE (metrics table, --json)")
     e.add_argument("sae_dir", help="SAE directory (sae_fast, SAELens, sparsify, ...)")
@@ -272,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "sweep", help="train several dictionary sizes on one cache, evaluate, pick the elbow"
     )
-    _add_train_flags(s, out="runs/sweep")
+    add_config_flags(s, TrainConfig, out="runs/sweep")
     s.add_argument("--expansions", default="4,8,16,32", help="d_sae / d_in values (4,8,16,32)")
     s.add_argument("--eval-tokens", type=int, default=20_000, help="held-out tokens to evaluate")
     s.add_argument(

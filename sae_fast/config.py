@@ -12,7 +12,6 @@ from . import architectures
 from .errors import ConfigError
 from .validate import check_int
 
-ACTIVATIONS = architectures.names()  # the registry's, in order
 BACKENDS = ("auto", "triton", "native", "torch")
 PARALLEL = ("none", "data", "features")  # training parallelism (sae_fast.training.distributed)
 

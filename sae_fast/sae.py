@@ -86,16 +86,11 @@ class SparseAutoencoder(nn.Module):
     @property
     def batchtopk_threshold(self) -> float | None:
         """BatchTopK's inference threshold (None until estimated, and for the others)."""
-        thr = getattr(self.arch, "threshold", None)
-        return thr(self) if thr is not None else None
+        return self.arch.inference_threshold(self)
 
     @batchtopk_threshold.setter
     def batchtopk_threshold(self, value: float | None) -> None:
-        setter = getattr(self.arch, "set_threshold", None)
-        if setter is not None:
-            setter(self, value)
-        elif value is not None:
-            raise ConfigError(f"a {self.activation} SAE has no batchtopk_threshold")
+        self.arch.set_inference_threshold(self, value)
 
     @property
     def active_backend(self) -> str:

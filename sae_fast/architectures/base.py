@@ -79,6 +79,17 @@ class Architecture:
     def init_state(cls, sae: SparseAutoencoder) -> None:
         """Register the parameters and buffers beyond the four every SAE has."""
 
+    @classmethod
+    def inference_threshold(cls, sae: SparseAutoencoder) -> float | None:
+        """A batch-wide selection's inference threshold (None: not estimated, or none)."""
+        return None
+
+    @classmethod
+    def set_inference_threshold(cls, sae: SparseAutoencoder, value: float | None) -> None:
+        """Set (None: clear) that threshold; ConfigError for an architecture without one."""
+        if value is not None:
+            raise ConfigError(f"a {cls.name} SAE has no batchtopk_threshold")
+
     # ---------------------------------------------------------------- encode
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
@@ -97,6 +108,14 @@ class Architecture:
         acts = cls.encode(sae, x, ops)
         recon = ops.decode_dense(acts, sae.W_dec, sae.b_dec)
         return SAEOutput(recon, feature_acts=acts, d_sae=sae.d_sae)
+
+    @staticmethod
+    def dense_output(sae: SparseAutoencoder, acts: Tensor, shard: Shard, ops: Any) -> SAEOutput:
+        """SAEOutput of this shard's dense code `acts`: the full reconstruction, every
+        shard's partial decode summed (shard 0 adds b_dec). `ops`: a backend, or the
+        reference module for the training paths that need autograd through torch."""
+        recon = shard.sum(ops.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
+        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
 
     @classmethod
     def sharded_forward(

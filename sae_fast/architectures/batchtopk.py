@@ -39,20 +39,20 @@ class BatchTopK(Architecture):
             "topk_threshold", torch.full((), math.nan, dtype=torch.float32, device=sae.device)
         )
 
-    @staticmethod
-    def threshold(sae: SparseAutoencoder) -> float | None:
+    @classmethod
+    def inference_threshold(cls, sae: SparseAutoencoder) -> float | None:
         """The inference threshold, None until estimated."""
         t = float(sae.topk_threshold)
         return None if math.isnan(t) else t
 
-    @staticmethod
-    def set_threshold(sae: SparseAutoencoder, value: float | None) -> None:
+    @classmethod
+    def set_inference_threshold(cls, sae: SparseAutoencoder, value: float | None) -> None:
         """Set (None: clear) the inference threshold."""
         sae.topk_threshold.fill_(math.nan if value is None else float(value))
 
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
-        thr = cls.threshold(sae)
+        thr = cls.inference_threshold(sae)
         if not sae.training and thr is not None:
             t = torch.full((sae.d_sae,), thr, dtype=sae.dtype, device=sae.device)
             return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, t)
@@ -65,8 +65,7 @@ class BatchTopK(Architecture):
     ) -> SAEOutput:
         acts = ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, None)
         acts = acts * batch_winners(acts, sae.k, shard)
-        recon = shard.sum(ops.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
-        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
+        return cls.dense_output(sae, acts, shard, ops)
 
     @classmethod
     def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
@@ -76,8 +75,8 @@ class BatchTopK(Architecture):
         low = float(kept.min().detach()) if kept.numel() else math.inf
         low = run.shard.batch_group.total(low, op="min")  # over every shard and replica
         if low < math.inf:
-            prev = cls.threshold(sae)
-            cls.set_threshold(sae, low if prev is None else EMA * prev + (1 - EMA) * low)
+            prev = cls.inference_threshold(sae)
+            cls.set_inference_threshold(sae, low if prev is None else EMA * prev + (1 - EMA) * low)
         return out, auxk_term(run, x, out.reconstruction)
 
 

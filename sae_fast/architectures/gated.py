@@ -59,25 +59,27 @@ class Gated(Architecture):
         mag = hidden * sae.r_mag.to(hidden.dtype).exp() + sae.b_mag.to(hidden.dtype)
         return gate, mag
 
+    @staticmethod
+    def code(sae: SparseAutoencoder, gate: Tensor, mag: Tensor) -> Tensor:
+        """a = (pi_gate > 0) * relu(pi_mag), in the parameters' dtype."""
+        return ((gate > 0).to(mag.dtype) * torch.relu(mag)).to(sae.dtype)
+
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
-        gate, mag = cls.paths(sae, x)
-        return ((gate > 0).to(mag.dtype) * torch.relu(mag)).to(sae.dtype)
+        return cls.code(sae, *cls.paths(sae, x))
 
     @classmethod
     def sharded_forward(
         cls, sae: SparseAutoencoder, x: Tensor, shard: Shard, ops: Any
     ) -> SAEOutput:
-        acts = cls.encode(sae, x, ops)  # every latent's code is local to its shard
-        recon = shard.sum(ops.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
-        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
+        # every latent's code is local to its shard
+        return cls.dense_output(sae, cls.encode(sae, x, ops), shard, ops)
 
     @classmethod
     def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
         cfg, sae, shard = run.cfg, run.sae, run.shard
         gate, mag = cls.paths(sae, x)
-        acts = ((gate > 0).to(mag.dtype) * torch.relu(mag)).to(sae.dtype)
-        recon = shard.sum(ref.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
+        out = cls.dense_output(sae, cls.code(sae, gate, mag), shard, ref)
         gate_act = torch.relu(gate).to(sae.dtype)
         ramp = min(1.0, (run.step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
         penalty = shard.sum(l1(gate_act, sae.W_dec))
@@ -85,5 +87,4 @@ class Gated(Architecture):
             ref.decode_dense(gate_act, sae.W_dec.detach(), shard.decoder_bias(sae.b_dec.detach()))
         )
         aux = (via_gate - x).pow(2).sum(-1).mean()
-        out = SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
         return out, {"l1": cfg.l1_coefficient * ramp * penalty, "aux_recon": aux}

@@ -40,11 +40,8 @@ class JumpReLU(Architecture):
         cfg, sae, shard = run.cfg, run.sae, run.shard
         pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
         acts = JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-        recon = shard.sum(ref.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
         l0 = shard.sum(StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth))
-        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size), {
-            "l0": cfg.l0_coefficient * l0
-        }
+        return cls.dense_output(sae, acts, shard, ref), {"l0": cfg.l0_coefficient * l0}
 
     @classmethod
     def init_training(cls, sae: SparseAutoencoder, cfg: TrainConfig) -> None:

@@ -113,7 +113,9 @@ class MatryoshkaBatchTopK(BatchTopK):
     @classmethod
     def saelens_tensors(cls, sae: SparseAutoencoder) -> dict[str, Tensor]:
         out = super().saelens_tensors(sae)
-        thr = cls.threshold(sae)  # not estimated yet: 0, which makes it a plain ReLU there
+        thr = cls.inference_threshold(
+            sae
+        )  # not estimated yet: 0, which makes it a plain ReLU there
         out["threshold"] = torch.full((sae.d_sae,), thr or 0.0, dtype=sae.dtype)
         return out
 

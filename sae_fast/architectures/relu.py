@@ -31,8 +31,7 @@ class ReLU(Architecture):
         cls, sae: SparseAutoencoder, x: Tensor, shard: Shard, ops: Any
     ) -> SAEOutput:
         acts = cls.encode(sae, x, ops)  # this shard's latents, no exchange needed
-        recon = shard.sum(ops.decode_dense(acts, sae.W_dec, shard.decoder_bias(sae.b_dec)))
-        return SAEOutput(recon, feature_acts=acts, d_sae=shard.size)
+        return cls.dense_output(sae, acts, shard, ops)
 
     @classmethod
     def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:

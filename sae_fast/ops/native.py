@@ -102,8 +102,7 @@ def sparse_backward(
     """(d_pre [B, k] fp32, dW_enc, db_enc, dW_dec, db_dec) of a TopK SAE: one counting sort
     and one C++ walk over the features for every gradient (`grad = dL/drecon`)."""
     _require()
-    if W_enc.stride(0) != W_enc.shape[1] or W_enc.stride(1) != 1:
-        W_enc = W_enc.contiguous()
+    W_enc = W_enc.contiguous()  # a no-op unless it is a view (tied weights)
     d_pre, dW_enc, db_enc, dW_dec = torch.ops.sae_fast.topk_sae_backward(
         grad, grad_values, x, W_enc, b_dec, W_dec, values, indices
     )

@@ -13,7 +13,8 @@ averaged over replicas with one all-reduce over a flat buffer, so with equal sha
 equals the single-process step on the global batch (the loss is a mean over rows). Dead-latent
 counters are kept in step by an all-reduce of the fired mask; BatchTopK exchanges its
 candidates over every rank, so it selects over the global batch. Feature sharding: see
-`sharded.py`. Without a cache, `collect_shares` splits activation collection over the ranks.
+`sharded.py`. Without a cache, `data.collect.collect_shares` splits activation
+collection over the ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..config import PARALLEL
-from ..data.collect import barrier, collect_shares  # noqa: F401 (the run's collectives)
+from ..data.collect import barrier  # noqa: F401 (one barrier for the run and the collection)
 from ..errors import ConfigError
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..architectures.batchtopk import PAD_INDEX, batch_winners  # noqa: F401 (named here for tests)
+from ..architectures.batchtopk import PAD_INDEX
 from ..errors import ConfigError, FormatError
 from ..ops import reference as ref
 from ..sae import SAEOutput, SparseAutoencoder

@@ -183,8 +183,9 @@ class Trainer:
         total = sum(terms.values())
         logs = {n: float(t.detach()) for n, t in terms.items()}
         logs["fvu"] = float(losses.fvu(recon.detach(), x))
-        logs["l0"] = self.shard.total(float(out.l0()))
-        return total, logs, out.fired()
+        per_row, per_latent = out.counts()  # one count for both
+        logs["l0"] = self.shard.total(float(per_row.float().mean()))
+        return total, logs, per_latent > 0
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.architectures.batchtopk import batch_winners
 from sae_fast.data import collect as data_collect
 from sae_fast.data.store import read_cache
 from sae_fast.ops import reference as ref
@@ -56,7 +57,7 @@ def _collectives_main(rank: int, world: int, port: int) -> None:
         full = full.float().relu()
         mine = distributed.share(full, group)
         for k in (1, 3, 10):
-            mask = sharded.batch_winners(mine, k, shard)
+            mask = batch_winners(mine, k, shard)
             parts = [torch.empty_like(mask) for _ in range(2)]
             torch.distributed.all_gather(parts, mask)
             assert torch.equal(full * torch.cat(parts), ref.batchtopk_act(full, k)), k

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.architectures.batchtopk import batch_winners
 from sae_fast.ops import reference as ref
 from sae_fast.training import distributed, sharded
 from sae_fast.training.trainer import Trainer, train
@@ -43,7 +44,7 @@ def _exchange_main(rank: int, world: int, port: int, tmp: str, single_ckpt: str)
             assert torch.equal(shard.gather(mine), want_mask), k
         acts = full.relu()
         for k in (1, 2, 5, 10):  # BatchTopK: B*k of the whole batch (10: every entry)
-            mask = sharded.batch_winners(acts[:, shard.lo : shard.hi], k, shard)
+            mask = batch_winners(acts[:, shard.lo : shard.hi], k, shard)
             got = shard.gather(acts[:, shard.lo : shard.hi] * mask)
             assert torch.equal(got, ref.batchtopk_act(full, k)), k
         # the sum's backward is the identity: each shard's gradient is its own, not summed
