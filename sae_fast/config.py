@@ -59,6 +59,13 @@ class SAEConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     # architecture-specific settings, validated by the architecture (matryoshka_widths, ...)
     options: dict[str, Any] = field(default_factory=dict)
+    # Transcoders (docs/design.md, "Transcoders"): the input is read at `hook_name`, the
+    # target at `target_hook_name`; b_dec [d_out] is the output bias only (it does not
+    # centre the input); `skip` adds `x @ W_skip.T` (W_skip [d_out, d_in]) to the output.
+    transcoder: bool = False
+    d_out: int | None = None  # None: d_in
+    skip: bool = False
+    target_hook_name: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,14 +78,33 @@ class SAEConfig:
             raise ConfigError(f"options must be an object, got {type(self.options).__name__}")
         arch = architectures.get(self.activation)
         self.activation = arch.name  # a SAELens name or alias becomes ours
+        self._validate_transcoder()
         arch.validate(self)
         self.dtype = dtype_name(dtype_from_name(self.dtype))
-        for name in ("model_name", "hook_name"):
+        for name in ("model_name", "hook_name", "target_hook_name"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name} must be a string or null, got {type(value).__name__}")
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be an object, got {type(self.metadata).__name__}")
+
+    def _validate_transcoder(self) -> None:
+        for name in ("transcoder", "skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.d_out is None:
+            self.d_out = self.d_in
+        check_int("d_out", self.d_out, 1)
+        if not self.transcoder:
+            if self.d_out != self.d_in:
+                raise ConfigError(
+                    f"d_out={self.d_out} differs from d_in={self.d_in}: only a transcoder "
+                    "(transcoder=True) reconstructs another width"
+                )
+            if self.skip:
+                raise ConfigError("skip (W_skip) is for transcoders; set transcoder=True")
+            if self.target_hook_name is not None:
+                raise ConfigError("target_hook_name is for transcoders; set transcoder=True")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -112,6 +138,11 @@ class TrainConfig:
 
     model: str = _opt("embedded", 'HF model name or local dir; "embedded" = all-MiniLM-L6-v2')
     hook: str = _opt("layers.3.residual", "see `sae-fast hooks MODEL`")
+    target_hook: str | None = _opt(
+        None, "train a transcoder predicting this hook from --hook (e.g. layers.3.mlp_in -> "
+        "layers.3.mlp_out)",
+    )  # fmt: skip
+    skip: bool = _opt(False, "transcoder: add a learned skip connection x @ W_skip.T")
     corpus: str = _opt("embedded", '"embedded", a .txt/.md file or dir, a .jsonl, a datasets dir')
     text_field: str = _opt("text", "JSONL / datasets field holding the text")
     context_size: int = _opt(128, "tokens per window, special tokens included")
@@ -201,6 +232,13 @@ class TrainConfig:
             raise ConfigError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.target_hook is not None and self.target_hook == self.hook:
+            raise ConfigError(
+                f"target_hook is the input hook {self.hook!r}: an SAE reconstructs its input "
+                "without a target hook; a transcoder's target is another hook"
+            )
+        if self.skip and self.target_hook is None:
+            raise ConfigError("skip (W_skip) is for transcoders: give --target-hook as well")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""

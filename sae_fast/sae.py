@@ -21,10 +21,15 @@ __all__ = ["SAEOutput", "SparseAutoencoder"]
 class SparseAutoencoder(nn.Module):
     """Sparse autoencoder with SAELens parameter names and orientation.
 
-    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`, plus what
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`, plus what
     the architecture adds (`threshold [d_sae]` for jumprelu, the `topk_threshold` buffer for
     batchtopk). The architecture (`self.arch`, from `sae_fast.architectures`) does the
     encoding; inputs may have any leading batch dims.
+
+    An SAE reconstructs its input (d_out = d_in) and centres it by b_dec. A transcoder
+    (`transcoder=True`) reads its input at one hook and predicts the activation at another:
+    d_out may differ, b_dec is the output bias only, and with `skip=True` the output adds
+    `x @ W_skip.T` (`W_skip [d_out, d_in]`, zeros at init), as SAELens's transcoders.
     """
 
     def __init__(
@@ -41,6 +46,10 @@ class SparseAutoencoder(nn.Module):
         hook_name: str | None = None,
         metadata: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        transcoder: bool = False,
+        d_out: int | None = None,
+        skip: bool = False,
+        target_hook_name: str | None = None,
     ) -> None:
         super().__init__()
         torch_dtype = dtype_from_name(dtype)
@@ -48,20 +57,27 @@ class SparseAutoencoder(nn.Module):
             d_in=d_in, d_sae=d_sae, activation=activation, k=k,
             dtype=str(torch_dtype).removeprefix("torch."),
             model_name=model_name, hook_name=hook_name, metadata=dict(metadata or {}),
-            options=dict(options or {}),
+            options=dict(options or {}), transcoder=transcoder, d_out=d_out, skip=skip,
+            target_hook_name=target_hook_name,
         )  # fmt: skip
         self.backend = check_backend_name(backend)
         device = torch.device(device)
         if backend != "auto":
             resolve_backend(backend, device, torch_dtype)  # fail now, not at the first forward
 
-        # W_dec rows unit norm, W_enc = W_dec^T, biases zero.
-        w = torch.randn(d_sae, d_in, dtype=torch.float32, device=device)
-        w = w / w.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(w.to(torch_dtype))  # [d_sae, d_in]
-        self.W_enc = nn.Parameter(w.t().contiguous().to(torch_dtype))  # [d_in, d_sae]
+        # W_dec rows unit norm, W_enc = W_dec^T (independent unit columns when d_out != d_in),
+        # biases and W_skip zero.
+        d_out = self.cfg.d_out
+        w = _unit_rows(d_sae, d_out, device)
+        w_enc = w if d_out == d_in else _unit_rows(d_sae, d_in, device)
+        self.W_dec = nn.Parameter(w.to(torch_dtype))  # [d_sae, d_out]
+        self.W_enc = nn.Parameter(w_enc.t().contiguous().to(torch_dtype))  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=torch_dtype, device=device))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=torch_dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=torch_dtype, device=device))
+        if skip:
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in, dtype=torch_dtype, device=device))
+        else:
+            self.register_parameter("W_skip", None)
         self.register_parameter("threshold", None)  # jumprelu's init_state sets it
         self.arch = architectures.get(self.cfg.activation)
         self.arch.init_state(self)
@@ -74,6 +90,24 @@ class SparseAutoencoder(nn.Module):
     @property
     def d_sae(self) -> int:
         return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Width of the reconstruction: d_in for an SAE, the target's width for a transcoder."""
+        return self.cfg.d_out
+
+    @property
+    def input_bias(self) -> Tensor:
+        """What the encoder subtracts from its input: b_dec for an SAE, zeros for a
+        transcoder (its b_dec lives in the output space). Every architecture encodes
+        `(x - input_bias) @ W_enc + b_enc`."""
+        if self.cfg.transcoder:
+            return self.b_dec.new_zeros(self.d_in)
+        return self.b_dec
+
+    def skip_output(self, x: Tensor) -> Tensor | None:
+        """A skip transcoder's `x @ W_skip.T` (2-D `x`), else None."""
+        return None if self.W_skip is None else x @ self.W_skip.t()
 
     @property
     def activation(self) -> str:
@@ -121,8 +155,11 @@ class SparseAutoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.k is not None else ""
+        tc = ""
+        if self.cfg.transcoder:
+            tc = f", transcoder, d_out={self.d_out}" + (", skip" if self.cfg.skip else "")
         return (
-            f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{k}, "
+            f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{k}{tc}, "
             f"backend={self.backend!r}, dtype={self.dtype}"
         )
 
@@ -154,10 +191,14 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ API
     def forward(self, x: Tensor) -> SAEOutput:
-        """Encode and decode `x [..., d_in]`; see SAEOutput for what is returned."""
+        """Encode and decode `x [..., d_in]` (a skip transcoder adds `x @ W_skip.T` to the
+        output); see SAEOutput for what is returned."""
         x2, lead = self._flatten(x, self.d_in, "x")
         out = self.arch.forward(self, x2, self.ops())
-        out.reconstruction = out.reconstruction.reshape(*lead, self.d_in)
+        skip = self.skip_output(x2)
+        if skip is not None:
+            out.reconstruction = out.reconstruction + skip
+        out.reconstruction = out.reconstruction.reshape(*lead, self.d_out)
         if out.values is not None:
             out.values = out.values.reshape(*lead, -1)
             out.indices = out.indices.reshape(*lead, -1)
@@ -178,12 +219,13 @@ class SparseAutoencoder(nn.Module):
         return values.reshape(*lead, -1), indices.reshape(*lead, -1)
 
     def decode(self, acts: Tensor) -> Tensor:
-        """Reconstruction `[..., d_in]` from dense codes `[..., d_sae]`."""
+        """Output `[..., d_out]` from dense codes `[..., d_sae]` (without a skip term, which
+        needs the input: as SAELens's decode)."""
         a2, lead = self._flatten(acts, self.d_sae, "acts")
-        return self.ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_in)
+        return self.ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_out)
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
-        """Reconstruction `[..., d_in]` from a sparse code `values, indices [..., k]`."""
+        """Output `[..., d_out]` from a sparse code `values, indices [..., k]` (no skip term)."""
         if not isinstance(indices, Tensor) or indices.dtype != torch.int64:
             got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
             raise TypeError(f"indices must be an int64 tensor, got {got}")
@@ -203,16 +245,22 @@ class SparseAutoencoder(nn.Module):
         if lo < 0 or hi >= self.d_sae:
             raise IndexError(f"indices must be in [0, {self.d_sae}), got range [{lo}, {hi}]")
         recon = self.ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
-        return recon.reshape(*lead, self.d_in)
+        return recon.reshape(*lead, self.d_out)
 
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        """Make an SAE trained on `scale * x` read `x` itself, with the same code: the
-        pre-activations `(s x - b_dec) @ W_enc` equal `(x - b_dec / s) @ (s W_enc)`, and
-        the reconstruction is divided by s. In place; exact up to rounding."""
+    def fold_input_scale(self, scale: float, target_scale: float | None = None) -> None:
+        """Make an SAE trained on `scale * x` (and, for a transcoder, target `target_scale * y`;
+        default `scale`) read `x` and predict `y` themselves, with the same code: the
+        pre-activations `(s x - b_dec) @ W_enc` equal `(x - b_dec / s) @ (s W_enc)`, and the
+        output is divided by the target's scale. In place; exact up to rounding."""
+        out_scale = scale if target_scale is None else target_scale
+        if not self.cfg.transcoder and out_scale != scale:
+            raise ConfigError("an SAE's input is its target: it has one scale")
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(out_scale)
+        self.b_dec.div_(out_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale / out_scale)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -246,8 +294,17 @@ class SparseAutoencoder(nn.Module):
             hook_name=cfg.hook_name,
             metadata=cfg.metadata,
             options=cfg.options,
+            transcoder=cfg.transcoder,
+            d_out=cfg.d_out,
+            skip=cfg.skip,
+            target_hook_name=cfg.target_hook_name,
             **kwargs,
         )
+
+
+def _unit_rows(rows: int, width: int, device: torch.device) -> Tensor:
+    w = torch.randn(rows, width, dtype=torch.float32, device=device)
+    return w / w.norm(dim=1, keepdim=True)
 
 
 # The file format, given by `sae_fast.formats` when it is imported (`import sae_fast` does):

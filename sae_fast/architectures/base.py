@@ -135,9 +135,13 @@ class Architecture:
         return cls.sharded_forward(sae, x, shard, sae.ops())
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
-        """The training forward of batch `x` and this architecture's loss terms besides the
-        reconstruction MSE (which the trainer adds), each already weighted."""
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
+        """The training forward of input batch `x` and this architecture's loss terms
+        besides the MSE to `target` (which the trainer adds), each already weighted.
+        `target` is what the SAE's output (without a skip term) should match: `x` for an
+        SAE, the target activations (less `x @ W_skip.T`, for a skip transcoder) else."""
         return cls.train_forward(run.sae, x, run.shard), {}
 
     @classmethod
@@ -202,11 +206,11 @@ class Architecture:
         return {"k": int(k)}
 
 
-def auxk_term(run: TrainState, x: Tensor, recon: Tensor) -> dict[str, Tensor]:
+def auxk_term(run: TrainState, x: Tensor, target: Tensor, recon: Tensor) -> dict[str, Tensor]:
     """The AuxK term of TopK-style architectures (Gao et al.), weighted; empty when off."""
     cfg, sae = run.cfg, run.sae
     if not cfg.auxk_coefficient:
         return {}
     dead = run.since_fired >= cfg.dead_after_tokens
-    term = auxk(x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dead, run.shard)
+    term = auxk(x, target, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.input_bias, dead, run.shard)
     return {"auxk": cfg.auxk_coefficient * term}

@@ -55,20 +55,22 @@ class BatchTopK(Architecture):
         thr = cls.inference_threshold(sae)
         if not sae.training and thr is not None:
             t = torch.full((sae.d_sae,), thr, dtype=sae.dtype, device=sae.device)
-            return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, t)
-        acts = ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, None)  # relu(pre)
+            return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.input_bias, t)
+        acts = ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.input_bias, None)  # relu(pre)
         return ref.batchtopk_act(acts, sae.k)
 
     @classmethod
     def sharded_forward(
         cls, sae: SparseAutoencoder, x: Tensor, shard: Shard, ops: Any
     ) -> SAEOutput:
-        acts = ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, None)
+        acts = ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.input_bias, None)
         acts = acts * batch_winners(acts, sae.k, shard)
         return cls.dense_output(sae, acts, shard, ops)
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
         sae = run.sae
         out = cls.train_forward(sae, x, run.shard)
         kept = out.feature_acts[out.feature_acts > 0]
@@ -77,7 +79,7 @@ class BatchTopK(Architecture):
         if low < math.inf:
             prev = cls.inference_threshold(sae)
             cls.set_inference_threshold(sae, low if prev is None else EMA * prev + (1 - EMA) * low)
-        return out, auxk_term(run, x, out.reconstruction)
+        return out, auxk_term(run, x, target, out.reconstruction)
 
 
 def batch_winners(acts: Tensor, k: int, shard: Shard) -> Tensor:

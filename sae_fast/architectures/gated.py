@@ -54,7 +54,7 @@ class Gated(Architecture):
     def paths(sae: SparseAutoencoder, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag) `[B, d_sae]`, by the low-precision rule of the reference."""
         # the product once, shared by both paths (fp32 for bf16/fp16 parameters)
-        hidden = ref.pre_activations(x, sae.W_enc, torch.zeros_like(sae.b_enc), sae.b_dec)
+        hidden = ref.pre_activations(x, sae.W_enc, torch.zeros_like(sae.b_enc), sae.input_bias)
         gate = hidden + sae.b_enc.to(hidden.dtype)
         mag = hidden * sae.r_mag.to(hidden.dtype).exp() + sae.b_mag.to(hidden.dtype)
         return gate, mag
@@ -76,7 +76,9 @@ class Gated(Architecture):
         return cls.dense_output(sae, cls.encode(sae, x, ops), shard, ops)
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
         cfg, sae, shard = run.cfg, run.sae, run.shard
         gate, mag = cls.paths(sae, x)
         out = cls.dense_output(sae, cls.code(sae, gate, mag), shard, ref)
@@ -86,5 +88,6 @@ class Gated(Architecture):
         via_gate = shard.sum(
             ref.decode_dense(gate_act, sae.W_dec.detach(), shard.decoder_bias(sae.b_dec.detach()))
         )
-        aux = (via_gate - x).pow(2).sum(-1).mean()
+        # the target detached: the auxiliary loss trains the gate, never a skip term (W_skip)
+        aux = (via_gate - target.detach()).pow(2).sum(-1).mean()
         return out, {"l1": cfg.l1_coefficient * ramp * penalty, "aux_recon": aux}

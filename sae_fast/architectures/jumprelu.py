@@ -31,14 +31,16 @@ class JumpReLU(Architecture):
 
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
-        return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold)
+        return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.input_bias, sae.threshold)
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
         # the straight-through estimator needs the pre-activations: the reference ops, and
         # every shard's partial reconstruction summed (no exchange: each latent is local)
         cfg, sae, shard = run.cfg, run.sae, run.shard
-        pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
+        pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.input_bias)
         acts = JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
         l0 = shard.sum(StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth))
         return cls.dense_output(sae, acts, shard, ref), {"l0": cfg.l0_coefficient * l0}

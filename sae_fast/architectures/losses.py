@@ -3,8 +3,9 @@ architecture modules combine them; `sae_fast.training.losses` re-exports them).
 
 mse         mean_b ||x_hat - x||^2
 auxk        TopK/BatchTopK (Gao et al.): the top k_aux dead latents (by pre-activation)
-            reconstruct the residual e = x - x_hat (detached); scale * mean_b ||e_hat - e||^2,
-            scale = min(n_dead / k_aux, 1), k_aux = min(d_in // 2, n_dead)
+            reconstruct the residual e = y - y_hat (detached; y = x for an SAE);
+            scale * mean_b ||e_hat - e||^2, scale = min(n_dead / (d_out // 2), 1),
+            k_aux = min(d_out // 2, n_dead)
 l1          ReLU: mean_b sum_f a_f * ||W_dec[f]||
 l0 / STE    JumpReLU (Rajamanoharan et al.): a = pre * H(pre - t); the threshold's gradient
             uses a rectangle kernel of width `bandwidth` around the jump
@@ -35,31 +36,35 @@ def fvu(recon: Tensor, x: Tensor) -> Tensor:
 
 def auxk(
     x: Tensor,
+    target: Tensor,
     recon: Tensor,
     W_enc: Tensor,
     b_enc: Tensor,
     W_dec: Tensor,
-    b_dec: Tensor,
+    input_bias: Tensor,
     dead: Tensor,
     shard: Shard | None = None,
 ) -> Tensor:
     """AuxK loss over the dead latents (`dead`: bool, one per latent the parameters hold);
-    0 when none is dead. With `shard`, the parameters and `dead` are one shard's latents and
-    the dead latents of every shard compete (see sharded.py)."""
+    0 when none is dead. The dead latents encode `x` (centred by `input_bias`) and predict
+    the residual `target - recon`. With `shard`, the parameters and `dead` are one shard's
+    latents and the dead latents of every shard compete (see sharded.py)."""
     n_dead = int(dead.sum()) if shard is None else int(shard.total(int(dead.sum())))
     if n_dead == 0:
         return x.new_zeros(())
-    k_aux = min(x.shape[-1] // 2, n_dead)
-    scale = min(n_dead / max(x.shape[-1] // 2, 1), 1.0)
+    half = target.shape[-1] // 2
+    k_aux = min(half, n_dead)
+    scale = min(n_dead / max(half, 1), 1.0)
     idx = dead.nonzero(as_tuple=True)[0]  # [n_dead]
-    pre = ref.pre_activations(x, W_enc[:, idx], b_enc[idx], b_dec)  # [B, n_dead] only
+    pre = ref.pre_activations(x, W_enc[:, idx], b_enc[idx], input_bias)  # [B, n_dead] only
+    no_bias = W_dec.new_zeros(W_dec.shape[1])
     if shard is None:
         vals, sel = ref.topk_act(pre, k_aux)
-        e_hat = ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec))
+        e_hat = ref.decode_sparse(vals, sel, W_dec[idx], no_bias)
     else:
         vals, sel = shard.topk_act(pre, k_aux, idx + shard.lo)
-        e_hat = shard.sum(ref.decode_sparse(vals, sel, W_dec[idx], torch.zeros_like(b_dec)))
-    residual = (x - recon).detach()
+        e_hat = shard.sum(ref.decode_sparse(vals, sel, W_dec[idx], no_bias))
+    residual = (target - recon).detach()
     return scale * (e_hat - residual).pow(2).sum(-1).mean()
 
 

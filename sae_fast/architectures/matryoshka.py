@@ -82,8 +82,10 @@ class MatryoshkaBatchTopK(BatchTopK):
         return {WIDTHS: parse_widths(cfg.matryoshka_widths, d_sae)}
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
-        out, terms = super().train_terms(run, x)
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
+        out, terms = super().train_terms(run, x, target)
         sae, shard = run.sae, run.shard
         acts = out.feature_acts  # this rank's latents [shard.lo, shard.hi) of the dictionary
         decoded = torch.zeros_like(out.reconstruction) + shard.decoder_bias(sae.b_dec)
@@ -93,7 +95,7 @@ class MatryoshkaBatchTopK(BatchTopK):
             cut = min(max(width - shard.lo, 0), shard.size)  # this shard's part of the prefix
             decoded = decoded + acts[:, prev:cut] @ sae.W_dec[prev:cut]
             prev = cut
-            inner = inner + (shard.sum(decoded) - x).pow(2).sum(-1).mean()
+            inner = inner + (shard.sum(decoded) - target).pow(2).sum(-1).mean()
         terms["inner_mse"] = inner
         return out, terms
 

@@ -24,7 +24,7 @@ class ReLU(Architecture):
 
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
-        return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.b_dec, None)
+        return ops.encode_dense(x, sae.W_enc, sae.b_enc, sae.input_bias, None)
 
     @classmethod
     def sharded_forward(
@@ -34,7 +34,9 @@ class ReLU(Architecture):
         return cls.dense_output(sae, acts, shard, ops)
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
         cfg = run.cfg
         out = cls.train_forward(run.sae, x, run.shard)
         ramp = min(1.0, (run.step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0

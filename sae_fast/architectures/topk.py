@@ -25,7 +25,7 @@ class TopK(Architecture):
 
     @classmethod
     def encode_sparse(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> ref.SparseCode:
-        return ops.encode_topk(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.k)
+        return ops.encode_topk(x, sae.W_enc, sae.b_enc, sae.input_bias, sae.k)
 
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:
@@ -34,9 +34,13 @@ class TopK(Architecture):
 
     @classmethod
     def forward(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> SAEOutput:
-        recon, (values, indices) = ops.topk_sae(
-            x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.k
-        )
+        if sae.cfg.transcoder:  # b_dec is not the input's centre: the encode and decode ops
+            values, indices = cls.encode_sparse(sae, x, ops)
+            recon = ops.decode_sparse(values, indices, sae.W_dec, sae.b_dec)
+        else:  # one fused op, one sort in its backward
+            recon, (values, indices) = ops.topk_sae(
+                x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.k
+            )
         return SAEOutput(recon, values=values, indices=indices, d_sae=sae.d_sae)
 
     @classmethod
@@ -44,7 +48,7 @@ class TopK(Architecture):
         cls, sae: SparseAutoencoder, x: Tensor, shard: Shard, ops: Any
     ) -> SAEOutput:
         # each shard's k best are candidates; the k best over all shards win
-        values, indices = ops.encode_topk(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.k)
+        values, indices = ops.encode_topk(x, sae.W_enc, sae.b_enc, sae.input_bias, sae.k)
         values = values * shard.winners(values, indices + shard.lo, sae.k)
         recon = shard.sum(
             ops.decode_sparse(values, indices, sae.W_dec, shard.decoder_bias(sae.b_dec))
@@ -52,6 +56,8 @@ class TopK(Architecture):
         return SAEOutput(recon, values=values, indices=indices, d_sae=shard.size)
 
     @classmethod
-    def train_terms(cls, run: TrainState, x: Tensor) -> tuple[SAEOutput, dict[str, Tensor]]:
+    def train_terms(
+        cls, run: TrainState, x: Tensor, target: Tensor
+    ) -> tuple[SAEOutput, dict[str, Tensor]]:
         out = cls.train_forward(run.sae, x, run.shard)
-        return out, auxk_term(run, x, out.reconstruction)
+        return out, auxk_term(run, x, target, out.reconstruction)

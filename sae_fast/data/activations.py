@@ -24,20 +24,31 @@ EMBEDDED_MODEL = "embedded"
 
 @dataclass
 class ActivationBatch:
-    """Activations `[n, d]` (float32) of n real tokens, with where each came from."""
+    """Activations `[n, d]` (float32) of n real tokens, with where each came from; for a
+    transcoder also the target activations `[n, d_out]` of the same tokens."""
 
     acts: Tensor
     tokens: Tensor  # [n] token ids
     window: Tensor  # [n] index into the list of windows
     position: Tensor  # [n] position inside the window
+    target: Tensor | None = None  # [n, d_out] at the target hook, or None
+
+    @property
+    def targets(self) -> Tensor:
+        """What an SAE trained on this batch reconstructs: `target`, else `acts` itself."""
+        return self.acts if self.target is None else self.target
+
+    def rows(self, sl: slice | Tensor) -> ActivationBatch:
+        """The tokens `sl` (a slice or an index tensor) of every field."""
+        target = None if self.target is None else self.target[sl]
+        return ActivationBatch(
+            self.acts[sl], self.tokens[sl], self.window[sl], self.position[sl], target
+        )
 
     def chunks(self, rows: int) -> Iterator[ActivationBatch]:
         """Consecutive slices of at most `rows` tokens."""
         for r0 in range(0, len(self.tokens), rows):
-            sl = slice(r0, r0 + rows)
-            yield ActivationBatch(
-                self.acts[sl], self.tokens[sl], self.window[sl], self.position[sl]
-            )
+            yield self.rows(slice(r0, r0 + rows))
 
 
 def embedded_model_dir() -> Path:
@@ -177,25 +188,24 @@ def iter_activations(
     hook: str,
     batch_size: int = 32,
     max_tokens: int | None = None,
+    target_hook: str | None = None,
 ) -> Iterator[ActivationBatch]:
-    """Yield activations at `hook` for the real tokens of `windows`, batch by batch."""
+    """Yield activations at `hook` (and, with `target_hook`, the targets there, from the
+    same forward pass) for the real tokens of `windows`, batch by batch."""
     device = next(model.parameters()).device
     seen = 0
-    with capture(model, hook) as box:
+    with capture(model, hook, target=target_hook) as box:
         for w0 in range(0, len(windows), batch_size):
             ids, attn, keep = pad_windows(tokenizer, windows[w0 : w0 + batch_size])
             act = run_to_hook(
                 model, box, input_ids=ids.to(device), attention_mask=attn.to(device)
             )  # [rows, width, d]
             rows, pos = keep.nonzero(as_tuple=True)
-            batch = ActivationBatch(
-                act[rows.to(device), pos.to(device)].float().cpu(), ids[rows, pos], rows + w0, pos
-            )
+            at = rows.to(device), pos.to(device)
+            target = None if target_hook is None else box["target"][at].float().cpu()
+            batch = ActivationBatch(act[at].float().cpu(), ids[rows, pos], rows + w0, pos, target)
             if max_tokens is not None and seen + len(batch.tokens) >= max_tokens:
-                n = max_tokens - seen
-                yield ActivationBatch(
-                    batch.acts[:n], batch.tokens[:n], batch.window[:n], batch.position[:n]
-                )
+                yield batch.rows(slice(0, max_tokens - seen))
                 return
             seen += len(batch.tokens)
             yield batch

@@ -1,4 +1,5 @@
-"""Activation collection for a run: the model over the corpus's windows at one hook, into
+"""Activation collection for a run: the model over the corpus's windows at one hook (and
+a transcoder's target hook, in the same pass), into
 memory or through the activation cache, and split over the ranks of a parallel run (each
 rank runs its own model replica over its share; every rank ends with what one process
 would collect)."""
@@ -65,11 +66,14 @@ def collect(
     group = group or SINGLE
     model, tokenizer = load_model(cfg.model)
     resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
+    if cfg.target_hook is not None:
+        resolve_hook(model, cfg.target_hook)
     texts = load_texts(cfg.corpus, cfg.text_field)
     windows = token_windows(tokenizer, texts, cfg.context_size)
     identity = {
         "model": cfg.model,
         "hook": cfg.hook,
+        "target_hook": cfg.target_hook,
         "context_size": cfg.context_size,
         "corpus_hash": corpus_hash(texts),
         "max_tokens": cfg.max_tokens,
@@ -79,9 +83,15 @@ def collect(
     if cache is not None and (cache / "manifest.json").exists():
         return read_cache(cache, identity), windows, tokenizer
     if group.world == 1:  # streamed into the cache, if any
-        acts = iter_activations(model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens)
+        acts = iter_activations(
+            model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens,
+            target_hook=cfg.target_hook,
+        )  # fmt: skip
     else:  # the same batches, on every rank: all of them stop here if there are none
-        acts = collect_shares(model, tokenizer, windows, cfg.hook, cfg.max_tokens, group)
+        acts = collect_shares(
+            model, tokenizer, windows, cfg.hook, cfg.max_tokens, group,
+            target_hook=cfg.target_hook,
+        )  # fmt: skip
         if not acts:
             raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
     if cache is not None:
@@ -103,6 +113,7 @@ def collect_shares(
     max_tokens: int,
     group: Ranks,
     batch_size: int = 32,
+    target_hook: str | None = None,
 ) -> list[ActivationBatch]:
     """`list(iter_activations(...))` with the model's work split over the ranks: each rank
     runs its own replica over every world-th batch of the windows one process would read,
@@ -112,7 +123,7 @@ def collect_shares(
     mine = []
     for w0 in starts:
         part = chosen[w0 : w0 + batch_size]
-        for b in iter_activations(model, tokenizer, part, hook, batch_size):
+        for b in iter_activations(model, tokenizer, part, hook, batch_size, None, target_hook):
             mine.append(dataclasses.replace(b, window=b.window + w0))
     gathered: list[Any] = [None] * group.world
     dist.all_gather_object(gathered, mine)
@@ -124,6 +135,6 @@ def collect_shares(
         n = min(len(b.tokens), max_tokens - seen)
         if n <= 0:
             break
-        out.append(ActivationBatch(b.acts[:n], b.tokens[:n], b.window[:n], b.position[:n]))
+        out.append(b.rows(slice(0, n)))
         seen += n
     return out

@@ -3,13 +3,17 @@
     embeddings            input of the first block (token + position embeddings)
     layers.{i}.residual   output of block i (the residual stream after it)
     layers.{i}.attn_out   output of block i's attention, before the residual add
+    layers.{i}.mlp_in     input of block i's MLP (after its norm, where the model has one):
+                          an MLP transcoder reads here and predicts mlp_out
     layers.{i}.mlp_out    output of block i's MLP, before the residual add
 
 Resolved for BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style models (with or
 without their task heads). `capture(model, hook)` runs the model and stops the forward pass
-right after the hooked module, so later layers cost nothing.
+right after the hooked module, so later layers cost nothing; `capture(model, hook,
+target=...)` reads a second hook in the same pass (a transcoder's input and target).
 `patch(model, hook, fn)` replaces the activation there by `fn(activation)` (splicing an SAE
-in, steering, ablating).
+in, steering, ablating); `patch_from(model, source, hook, fn)` lets `fn` read an earlier
+hook's activation too (splicing a transcoder).
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-# (block list path, attention-out path in a block, mlp-out path in a block) per family.
+# (block list path, attention-out path in a block, mlp-out path in a block, the module whose
+# input is the MLP's input) per family. BERT's MLP is `intermediate` then `output.dense`.
 _FAMILIES = [
-    ("bert", "encoder.layer", "attention.output.dense", "output.dense"),
-    ("gpt2", "h", "attn", "mlp"),
-    ("gpt_neox", "layers", "attention", "mlp"),
-    ("llama", "layers", "self_attn", "mlp"),
+    ("bert", "encoder.layer", "attention.output.dense", "output.dense", "intermediate"),
+    ("gpt2", "h", "attn", "mlp", "mlp"),
+    ("gpt_neox", "layers", "attention", "mlp", "mlp"),
+    ("llama", "layers", "self_attn", "mlp", "mlp"),
 ]
 _PREFIXES = ("", "bert.", "transformer.", "gpt_neox.", "model.", "model.language_model.")
-_HOOK_RE = re.compile(r"^(embeddings|layers\.(\d+)\.(residual|attn_out|mlp_out))$")
+_HOOK_RE = re.compile(r"^(embeddings|layers\.(\d+)\.(residual|attn_out|mlp_in|mlp_out))$")
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,10 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
     return mod if isinstance(mod, nn.Module) else None
 
 
-def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str]:
-    """(blocks, attention path, mlp path) for a supported model, else ConfigError."""
-    for _family, blocks_path, attn, mlp in _FAMILIES:
+def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str, str]:
+    """(blocks, attention path, mlp path, mlp-input path) for a supported model, else
+    ConfigError."""
+    for _family, blocks_path, attn, mlp, mlp_in in _FAMILIES:
         for prefix in _PREFIXES:
             blocks = _get(model, prefix + blocks_path)
             if (
@@ -62,8 +68,9 @@ def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str]:
                 and len(blocks)
                 and _get(blocks[0], attn)
                 and _get(blocks[0], mlp)
+                and _get(blocks[0], mlp_in)
             ):
-                return blocks, attn, mlp
+                return blocks, attn, mlp, mlp_in
     raise ConfigError(
         f"cannot find the transformer blocks of {type(model).__name__}: supported are "
         "BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style module trees"
@@ -72,16 +79,16 @@ def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str]:
 
 def list_hooks(model: nn.Module) -> list[str]:
     """Every hook name valid for `model`, in forward order."""
-    blocks, _, _ = _blocks(model)
+    blocks = _blocks(model)[0]
     names = ["embeddings"]
     for i in range(len(blocks)):
-        names += [f"layers.{i}.attn_out", f"layers.{i}.mlp_out", f"layers.{i}.residual"]
+        names += [f"layers.{i}.{kind}" for kind in ("attn_out", "mlp_in", "mlp_out", "residual")]
     return names
 
 
 def resolve_hook(model: nn.Module, hook: str) -> Resolved:
     """The module and read side for `hook`; ConfigError listing the valid names otherwise."""
-    blocks, attn, mlp = _blocks(model)
+    blocks, attn, mlp, mlp_in = _blocks(model)
     m = _HOOK_RE.match(hook) if isinstance(hook, str) else None
     if m is None or (m.group(2) is not None and int(m.group(2)) >= len(blocks)):
         valid = list_hooks(model)
@@ -93,6 +100,8 @@ def resolve_hook(model: nn.Module, hook: str) -> Resolved:
     kind = m.group(3)
     if kind == "residual":
         return Resolved(hook, block, read_input=False)
+    if kind == "mlp_in":
+        return Resolved(hook, _get(block, mlp_in), read_input=True)
     return Resolved(hook, _get(block, attn if kind == "attn_out" else mlp), read_input=False)
 
 
@@ -108,41 +117,60 @@ def _first_tensor(value) -> Tensor:
     raise TypeError(f"hooked module produced {type(value).__name__}, not a tensor")
 
 
+class _Box(dict):
+    """What `capture` yields: the activations by key, and the keys it waits for."""
+
+    def __init__(self, wanted: tuple[str, ...]) -> None:
+        super().__init__()
+        self.wanted = wanted
+
+
 @contextlib.contextmanager
-def capture(model: nn.Module, hook: str, stop: bool = True) -> Iterator[dict[str, Tensor]]:
+def capture(
+    model: nn.Module, hook: str, stop: bool = True, target: str | None = None
+) -> Iterator[dict[str, Tensor]]:
     """Within the block, each forward of `model` stores the hooked activation in the
-    yielded dict under "act" and (if `stop`) aborts the rest of the forward pass; call
-    the model through `run_to_hook`, which swallows that early stop."""
-    where = resolve_hook(model, hook)
-    box: dict[str, Tensor] = {}
+    yielded dict under "act" (and the activation at `target`, if given, under "target") and,
+    if `stop`, aborts the rest of the forward pass once it has them all; call the model
+    through `run_to_hook`, which swallows that early stop."""
+    wanted = {"act": resolve_hook(model, hook)}
+    if target is not None:
+        wanted["target"] = resolve_hook(model, target)
+    box = _Box(wanted=tuple(wanted))
 
-    def on_input(_mod, args, kwargs):
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        box["act"] = _first_tensor(hidden).detach()
-        if stop:
+    def store(key: str, value) -> None:
+        box[key] = _first_tensor(value).detach()
+        if stop and len(box) == len(wanted):
             raise _StopForward
 
-    def on_output(_mod, _args, output):
-        box["act"] = _first_tensor(output).detach()
-        if stop:
-            raise _StopForward
+    handles = []
+    for key, where in wanted.items():
+        if where.read_input:
 
-    if where.read_input:
-        handle = where.module.register_forward_pre_hook(on_input, with_kwargs=True)
-    else:
-        handle = where.module.register_forward_hook(on_output)
+            def on_input(_mod, args, kwargs, key=key):
+                store(key, args[0] if args else kwargs.get("hidden_states"))
+
+            handles.append(where.module.register_forward_pre_hook(on_input, with_kwargs=True))
+        else:
+
+            def on_output(_mod, _args, output, key=key):
+                store(key, output)
+
+            handles.append(where.module.register_forward_hook(on_output))
     try:
         yield box
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def run_to_hook(model: nn.Module, box: dict[str, Tensor], **inputs) -> Tensor:
-    """Run `model(**inputs)` inside `capture`; return the hooked activation."""
-    box.pop("act", None)
+    """Run `model(**inputs)` inside `capture`; return the hooked activation (the target's,
+    when `capture` was given one, is then in `box["target"]`)."""
+    box.clear()
     with contextlib.suppress(_StopForward):
         model(**inputs)
-    if "act" not in box:
+    if any(key not in box for key in getattr(box, "wanted", ("act",))):
         raise RuntimeError("the hooked module did not run during the forward pass")
     return box["act"]
 
@@ -180,6 +208,28 @@ def patch(model: nn.Module, hook: str, fn: Callable[[Tensor], Tensor]) -> Iterat
         yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def patch_from(
+    model: nn.Module, source: str, hook: str, fn: Callable[[Tensor, Tensor], Tensor]
+) -> Iterator[None]:
+    """`patch` whose replacement also reads the activation at `source`, a hook that runs
+    earlier in the same forward pass: the activation at `hook` becomes
+    `fn(activation, source activation)` (a transcoder reads mlp_in and replaces mlp_out)."""
+    seen: dict[str, Tensor] = {}
+
+    def remember(src: Tensor) -> Tensor:
+        seen["src"] = src
+        return src
+
+    def replace(act: Tensor) -> Tensor:
+        if "src" not in seen:
+            raise RuntimeError(f"hook {source} did not run before {hook} in the forward pass")
+        return fn(act, seen.pop("src"))
+
+    with patch(model, source, remember), patch(model, hook, replace):
+        yield
 
 
 def check_width(width: int, d_in: int, hook: str) -> None:

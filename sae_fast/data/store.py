@@ -1,8 +1,9 @@
 """Activation storage: an optional on-disk cache and the shuffled in-memory store.
 
 Cache layout (a directory): `shard_00000.safetensors`, ... each holding `acts [n, d]`,
-`tokens`, `window`, `position`, plus `manifest.json` (model, hook, dtype, d_model, token
-count, context size, corpus hash, shard list, complete flag). Each shard is written to a
+`tokens`, `window`, `position` (and, for a transcoder's (input, target) pairs, `target
+[n, d_out]`), plus `manifest.json` (model, hook, target hook, dtype, d_model, d_target,
+token count, context size, corpus hash, shard list, complete flag). Each shard is written to a
 temp file and renamed, then the manifest is rewritten (temp + rename), so an interrupted
 write leaves only complete shards and a manifest that says it is incomplete; such a cache,
 or one whose manifest does not match the request, is refused with a clear message.
@@ -29,7 +30,7 @@ from ..files import atomic_file
 from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"
-IDENTITY_KEYS = ("model", "hook", "context_size", "corpus_hash", "max_tokens")
+IDENTITY_KEYS = ("model", "hook", "target_hook", "context_size", "corpus_hash", "max_tokens")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -39,11 +40,16 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def concat_batches(batches: list[ActivationBatch]) -> ActivationBatch:
     """One ActivationBatch holding all rows of `batches`, in order."""
+    with_target = {b.target is not None for b in batches}
+    if len(with_target) > 1:
+        raise ConfigError("cannot concatenate batches with and without targets")
+    target = torch.cat([b.target for b in batches]) if with_target == {True} else None
     return ActivationBatch(
         *(
             torch.cat([getattr(b, f) for b in batches])
             for f in ("acts", "tokens", "window", "position")
-        )
+        ),
+        target=target,
     )
 
 
@@ -79,16 +85,17 @@ def write_cache(
             return
         shard = concat_batches(pending)
         name = f"shard_{len(manifest['shards']):05d}.safetensors"
+        tensors = {
+            "acts": shard.acts.contiguous(),
+            "tokens": shard.tokens,
+            "window": shard.window,
+            "position": shard.position,
+        }
+        if shard.target is not None:
+            tensors["target"] = shard.target.contiguous()
+            manifest["d_target"] = int(shard.target.shape[1])
         with atomic_file(path / name) as tmp:
-            save_file(
-                {
-                    "acts": shard.acts.contiguous(),
-                    "tokens": shard.tokens,
-                    "window": shard.window,
-                    "position": shard.position,
-                },
-                str(tmp),
-            )
+            save_file(tensors, str(tmp))
         manifest["shards"].append({"file": name, "n_tokens": len(shard.tokens)})
         manifest["n_tokens"] += len(shard.tokens)
         manifest["d_model"] = int(shard.acts.shape[1])
@@ -150,7 +157,15 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
                 f"cache shard {f} holds {len(t.get('tokens', ()))} tokens, "
                 f"the manifest says {shard['n_tokens']}"
             )
-        parts.append(ActivationBatch(t["acts"], t["tokens"], t["window"], t["position"]))
+        if (manifest.get("target_hook") is not None) != ("target" in t):
+            raise FormatError(
+                f"cache shard {f}: the manifest's target_hook is "
+                f"{manifest.get('target_hook')!r} but the shard "
+                f"{'has' if 'target' in t else 'lacks'} target activations"
+            )
+        parts.append(
+            ActivationBatch(t["acts"], t["tokens"], t["window"], t["position"], t.get("target"))
+        )
     return concat_batches(parts)
 
 

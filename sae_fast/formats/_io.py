@@ -3,12 +3,13 @@ from its config and tensors. The file layer itself is `sae_fast.files`."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import SAEConfig, dtype_from_name
+from ..config import SAEConfig, dtype_from_name, dtype_name
 from ..errors import ConfigError, FormatError
 from ..sae import SparseAutoencoder
 
@@ -62,11 +63,8 @@ def build_sae(
 ):
     """A `SparseAutoencoder` from a config and its tensors in sae_fast orientation."""
     torch_dtype = dtype_from_name(dtype if dtype is not None else cfg.dtype)
-    sae = SparseAutoencoder(
-        cfg.d_in, cfg.d_sae, activation=cfg.activation, k=cfg.k, backend=backend,
-        dtype=torch_dtype, device=device, model_name=cfg.model_name,
-        hook_name=cfg.hook_name, metadata=cfg.metadata, options=cfg.options,
-    )  # fmt: skip
+    cfg = dataclasses.replace(cfg, dtype=dtype_name(torch_dtype))
+    sae = SparseAutoencoder.from_config(cfg, backend=backend, device=device)
     expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
     check_tensors(params, expected, where)
     with torch.no_grad():

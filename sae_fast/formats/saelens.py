@@ -5,6 +5,12 @@ Keys and orientation are SAELens': `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
 `standard <-> relu`, `topk`, `batchtopk`, `jumprelu`. A SAELens directory with
 `apply_b_dec_to_input: false` is loaded by folding `b_dec @ W_enc` into `b_enc`, which is
 exact; runtime input normalisations and decoder-norm rescaling are refused, not ignored.
+
+Transcoders are SAELens's `transcoder` (relu), `skip_transcoder`, `jumprelu_transcoder` and
+`jumprelu_skip_transcoder`: `d_out`, `b_dec [d_out]`, `W_dec [d_sae, d_out]`, `W_skip
+[d_out, d_in]`, never `apply_b_dec_to_input`; the target hook is `metadata.hook_name_out`.
+Transcoders of the other architectures are written under the same pattern
+(`topk_transcoder`, ...), which sae_fast reads and SAELens has no class for.
 """
 
 from __future__ import annotations
@@ -41,18 +47,41 @@ def holds(path: Path) -> bool:
     )
 
 
+def transcoder_architecture(base: str, skip: bool) -> str:
+    """SAELens's name of a transcoder whose SAE architecture is `base` ("standard" ->
+    "transcoder", "jumprelu" + skip -> "jumprelu_skip_transcoder")."""
+    name = "skip_transcoder" if skip else "transcoder"
+    return name if base == "standard" else f"{base}_{name}"
+
+
+def split_transcoder(architecture: str) -> tuple[str, bool, bool]:
+    """(SAE architecture, transcoder?, skip?) of a SAELens `architecture` value."""
+    for suffix, skip in (("skip_transcoder", True), ("transcoder", False)):
+        if architecture == suffix:
+            return "standard", True, skip
+        if architecture.endswith("_" + suffix):
+            return architecture.removesuffix("_" + suffix), True, skip
+    return architecture, False, False
+
+
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write `sae` to directory `path` (atomically: temp dir, then rename)."""
     cfg = sae.cfg
     meta: dict[str, Any] = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
+    if cfg.transcoder:
+        meta["hook_name_out"] = cfg.target_hook_name
     meta.update(cfg.metadata)
+    architecture = sae.arch.saelens_architecture(sae)
+    if cfg.transcoder:
+        architecture = transcoder_architecture(architecture, cfg.skip)
     out: dict[str, Any] = {
-        "architecture": sae.arch.saelens_architecture(sae),
+        "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
+        **({"d_out": cfg.d_out} if cfg.transcoder else {}),
         "dtype": dtype_name(sae.dtype),
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not cfg.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": meta,
@@ -75,14 +104,18 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
 def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float | None]:
     """SAELens cfg dict -> (SAEConfig, apply_b_dec_to_input, batchtopk_threshold)."""
     arch = cfg_get(raw, "architecture", str, where, default="standard")
+    arch, transcoder, skip = split_transcoder(arch)
     d_in = cfg_get(raw, "d_in", int, where)
     d_sae = cfg_get(raw, "d_sae", int, where)
+    d_out = cfg_get(raw, "d_out", int, where) if transcoder else None
     dtype = cfg_get(raw, "dtype", str, where, default="float32")
     try:
         dtype = dtype_name(dtype_from_name(dtype))
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
-    apply_b_dec = cfg_get(raw, "apply_b_dec_to_input", bool, where, default=True)
+    apply_b_dec = cfg_get(raw, "apply_b_dec_to_input", bool, where, default=not transcoder)
+    if transcoder and apply_b_dec:
+        raise FormatError(f"{where}: a transcoder cannot have apply_b_dec_to_input=true")
     norm = cfg_get(raw, "normalize_activations", str, where, default="none")
     if norm != "none":
         raise FormatError(
@@ -119,7 +152,9 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
         raise ConfigError(f"{where}: 'metadata' must be an object, got {type(meta).__name__}")
     model_name = meta.get("model_name", raw.get("model_name"))
     hook_name = meta.get("hook_name", raw.get("hook_name"))
-    extra = {k2: v for k2, v in meta.items() if k2 not in ("model_name", "hook_name")}
+    hook_out = meta.get("hook_name_out", raw.get("hook_name_out")) if transcoder else None
+    named = ("model_name", "hook_name", "hook_name_out")
+    extra = {k2: v for k2, v in meta.items() if k2 not in named}
     options = fields.pop("options", ours.get("options", {}))
     thr = ours.get("batchtopk_threshold")
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
@@ -135,6 +170,10 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
             hook_name=hook_name if isinstance(hook_name, str) else None,
             metadata=extra,
             options=options,
+            transcoder=transcoder,
+            d_out=d_out,
+            skip=skip,
+            target_hook_name=hook_out if isinstance(hook_out, str) and hook_out else None,
         )
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
@@ -154,7 +193,7 @@ def load_saelens(
     tensors = read_safetensors(path / WEIGHTS_FILENAME)
     arch = architectures.get(cfg.activation)
     tensors = arch.tensors_from_saelens(tensors)
-    if not apply_b_dec and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
+    if not apply_b_dec and not cfg.transcoder and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
         arch.fold_input_bias(tensors)
     return build_sae(
         cfg,

@@ -55,6 +55,7 @@ def save(run: Trainer) -> Path:
                 {
                     "step": run.step,
                     "scale": run.scale,
+                    "target_scale": run.target_scale,
                     "batchtopk_threshold": run.sae.batchtopk_threshold,  # for older readers
                     "feature_shards": group.shards,
                     "config": run.cfg.to_dict(),
@@ -97,15 +98,20 @@ def load(run: Trainer, path: Path) -> None:
         where = path / "shards" / f"shard-{run.group.shard:03d}"
     else:
         saved = SparseAutoencoder.load(path / "sae", backend=run.cfg.backend)
-        if (saved.d_in, saved.d_sae, saved.activation) != (
-            run.sae.d_in,
-            run.sae.d_sae,
-            run.sae.activation,
-        ):
+
+        def shape(sae: SparseAutoencoder) -> tuple:
+            return sae.d_in, sae.d_sae, sae.d_out, sae.activation, sae.cfg.transcoder
+
+        if shape(saved) != shape(run.sae):
+
+            def show(sae: SparseAutoencoder) -> str:
+                if sae.cfg.transcoder:
+                    return f"{sae.activation} transcoder {sae.d_in}->{sae.d_sae}->{sae.d_out}"
+                return f"{sae.activation} SAE {sae.d_in}->{sae.d_sae}"
+
             raise ConfigError(
-                f"checkpoint {path} is a {saved.activation} SAE {saved.d_in}->{saved.d_sae}, "
-                f"but this run builds {run.sae.activation} {run.sae.d_in}->{run.sae.d_sae} "
-                "(d_in comes from the model and hook)"
+                f"checkpoint {path} is a {show(saved)}, but this run builds {show(run.sae)} "
+                "(d_in and d_out come from the model and hooks)"
             )
         run.sae.load_state_dict(saved.state_dict())
         where = path
@@ -117,5 +123,6 @@ def load(run: Trainer, path: Path) -> None:
     run.since_fired = load_file(str(where / COUNTERS_FILE))["since_fired"].to(run.device)
     run.step = int(state["step"])
     run.scale = float(state["scale"])
+    run.target_scale = float(state.get("target_scale", run.scale))  # older: an SAE's one
     if run.sae.batchtopk_threshold is None and state.get("batchtopk_threshold") is not None:
         run.sae.batchtopk_threshold = state["batchtopk_threshold"]  # a checkpoint of before

@@ -1,5 +1,7 @@
 """Feature sharding: each rank of a data replica holds `d_sae / shards` consecutive latents
-(its columns of W_enc and b_enc, its rows of W_dec, its thresholds); b_dec is replicated.
+(its columns of W_enc and b_enc, its rows of W_dec, its thresholds); b_dec and a skip
+transcoder's W_skip are replicated (W_skip's gradient, through the target, is whole on every
+shard).
 
 A sharded step computes exactly the single-process step:
 - TopK: every shard takes the top-k of its own latents; the candidates (value, global index)
@@ -13,7 +15,7 @@ A sharded step computes exactly the single-process step:
   the shards, which also adds up the encoders' partial b_dec gradients.
 - Per-latent loss terms (L1, L0) are summed the same way; AuxK selects its dead latents
   across shards with the same candidate exchange (losses.auxk).
-- Gradient clipping uses the global norm (sharded squares summed, b_dec's counted once).
+- Gradient clipping uses the global norm (sharded squares summed, replicated ones once).
 
 `Shard.whole(d_sae)` is the unsharded case: every method is then the plain local operation,
 so the trainer has one code path.
@@ -182,10 +184,10 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float, shard: Shard) -> flo
     if shard.count == 1:
         return float(torch.nn.utils.clip_grad_norm_(sae.parameters(), max_norm))
     grads = {n: p.grad for n, p in sae.named_parameters() if p.grad is not None}
-    local = sum(float(g.double().pow(2).sum()) for n, g in grads.items() if n != "b_dec")
+    split = shard_dims(sae)  # the replicated ones (b_dec, W_skip) count once
+    local = sum(float(g.double().pow(2).sum()) for n, g in grads.items() if n in split)
     total = shard.total(local)
-    if "b_dec" in grads:
-        total += float(grads["b_dec"].double().pow(2).sum())
+    total += sum(float(g.double().pow(2).sum()) for n, g in grads.items() if n not in split)
     norm = total**0.5
     coef = min(1.0, max_norm / (norm + 1e-6))
     for g in grads.values():

@@ -3,8 +3,9 @@
 Per step: a batch from the `ActivationStore` (pure function of seed and step), the
 architecture's loss, backward, decoder-parallel gradient removed, global-norm clipping,
 Adam with linear warmup and linear decay, decoder rows renormalised, dead latents tracked as
-tokens since last fired. Inputs are scaled to mean norm sqrt(d_in) (estimated once, at the
-start) and the scale is folded into the saved weights. Checkpoints are atomic directories;
+tokens since last fired. Inputs are scaled to mean norm sqrt(d_in), and a transcoder's
+targets to mean norm sqrt(d_out) (estimated once, at the start); the scales are folded into
+the saved weights. Checkpoints are atomic directories;
 resuming from one continues bitwise like an uninterrupted run on CPU.
 """
 
@@ -117,8 +118,10 @@ class Trainer:
             data if data is not None else collect(cfg, self.group)
         )
         self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
-        acts = self.data.acts
-        d_in = acts.shape[1]
+        acts, targets = self.data.acts, self.data.targets
+        if self.data.target is None and cfg.target_hook is not None:
+            raise ConfigError(f"the activations have no targets at {cfg.target_hook}")
+        d_in, d_out = acts.shape[1], targets.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
         self.shard = self._shard(d_sae)
         self.sae = SparseAutoencoder(
@@ -131,6 +134,10 @@ class Trainer:
             model_name=cfg.model,
             hook_name=cfg.hook,
             options=architectures.get(cfg.activation).train_options(cfg, d_sae),
+            transcoder=cfg.target_hook is not None,
+            d_out=d_out,
+            skip=cfg.skip,
+            target_hook_name=cfg.target_hook,
             # Read by `evaluate` to hold out the training tokens of the same corpus.
             metadata={
                 "context_size": cfg.context_size,
@@ -139,15 +146,19 @@ class Trainer:
             },
         )
         with torch.no_grad():
-            w = init_decoder_rows(d_sae, d_in, cfg.seed, self.shard.lo, self.shard.hi)
+            w = init_decoder_rows(d_sae, d_out, cfg.seed, self.shard.lo, self.shard.hi)
             self.sae.W_dec.copy_(w)
+            if d_out != d_in:  # a transcoder to another width: its own encoder directions
+                w = init_decoder_rows(d_sae, d_in, cfg.seed + 1, self.shard.lo, self.shard.hi)
             self.sae.W_enc.copy_(w.t())
             self.sae.arch.init_training(self.sae, cfg)
-        sample = acts[:65536]  # sets the input scale and b_dec
-        _check_finite(sample, torch.arange(len(sample)), "the activation set")
+        for what, rows in (("the activation set", acts), ("the targets", targets)):
+            sample = rows[:65536]  # sets the scales and b_dec
+            _check_finite(sample, torch.arange(len(sample)), what)
         self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
-        with torch.no_grad():  # b_dec starts at the (scaled) mean, a common choice
-            self.sae.b_dec.copy_((acts[:65536].mean(0) * self.scale).to(self.device))
+        self.target_scale = _norm_scale(targets) if cfg.normalize_activations else 1.0
+        with torch.no_grad():  # b_dec starts at the (scaled) mean target, a common choice
+            self.sae.b_dec.copy_((targets[:65536].mean(0) * self.target_scale).to(self.device))
         self.store = ActivationStore(acts, seed=cfg.seed)
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
@@ -173,16 +184,20 @@ class Trainer:
         return sharded.Shard.of(d_sae, self.group)
 
     # ------------------------------------------------------------------ one step
-    def _loss(self, x: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
         # The architecture gives the forward and its loss terms; feature-sharded, `sae` holds
         # this shard's latents and `shard.sum` adds up the partial reconstructions and
-        # per-latent terms, so every shard computes the same loss.
-        out, terms = self.sae.arch.train_terms(self, x)
+        # per-latent terms, so every shard computes the same loss. A skip transcoder's
+        # x @ W_skip.T moves into the target, so the architectures never see it.
+        skip = self.sae.skip_output(x)
+        target = y if skip is None else y - skip
+        out, terms = self.sae.arch.train_terms(self, x, target)
         recon = out.reconstruction
-        terms["mse"] = losses.mse(recon, x)
+        terms["mse"] = losses.mse(recon, target)
         total = sum(terms.values())
         logs = {n: float(t.detach()) for n, t in terms.items()}
-        logs["fvu"] = float(losses.fvu(recon.detach(), x))
+        y_hat = recon if skip is None else recon + skip
+        logs["fvu"] = float(losses.fvu(y_hat.detach(), y))
         per_row, per_latent = out.counts()  # one count for both
         logs["l0"] = self.shard.total(float(per_row.float().mean()))
         return total, logs, per_latent > 0
@@ -196,11 +211,17 @@ class Trainer:
         batch = self.store.acts[index]
         _check_finite(batch, index, f"step {self.step}: the batch")
         x = distributed.share(batch, self.group).to(self.device) * self.scale
+        if self.data.target is None:
+            y = x
+        else:
+            target = self.data.target[index]
+            _check_finite(target, index, f"step {self.step}: the batch's targets")
+            y = distributed.share(target, self.group).to(self.device) * self.target_scale
         lr = cfg.lr * _lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            loss, logs, fired = self._loss(x)
+            loss, logs, fired = self._loss(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         sharded.sum_replicated_grad(self.sae.b_dec, self.shard)
@@ -246,7 +267,7 @@ class Trainer:
             return None
         sae = SparseAutoencoder.from_config(whole.cfg, backend=self.cfg.backend)
         sae.load_state_dict(whole.state_dict())
-        sae.fold_input_scale(self.scale)
+        sae.fold_input_scale(self.scale, self.target_scale)
         return sae
 
     def run(self) -> TrainResult:

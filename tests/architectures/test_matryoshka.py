@@ -42,7 +42,7 @@ def test_prefix_losses_match_a_hand_computation(tmp_path):
     sae = trainer.sae
     assert sae.cfg.options == WIDTHS
     x = torch.randn(10, 8)
-    out, terms = sae.arch.train_terms(trainer, x)
+    out, terms = sae.arch.train_terms(trainer, x, x)
     acts = out.feature_acts
     want = sum((acts[:, :w] @ sae.W_dec[:w] + sae.b_dec - x).pow(2).sum(-1).mean() for w in (4, 16))
     assert_close(terms["inner_mse"], want, "inner_mse", rtol=1e-5, atol=1e-6)

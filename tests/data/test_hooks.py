@@ -3,11 +3,20 @@ configs built from transformers config classes: no download)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from sae_fast import ConfigError
-from sae_fast.data.hooks import capture, list_hooks, patch, resolve_hook, run_to_hook
+from sae_fast.data.hooks import (
+    capture,
+    list_hooks,
+    patch,
+    patch_from,
+    resolve_hook,
+    run_to_hook,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,9 +75,11 @@ def test_every_hook_resolves_and_residuals_match_hidden_states(family):
     assert hooks == [
         "embeddings",
         "layers.0.attn_out",
+        "layers.0.mlp_in",
         "layers.0.mlp_out",
         "layers.0.residual",
         "layers.1.attn_out",
+        "layers.1.mlp_in",
         "layers.1.mlp_out",
         "layers.1.residual",
     ]
@@ -125,3 +136,54 @@ def test_patch_replaces_the_activation_and_restores_the_model(family, hook):
         with pytest.raises(RuntimeError, match="boom"), patch(model, hook, torch.zeros_like):
             raise RuntimeError("boom")
         torch.testing.assert_close(model(input_ids=ids)[0], clean_out, rtol=0, atol=0)
+
+
+def _mlp(model, family: str, layer: int):
+    """The block's MLP as one function of its input (BERT's is two modules)."""
+    if family == "bert":
+        block = model.encoder.layer[layer]
+        return lambda h: block.output.dense(block.intermediate(h))
+    if family == "gpt2":
+        return model.transformer.h[layer].mlp
+    if family == "neox":
+        return model.gpt_neox.layers[layer].mlp
+    return model.model.layers[layer].mlp
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "neox"])
+def test_mlp_in_is_what_the_mlp_reads_and_one_pass_captures_both(family):
+    model = _tiny(family).eval()
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        with capture(model, "layers.1.mlp_in", target="layers.1.mlp_out") as box:
+            x = run_to_hook(model, box, input_ids=ids)
+            y = box["target"]
+        with capture(model, "layers.1.mlp_out") as box:
+            y_alone = run_to_hook(model, box, input_ids=ids)
+        torch.testing.assert_close(y, y_alone, rtol=0, atol=0)
+        # mlp_in is after the norm: the MLP of it is mlp_out exactly
+        torch.testing.assert_close(_mlp(model, family, 1)(x), y)
+        # the target before the input in the forward pass works too (stops after both)
+        with capture(model, "layers.1.mlp_out", target="layers.0.mlp_in") as box:
+            run_to_hook(model, box, input_ids=ids)
+            assert set(box) == {"act", "target"}
+
+
+def test_patch_from_reads_an_earlier_hook_and_refuses_a_later_one():
+    model = _tiny("gpt2").eval()
+    ids = torch.randint(0, 100, (2, 6))
+    mlp = copy.deepcopy(_mlp(model, "gpt2", 0))  # a copy: calling the hooked one would recurse
+    with torch.no_grad():
+        clean = model(input_ids=ids)[0]
+        # replacing mlp_out by the MLP of mlp_in changes nothing: exact splicing
+        with patch_from(model, "layers.0.mlp_in", "layers.0.mlp_out", lambda a, src: mlp(src)):
+            spliced = model(input_ids=ids)[0]
+        torch.testing.assert_close(spliced, clean)
+        with patch_from(model, "layers.0.mlp_in", "layers.0.mlp_out", lambda a, s: 0 * a):
+            assert not torch.allclose(model(input_ids=ids)[0], clean)
+        with (
+            pytest.raises(RuntimeError, match="did not run before"),
+            patch_from(model, "layers.1.mlp_in", "layers.0.mlp_out", lambda a, s: a),
+        ):
+            model(input_ids=ids)
+        torch.testing.assert_close(model(input_ids=ids)[0], clean, rtol=0, atol=0)

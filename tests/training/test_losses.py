@@ -35,9 +35,9 @@ def test_auxk_by_hand():
     dead = torch.tensor([False, True, True])
     # pre over dead = (0.5, 2.0) -> feature 2 chosen, e_hat = 2 * (0, 1) = (0, 2)
     # ||e_hat - e||^2 = 1 + 4 = 5; scale = min(2 / 1, 1) = 1
-    got = losses.auxk(x, recon, W_enc, b_enc, W_dec, b_dec, dead)
+    got = losses.auxk(x, x, recon, W_enc, b_enc, W_dec, b_dec, dead)
     assert got.item() == pytest.approx(5.0)
-    assert losses.auxk(x, recon, W_enc, b_enc, W_dec, b_dec, torch.zeros(3, dtype=bool)) == 0
+    assert losses.auxk(x, x, recon, W_enc, b_enc, W_dec, b_dec, torch.zeros(3, dtype=bool)) == 0
     # one dead latent with d_in // 2 = 1: scale 1; with d_in = 4 (k_aux 2) scale would be 1/2
     x4 = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     W4 = torch.zeros(4, 3)
@@ -45,7 +45,14 @@ def test_auxk_by_hand():
     Wd4 = torch.zeros(3, 4)
     Wd4[2, 0] = 1.0
     got4 = losses.auxk(
-        x4, torch.zeros(1, 4), W4, b_enc, Wd4, torch.zeros(4), torch.tensor([False, False, True])
+        x4,
+        x4,
+        torch.zeros(1, 4),
+        W4,
+        b_enc,
+        Wd4,
+        torch.zeros(4),
+        torch.tensor([False, False, True]),
     )
     # e = (1,0,0,0), e_hat = 1 * (1,0,0,0): loss 0 * scale
     assert got4.item() == pytest.approx(0.0)
