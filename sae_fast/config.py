@@ -59,7 +59,7 @@ class SAEConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     # architecture-specific settings, validated by the architecture (matryoshka_widths, ...)
     options: dict[str, Any] = field(default_factory=dict)
-    # Transcoders (docs/design.md, "Transcoders"): the input is read at `hook_name`, the
+    # Transcoders (docs/design.md section 4.2): the input is read at `hook_name`, the
     # target at `target_hook_name`; b_dec [d_out] is the output bias only (it does not
     # centre the input); `skip` adds `x @ W_skip.T` (W_skip [d_out, d_in]) to the output.
     transcoder: bool = False

@@ -84,7 +84,7 @@ def test_cli_train_hooks_and_errors(tmp_path):
 
     r = cli("hooks")
     assert r.returncode == 0 and r.stdout.split()[:2] == ["embeddings", "layers.0.attn_out"]
-    assert len(r.stdout.split()) == 1 + 6 * 3
+    assert len(r.stdout.split()) == 1 + 6 * 4  # attn_out, mlp_in, mlp_out, residual
     r = cli("train", "--hook", "layers.9.residual")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: unknown hook 'layers.9.residual'")

@@ -128,10 +128,11 @@ class Architecture:
     # ---------------------------------------------------------------- training
     @classmethod
     def train_forward(cls, sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
-        """The forward of a training step: `sae(x)`, or `sharded_forward` when this rank
-        holds one shard of the latents or (for a batch-wide selection) one replica's rows."""
+        """The forward of a training step (2-D `x`; no skip term, which the trainer moves
+        into the target): `forward`, or `sharded_forward` when this rank holds one shard
+        of the latents or (for a batch-wide selection) one replica's rows."""
         if shard.count == 1 and (shard.replicas == 1 or not cls.batch_wide):
-            return sae(x)
+            return cls.forward(sae, x, sae.ops())
         return cls.sharded_forward(sae, x, shard, sae.ops())
 
     @classmethod

@@ -103,16 +103,18 @@ def load(run: Trainer, path: Path) -> None:
             return sae.d_in, sae.d_sae, sae.d_out, sae.activation, sae.cfg.transcoder
 
         if shape(saved) != shape(run.sae):
-
-            def show(sae: SparseAutoencoder) -> str:
-                if sae.cfg.transcoder:
-                    return f"{sae.activation} transcoder {sae.d_in}->{sae.d_sae}->{sae.d_out}"
-                return f"{sae.activation} SAE {sae.d_in}->{sae.d_sae}"
-
-            raise ConfigError(
-                f"checkpoint {path} is a {show(saved)}, but this run builds {show(run.sae)} "
-                "(d_in and d_out come from the model and hooks)"
-            )
+            if saved.cfg.transcoder or run.sae.cfg.transcoder:
+                got, want = (
+                    f"{s.activation} {'transcoder' if s.cfg.transcoder else 'SAE'} "
+                    f"{s.d_in}->{s.d_sae}->{s.d_out}"
+                    for s in (saved, run.sae)
+                )
+                where = "d_in and d_out come from the model and hooks"
+            else:
+                got = f"{saved.activation} SAE {saved.d_in}->{saved.d_sae}"
+                want = f"{run.sae.activation} {run.sae.d_in}->{run.sae.d_sae}"
+                where = "d_in comes from the model and hook"
+            raise ConfigError(f"checkpoint {path} is a {got}, but this run builds {want} ({where})")
         run.sae.load_state_dict(saved.state_dict())
         where = path
     try:

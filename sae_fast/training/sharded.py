@@ -172,8 +172,11 @@ def forward(sae: SparseAutoencoder, x: Tensor, shard: Shard) -> SAEOutput:
 
 @torch.no_grad()
 def sum_replicated_grad(param: Tensor, shard: Shard) -> None:
-    """Add up a replicated parameter's partial gradients over the shards (b_dec)."""
-    if shard.count > 1 and param.grad is not None:
+    """Add up a replicated parameter's partial gradients over the shards (b_dec). A shard
+    whose loss does not reach it (a transcoder's b_dec, outside shard 0) adds zeros."""
+    if shard.count > 1:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
         dist.all_reduce(param.grad, group=shard.pg)
 
 
