@@ -111,12 +111,12 @@ def _load_sae_and_model(args: argparse.Namespace, sae=None):
     """(sae, model, tokenizer, labels) for the analysis subcommands (`sae` if loaded)."""
     from .analysis.labels import Labels
     from .data.activations import load_model
-    from .data.hooks import check_hook_width
+    from .eval.splice import check_sae_widths
     from .sae import SparseAutoencoder
 
     sae = sae or SparseAutoencoder.load(args.sae_dir)
     model, tokenizer = load_model(sae.require_model(args.model))
-    check_hook_width(model, tokenizer, sae.require_hook(), sae.d_in)
+    check_sae_widths(model, tokenizer, sae)  # a transcoder's target hook too
     return sae, model, tokenizer, Labels.load(args.sae_dir, sae.d_sae)
 
 

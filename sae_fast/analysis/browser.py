@@ -145,29 +145,32 @@ def build_feature_site(
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
     from ..data.activations import load_model, select_windows, token_windows
     from ..data.corpus import load_texts
-    from ..data.hooks import check_hook_width
+    from ..eval.splice import check_sae_widths, splice_hooks
     from ..sae import SparseAutoencoder
     from ..validate import check_int
     from .features import collect_features, token_effects
 
     sae = SparseAutoencoder.load(sae_dir, backend=backend)
     meta = sae.cfg.metadata
-    model_name, hook = sae.require_model(model), sae.require_hook(hook)
+    model_name, (hook, target_hook) = sae.require_model(model), splice_hooks(sae, hook)
     check_int("max_tokens", max_tokens, 1)
     check_int("top", n_top, 1)
     check_int("samples", n_samples, 0)
     check_int("width", width, 0)
     labels = Labels.load(sae_dir, sae.d_sae)
     net, tokenizer = load_model(model_name)
-    check_hook_width(net, tokenizer, hook, sae.d_in)
+    check_sae_widths(net, tokenizer, sae, hook)
     corpus = corpus or meta.get("corpus", "embedded")
     windows = token_windows(
         tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
     )
     chosen, _ = select_windows(tokenizer, windows, max_tokens)
     report = collect_features(sae, net, tokenizer, chosen, hook, n_top, n_samples, width)
+    kind, where = "SAE", hook
+    if target_hook is not None:  # codes read at the input hook; decoder writes the target's
+        kind, where = "transcoder", f"{hook} -> {target_hook}"
     intro = (
-        f"{sae.activation} SAE {sae.d_in} -> {sae.d_sae} at {hook} of {model_name}; "
+        f"{sae.activation} {kind} {sae.d_in} -> {sae.d_sae} at {where} of {model_name}; "
         f"{report.n_tokens:,} tokens of corpus {corpus}."
     )
     data = site_data(report, chosen, tokenizer, labels, token_effects(sae, net), intro)

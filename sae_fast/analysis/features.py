@@ -270,13 +270,14 @@ def token_effects(
     sae: SparseAutoencoder, model: nn.Module, k: int = 10, chunk: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Direct logit effects W_dec @ W_U^T: (top-k boosted ids, their values, top-k suppressed
-    ids, their values), each `[d_sae, k]`; None for models without an unembedding."""
+    ids, their values), each `[d_sae, k]`; None for models without an unembedding, or one
+    whose width is not the decoder's (d_out: a transcoder writes its target hook)."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None or getattr(head, "weight", None) is None:
         return None
     W_U = head.weight.detach().float().cpu()  # [V, d]
-    if W_U.shape[1] != sae.d_in:
+    if W_U.shape[1] != sae.d_out:
         return None
     k = min(k, W_U.shape[0])
     parts: list[list[Tensor]] = [[], [], [], []]

@@ -12,7 +12,8 @@ level or under "rules":
 Rules are validated against the SAE (feature ids in range) before any input is read. An
 alert names the input id, the rule, the token span from the first to the last firing token
 (positions in the tokenised input, special tokens included), its text, and the maximum
-activation of each of the rule's features there.
+activation of each of the rule's features there. A transcoder's code, as an SAE's, is
+read at its input hook (hook_name).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ This is the SAE reconstruction with the edited code plus the SAE's error term x 
 only the chosen features change and the rest of the activation is kept exactly. Every
 position is steered, prompt and generated tokens alike. The hook is removed on exit, also
 after an exception.
+
+A transcoder is steered in its output space: its code a(x) is read at its input hook
+(hook_name, e.g. layers.N.mlp_in) and the activation y at its target hook (target_hook_name,
+e.g. layers.N.mlp_out) becomes y + Σ_f (a'_f - a_f(x)) W_dec[f], with the same three modes:
+its prediction ŷ(x) with the edited code plus its error term y - ŷ.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.activations import pooled_embedding
-from ..data.hooks import patch
+from ..data.hooks import check_width
 from ..errors import ConfigError
+from ..eval.splice import check_target_width, splice_hooks, spliced
 from ..sae import SparseAutoencoder
 from ..validate import check_feature_id
 
@@ -50,10 +56,11 @@ def check_features(sae: SparseAutoencoder, features: Mapping[int, float]) -> dic
 def steering_delta(
     sae: SparseAutoencoder, x: Tensor, features: Mapping[int, float], mode: str
 ) -> Tensor:
-    """Σ_f (a'_f - a_f(x)) W_dec[f] for rows `x [n, d_in]` (module docstring)."""
+    """Σ_f (a'_f - a_f(x)) W_dec[f], `[n, d_out]`, for input rows `x [n, d_in]` (module
+    docstring)."""
     ids = torch.tensor(list(features), device=sae.device)
     target = torch.tensor(list(features.values()), device=sae.device, dtype=sae.dtype)
-    W = sae.W_dec[ids]  # [m, d_in]
+    W = sae.W_dec[ids]  # [m, d_out]
     if mode == "add":
         return (target @ W).expand(x.shape[0], -1)
     acts = sae.encode(x)[:, ids]  # [n, m]
@@ -70,20 +77,24 @@ def steer(
     hook: str | None = None,
 ) -> Iterator[None]:
     """Within the block, `model` runs with `features` steered at `hook` (default: the
-    SAE's hook_name); see the module docstring for the modes."""
+    SAE's hook_name; a transcoder reads there and steers its target hook); see the module
+    docstring for the modes."""
     if mode not in MODES:
         raise ConfigError(f"unknown steering mode {mode!r}; expected one of {MODES}")
     features = check_features(sae, features)
-    hook = sae.require_hook(hook)
+    hook, target = splice_hooks(sae, hook)
 
     @torch.no_grad()
-    def edit(act: Tensor) -> Tensor:
-        flat = act.reshape(-1, act.shape[-1])
-        x = flat.to(device=sae.device, dtype=sae.dtype)
+    def edit(act: Tensor, src: Tensor) -> Tensor:
+        check_width(src.shape[-1], sae.d_in, hook)
+        if target is not None:
+            check_target_width(act.shape[-1], sae.d_out, target)
+        y = act.reshape(-1, act.shape[-1]).to(device=sae.device, dtype=sae.dtype)
+        x = src.reshape(-1, src.shape[-1]).to(device=sae.device, dtype=sae.dtype)
         delta = steering_delta(sae, x, features, mode)
-        return (x + delta).to(act.dtype).to(act.device).reshape(act.shape)
+        return (y + delta).to(act.dtype).to(act.device).reshape(act.shape)
 
-    with patch(model, hook, edit):
+    with spliced(model, hook, target, edit):
         yield
 
 

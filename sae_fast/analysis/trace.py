@@ -13,6 +13,12 @@ The output m is, for causal LMs, the logit of `target` (default: the model's top
 prediction) at `position`; for other models, the projection of the activation on the unit
 direction of its reconstruction, m = x · x̂/||x̂|| (g = x̂/||x̂||): how much of the
 reconstructed direction each feature supplies.
+
+A transcoder is traced where its output goes: the code a comes from x at its input hook
+(hook_name), and y, the activation at its target hook (target_hook_name), is split as
+y = Σ_f a_f W_dec[f] + b_dec + x W_skip^T + e, e = y - ŷ; g = ∂m/∂y is the gradient at the
+target hook (for encoders, ŷ/||ŷ||), and the skip term's part is `skip_attribution`
+(x W_skip^T · g; 0 without a skip connection).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import torch
 from torch import nn
 
 from ..data.activations import is_causal_lm
-from ..data.hooks import patch
+from ..data.hooks import check_width
 from ..errors import ConfigError
+from ..eval.splice import check_target_width, splice_hooks, spliced
 from ..sae import SparseAutoencoder
 from .labels import Labels
 
@@ -53,14 +60,16 @@ class TraceResult:
     error_attribution: float
     bias_attribution: float
     extra: dict[str, Any] = field(default_factory=dict)
+    skip_attribution: float = 0.0  # a skip transcoder's x W_skip^T · g
 
     @property
     def total(self) -> float:
-        """Sum of all attributions (features, error and bias)."""
+        """Sum of all attributions (features, error, bias and a transcoder's skip term)."""
         return (
             sum(f.attribution for f in self.features)
             + self.error_attribution
-            + (self.bias_attribution)
+            + self.bias_attribution
+            + self.skip_attribution
         )
 
     def table(self, top: int = 15) -> str:
@@ -82,6 +91,8 @@ class TraceResult:
             f"(SAE error term: {share:.1%} of |attribution|)"
         )
         lines.append(f"{'bias':>8} {'':>10} {self.bias_attribution:>12.4f}  (b_dec)")
+        if self.extra.get("skip"):
+            lines.append(f"{'skip':>8} {'':>10} {self.skip_attribution:>12.4f}  (x W_skip^T)")
         return "\n".join(lines)
 
 
@@ -97,7 +108,7 @@ def trace(
 ) -> TraceResult:
     """Attribute the output at `position` of `text` (tokenised with special tokens; negative
     counts from the end) to the SAE features active there (module docstring)."""
-    hook = sae.require_hook(hook)
+    hook, target_hook = splice_hooks(sae, hook)
     if not isinstance(text, str) or not text:
         raise ConfigError("text must be a non-empty string")
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
@@ -109,20 +120,30 @@ def trace(
     causal = is_causal_lm(model)
     box: dict[str, torch.Tensor] = {}
 
-    def grab(act: torch.Tensor) -> torch.Tensor:
+    def grab(act: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        check_width(src.shape[-1], sae.d_in, hook)
+        if target_hook is not None:
+            check_target_width(act.shape[-1], sae.d_out, target_hook)
+        box["src"] = src.detach()
         act = act.detach().requires_grad_(True)
         box["act"] = act
         return act
 
-    with torch.enable_grad(), patch(model, hook, grab):
+    # an SAE's x is the grabbed activation; a transcoder's is the input hook's
+    with torch.enable_grad(), spliced(model, hook, target_hook, grab):
         out = model(input_ids=ids)
-    x = box["act"][0, position].detach().to(device=sae.device, dtype=sae.dtype)
+    y = box["act"][0, position].detach().to(device=sae.device, dtype=sae.dtype)
+    x = box["src"][0, position].to(device=sae.device, dtype=sae.dtype)
     with torch.no_grad():
         vals, idx = sae.encode_sparse(x.unsqueeze(0))
         vals, idx = vals[0], idx[0]
         keep = vals != 0
         vals, idx = vals[keep], idx[keep]
         recon = sae.decode_sparse(vals.unsqueeze(0), idx.unsqueeze(0))[0]
+        skip = sae.skip_output(x.unsqueeze(0))
+        if skip is not None:
+            skip = skip[0]
+            recon = recon + skip
     if causal:
         logits = out.logits[0, position]
         if target is None:
@@ -143,16 +164,21 @@ def trace(
         value = float(m.detach())
     else:
         g = recon / recon.norm().clamp_min(1e-12)
-        output = "x · x̂/||x̂|| (activation along its reconstruction)"
-        value = float(x @ g)
+        v = "x" if target_hook is None else "y"
+        output = f"{v} · {v}̂/||{v}̂|| (activation along its reconstruction)"
+        value = float(y @ g)
     with torch.no_grad():
         attr = vals * (sae.W_dec[idx] @ g)
-        err = float((x - recon) @ g)
+        err = float((y - recon) @ g)
         bias = float(sae.b_dec @ g)
+        skip_attr = 0.0 if skip is None else float(skip @ g)
     labels = labels or Labels(sae.d_sae)
     feats = []
     for f, a, s in zip(idx.tolist(), vals.tolist(), attr.tolist(), strict=True):
         lab = labels.get(f)
         feats.append(FeatureAttribution(f, a, s, lab.label, lab.source if lab.label else "none"))
     feats.sort(key=lambda fa: (-abs(fa.attribution), fa.feature))
-    return TraceResult(tokens, position, output, value, feats, err, bias)
+    extra: dict[str, Any] = {}
+    if target_hook is not None:
+        extra = {"hook": hook, "target_hook": target_hook, "skip": skip is not None}
+    return TraceResult(tokens, position, output, value, feats, err, bias, extra, skip_attr)

@@ -3,6 +3,10 @@
 The evaluation set is a run of token windows of a corpus, by default the tokens right after
 the ones the SAE was trained on (held out): the trainer records its corpus and token count
 in the SAE's metadata, and `skip_tokens=None` skips that many when the corpus is the same.
+
+A transcoder is evaluated on (input, target) pairs collected in one forward pass (its
+hook_name and target_hook_name): the metrics compare its output with the target, and the
+downstream runs splice its output (and the ablations) in at the target hook.
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 from ..validate import check_int
 from .metrics import ReconstructionMetrics, reconstruction_metrics
-from .splice import Fidelity
+from .splice import Fidelity, check_target_width, splice_hooks
 
 DEFAULT_EVAL_TOKENS = 20_000
 
 
 @dataclass
 class EvalSet:
-    """Held-out windows of a corpus, their activations at `hook`, and the model."""
+    """Held-out windows of a corpus, their activations at `hook` (and, for a transcoder, at
+    `target_hook`, in `data.target`), and the model."""
 
     model: nn.Module
     tokenizer: Any
@@ -45,6 +50,7 @@ class EvalSet:
     windows: list[list[int]]
     data: ActivationBatch
     skipped_tokens: int = 0
+    target_hook: str | None = None
 
     @classmethod
     def build(
@@ -57,9 +63,11 @@ class EvalSet:
         max_tokens: int = DEFAULT_EVAL_TOKENS,
         skip_tokens: int = 0,
         tokenizer: Any = None,
+        target_hook: str | None = None,
     ) -> EvalSet:
         """Tokenise `corpus`, skip the windows starting before token `skip_tokens` (real
-        tokens), keep windows up to `max_tokens` tokens, and collect their activations."""
+        tokens), keep windows up to `max_tokens` tokens, and collect their activations
+        (with `target_hook`, a transcoder's targets too, from the same forward pass)."""
         check_int("max_tokens", max_tokens, 1)
         check_int("skip_tokens", skip_tokens, 0)
         if isinstance(model, str):
@@ -67,6 +75,13 @@ class EvalSet:
         elif tokenizer is None:
             raise ConfigError("pass the tokenizer with a model object")
         resolve_hook(model, hook)
+        if target_hook is not None:
+            resolve_hook(model, target_hook)
+            if target_hook == hook:
+                raise ConfigError(
+                    f"target_hook is the input hook {hook!r}: a transcoder predicts another "
+                    "hook (leave target_hook unset for an SAE)"
+                )
         windows = token_windows(tokenizer, load_texts(corpus, text_field), context_size)
         chosen, seen = select_windows(tokenizer, windows, max_tokens, skip_tokens)
         if not chosen:
@@ -75,13 +90,43 @@ class EvalSet:
                 "(the SAE's training tokens); use a larger corpus or skip_tokens=0 to "
                 "evaluate on training data"
             )
-        data = concat_batches(list(iter_activations(model, tokenizer, chosen, hook)))
-        return cls(model, tokenizer, hook, chosen, data, skipped_tokens=seen)
+        batches = iter_activations(model, tokenizer, chosen, hook, target_hook=target_hook)
+        data = concat_batches(list(batches))
+        return cls(model, tokenizer, hook, chosen, data, seen, target_hook)
 
     def fidelity(self, batch_size: int = 16) -> Fidelity:
-        """A `Fidelity` on these windows (mean ablation uses their mean activation)."""
-        mean = self.data.acts.double().mean(0).float()
-        return Fidelity(self.model, self.tokenizer, self.windows, self.hook, mean, batch_size)
+        """A `Fidelity` on these windows (mean ablation uses their mean activation; for a
+        transcoder's set, it splices at the target hook and uses the mean target)."""
+        mean = self.data.targets.double().mean(0).float()
+        if self.target_hook is None:
+            return Fidelity(self.model, self.tokenizer, self.windows, self.hook, mean, batch_size)
+        return Fidelity(
+            self.model,
+            self.tokenizer,
+            self.windows,
+            self.target_hook,
+            mean,
+            batch_size,
+            source=self.hook,
+        )
+
+    def check_fits(self, sae: SparseAutoencoder) -> None:
+        """ConfigError unless `sae` can be evaluated here: width d_in at `hook` and, for a
+        transcoder, targets of width d_out (an SAE's set has no targets)."""
+        check_width(self.data.acts.shape[1], sae.d_in, self.hook)
+        if not sae.cfg.transcoder:
+            if self.data.target is not None:
+                raise ConfigError(
+                    f"this evaluation set holds a transcoder's targets (at {self.target_hook}); "
+                    "evaluate an SAE on one built without target_hook"
+                )
+            return
+        if self.data.target is None or self.target_hook is None:
+            raise ConfigError(
+                "a transcoder needs an evaluation set with its targets: build it with "
+                f"target_hook={sae.cfg.target_hook_name!r}"
+            )
+        check_target_width(self.data.target.shape[1], sae.d_out, self.target_hook)
 
 
 @dataclass
@@ -91,6 +136,7 @@ class EvalResult(ReconstructionMetrics):
 
     sae_name: str = "SparseAutoencoder"
     hook: str = ""
+    target_hook: str | None = None
     skipped_tokens: int = 0
     downstream_score: float | None = None
     downstream: dict[str, float] = field(default_factory=dict)
@@ -110,6 +156,7 @@ class EvalResult(ReconstructionMetrics):
             **{f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)},
             sae_name=name,
             hook=eval_set.hook,
+            target_hook=eval_set.target_hook,
             skipped_tokens=eval_set.skipped_tokens,
             downstream_score=None if downstream is None else downstream["downstream_score"],
             downstream=dict(downstream or {}),
@@ -138,13 +185,14 @@ class EvalResult(ReconstructionMetrics):
 
     def table(self) -> str:
         """A two-column text table of the main metrics and the density histogram."""
+        v = "x" if self.target_hook is None else "y"  # a transcoder predicts its target y
         rows = [
             ("tokens evaluated", f"{self.n_tokens:,} (after skipping {self.skipped_tokens:,})"),
             ("MSE (per token)", f"{self.mse:.4g}"),
             ("FVU", f"{self.fvu:.4f}"),
             ("explained variance", f"{self.explained_variance:.4f}"),
-            ("cosine(x, x_hat)", f"{self.cosine:.4f}"),
-            ("L2 ratio ||x_hat||/||x||", f"{self.l2_ratio:.4f}"),
+            (f"cosine({v}, {v}_hat)", f"{self.cosine:.4f}"),
+            (f"L2 ratio ||{v}_hat||/||{v}||", f"{self.l2_ratio:.4f}"),
             ("L0 (active latents/token)", f"{self.l0:.2f}"),
             ("dead (never fired)", f"{100 * self.dead_fraction:.2f}%"),
             ("dense (fires on >10%)", f"{100 * self.dense_fraction:.2f}%"),
@@ -171,7 +219,8 @@ class EvalResult(ReconstructionMetrics):
         if self.downstream_score is not None:
             rows.append(("downstream score", f"{self.downstream_score:.4f}"))
         width = max(len(r[0]) for r in rows)
-        lines = [f"{self.sae_name} @ {self.hook}"]
+        where = self.hook if self.target_hook is None else f"{self.hook} -> {self.target_hook}"
+        lines = [f"{self.sae_name} @ {where}"]
         lines += [f"  {name:<{width}}  {value}" for name, value in rows]
         h = self.histogram()
         lines.append(f"  log10 feature density histogram (dead: {h['dead']}):")
@@ -217,13 +266,14 @@ def evaluate(
     fidelity: Fidelity | None = None,
 ) -> EvalResult:
     """Evaluate `sae` (a module or an SAE directory). Model, hook, corpus and context size
-    default to the SAE's own metadata; pass `eval_set` (and `fidelity`) to reuse them."""
+    default to the SAE's own metadata (a transcoder's target hook is its target_hook_name);
+    pass `eval_set` (and `fidelity`) to reuse them."""
     name = str(sae) if isinstance(sae, (str, Path)) else "SparseAutoencoder"
     if isinstance(sae, (str, Path)):
         sae = SparseAutoencoder.load(sae)
     meta = sae.cfg.metadata
     if eval_set is None:
-        hook = sae.require_hook(hook)
+        hook, target_hook = splice_hooks(sae, hook)
         model = model if isinstance(model, nn.Module) else sae.require_model(model)
         corpus = corpus or meta.get("corpus", "embedded")
         eval_set = EvalSet.build(
@@ -235,9 +285,10 @@ def evaluate(
             max_tokens,
             default_skip(sae, corpus) if skip_tokens is None else skip_tokens,
             tokenizer=tokenizer,
+            target_hook=target_hook,
         )
-    check_width(eval_set.data.acts.shape[1], sae.d_in, eval_set.hook)
-    rec = reconstruction_metrics(sae, eval_set.data.acts)
+    eval_set.check_fits(sae)
+    rec = reconstruction_metrics(sae, eval_set.data.acts, targets=eval_set.data.target)
     down = None
     if downstream:
         fidelity = fidelity or eval_set.fidelity(batch_size)

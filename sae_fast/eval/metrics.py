@@ -16,6 +16,9 @@ With x the activations, x̂ the reconstructions and N the number of tokens:
     dead_fraction       share of features with density 0 over the window
     dense_fraction      share of features with density > 0.1
 
+For a transcoder, x in every formula above is its target (e.g. the MLP's output, of width
+d_out) and x̂ its prediction from the input activations; the code is the input's.
+
 Sums run in float64; the variance uses data shifted by the first chunk's mean, so a large
 common offset does not cancel catastrophically.
 """
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import FormatError
+from ..errors import ConfigError, FormatError
 from ..files import atomic_file, read_safetensors
 from ..sae import SAEOutput, SparseAutoencoder
 
@@ -71,6 +74,7 @@ class ReconstructionStats:
     """Accumulates `ReconstructionMetrics` over chunks: `update(x, out)`, then `result()`."""
 
     def __init__(self, d_in: int, d_sae: int) -> None:
+        """`d_in`: the width of what is compared with the output (d_out for a transcoder)."""
         self.n = 0
         self.sse = 0.0
         self.cos = 0.0
@@ -83,7 +87,8 @@ class ReconstructionStats:
 
     @torch.no_grad()
     def update(self, x: Tensor, out: SAEOutput) -> None:
-        """Add a chunk: activations `x [n, d_in]` and the SAE's output on them."""
+        """Add a chunk: activations `x [n, d_in]` and the SAE's output on them (for a
+        transcoder, `x` is the target its output predicts)."""
         x = x.reshape(-1, x.shape[-1]).double().cpu()
         xh = out.reconstruction.reshape(x.shape).double().cpu()
         if self.shift is None:
@@ -124,18 +129,32 @@ class ReconstructionStats:
 
 @torch.no_grad()
 def reconstruction_metrics(
-    sae: SparseAutoencoder, acts: Tensor, chunk: int = 4096
+    sae: SparseAutoencoder, acts: Tensor, chunk: int = 4096, targets: Tensor | None = None
 ) -> ReconstructionMetrics:
-    """Metrics of `sae` on activations `acts [N, d_in]`, `chunk` rows at a time."""
+    """Metrics of `sae` on activations `acts [N, d_in]`, `chunk` rows at a time; a
+    transcoder's output is compared with `targets [N, d_out]` (required for one)."""
     if acts.dim() != 2 or acts.shape[0] == 0:
         raise ValueError(f"need a non-empty [N, d_in] activation matrix, got {tuple(acts.shape)}")
-    stats = ReconstructionStats(sae.d_in, sae.d_sae)
+    if targets is None:
+        if sae.cfg.transcoder:
+            raise ConfigError(
+                "a transcoder predicts another hook's activations: pass its targets "
+                "[N, d_out] (the activations at its target_hook_name) to compare with"
+            )
+        targets = acts
+    elif tuple(targets.shape) != (acts.shape[0], sae.d_out):
+        raise ValueError(
+            f"targets must be [N, d_out] = [{acts.shape[0]}, {sae.d_out}] (one row per "
+            f"activation row), got {tuple(targets.shape)}"
+        )
+    stats = ReconstructionStats(sae.d_out, sae.d_sae)
     was_training = sae.training
     sae.eval()
     try:
         for r0 in range(0, acts.shape[0], chunk):
             x = acts[r0 : r0 + chunk].to(device=sae.device, dtype=sae.dtype)
-            stats.update(x, sae(x))
+            y = targets[r0 : r0 + chunk].to(device=sae.device, dtype=sae.dtype)
+            stats.update(y, sae(x))
     finally:
         sae.train(was_training)
     return stats.result()

@@ -8,8 +8,13 @@ as [CLS]/[SEP], which the SAE never saw in training) is replaced by
     zero       0                            (zero ablation)
     mean       μ, the mean activation over the evaluation set (mean ablation)
 
-and the rest of the forward pass runs as usual. Each run is scored by a loss L against the
-clean run, and each baseline b ∈ {zero, mean} gives a score
+and the rest of the forward pass runs as usual. A transcoder (`sae.cfg.transcoder`) is
+spliced where its output goes: it reads x at its input hook (e.g. layers.N.mlp_in) and the
+activation y at its target hook (layers.N.mlp_out) of every real token becomes ŷ = T(x)
+(with `error_term`: ŷ + (y - ŷ)); zero and mean ablation replace y (μ: the mean target).
+
+Each run is scored by a loss L against the clean run, and each baseline b ∈ {zero, mean}
+gives a score
 
     score_b = (L_b - L_sae) / (L_b - L_clean)
 
@@ -32,6 +37,7 @@ Values reported are the mean losses (for *_cos: the mean cosine) of each run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +46,72 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.activations import is_causal_lm, pad_windows, pooled_embedding
-from ..data.hooks import patch
+from ..data.hooks import (
+    capture,
+    check_hook_width,
+    check_width,
+    patch,
+    patch_from,
+    run_to_hook,
+)
+from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 
-Replace = Callable[[Tensor], Tensor]
+# rows at the spliced hook [n, d] (and, for a transcoder, its input rows [n, d_in]) -> rows
+Replace = Callable[..., Tensor]
 BASELINES = ("zero", "mean")
+
+
+def splice_hooks(sae: SparseAutoencoder, hook: str | None = None) -> tuple[str, str | None]:
+    """(input hook, target hook): where `sae` reads (`hook`, default cfg.hook_name) and, for a
+    transcoder, where its output replaces the model's (cfg.target_hook_name); None for an SAE."""
+    hook = sae.require_hook(hook)
+    if not sae.cfg.transcoder:
+        return hook, None
+    target = sae.cfg.target_hook_name
+    if target is None:
+        raise ConfigError(
+            "the transcoder does not record its target hook (cfg target_hook_name), "
+            "so there is nowhere to splice its output"
+        )
+    return hook, target
+
+
+def check_target_width(width: int, d_out: int, hook: str) -> None:
+    """ConfigError when activations of `width` at a transcoder's target `hook` differ from
+    its output width `d_out`."""
+    if width != d_out:
+        raise ConfigError(
+            f"activations at {hook} have width {width}, the transcoder predicts d_out={d_out}"
+        )
+
+
+def check_sae_widths(
+    model: nn.Module, tokenizer: Any, sae: SparseAutoencoder, hook: str | None = None
+) -> None:
+    """ConfigError unless `model`'s activations fit `sae`: width d_in at the input hook and,
+    for a transcoder, d_out at the target hook (one forward pass of one token)."""
+    hook, target = splice_hooks(sae, hook)
+    if target is None:
+        check_hook_width(model, tokenizer, hook, sae.d_in)
+        return
+    ids = tokenizer("a", return_tensors="pt")
+    device = next(model.parameters()).device
+    with capture(model, hook, target=target) as box:
+        act = run_to_hook(model, box, **{k: v.to(device) for k, v in ids.items()})
+    check_width(act.shape[-1], sae.d_in, hook)
+    check_target_width(box["target"].shape[-1], sae.d_out, target)
+
+
+def spliced(
+    model: nn.Module, hook: str, target: str | None, fn: Callable[[Tensor, Tensor], Tensor]
+) -> contextlib.AbstractContextManager[None]:
+    """Within the block, the activation at `target` becomes `fn(activation, x)`, x the
+    activation at `hook` (a transcoder's input); with `target` None, the activation at `hook`
+    becomes `fn(x, x)` (an SAE reads and replaces one hook). `splice_hooks` gives the pair."""
+    if target is None:
+        return patch(model, hook, lambda a: fn(a, a))
+    return patch_from(model, hook, target, fn)
 
 
 def score(loss_run: float, loss_baseline: float, loss_clean: float) -> float:
@@ -54,33 +121,42 @@ def score(loss_run: float, loss_baseline: float, loss_clean: float) -> float:
 
 
 def sae_replacement(sae: SparseAutoencoder, error_term: bool = False) -> Replace:
-    """x -> SAE reconstruction of x (rows `[n, d_in]`, any dtype); with `error_term`,
-    x̂ + (x - x̂)."""
+    """`replace(y, x=None)`: the SAE's output on its input rows `x [n, d_in]` (default `y`
+    itself, for an SAE) in place of the rows `y [n, d_out]` (any dtype); with `error_term`,
+    ŷ + (y - ŷ)."""
 
     @torch.no_grad()
-    def replace(x: Tensor) -> Tensor:
-        xs = x.to(device=sae.device, dtype=sae.dtype)
+    def replace(y: Tensor, x: Tensor | None = None) -> Tensor:
+        ys = y.to(device=sae.device, dtype=sae.dtype)
+        xs = ys if x is None else x.to(device=sae.device, dtype=sae.dtype)
         recon = sae(xs).reconstruction
         if error_term:
-            recon = recon + (xs - recon)
-        return recon.to(device=x.device, dtype=x.dtype)
+            recon = recon + (ys - recon)
+        return recon.to(device=y.device, dtype=y.dtype)
 
     return replace
 
 
-def _splice(act: Tensor, keep: Tensor, replace: Replace) -> Tensor:
-    if act.shape[:2] != keep.shape:
-        raise RuntimeError(
-            f"hook activation has shape {tuple(act.shape)}, expected [batch, seq] = "
-            f"{tuple(keep.shape)} leading dims"
-        )
+def _splice(act: Tensor, keep: Tensor, replace: Replace, source: Tensor | None = None) -> Tensor:
+    """`act` with its `keep` rows replaced by `replace(rows)` (with `source`, a transcoder's
+    input activation of the same tokens: `replace(rows, source rows)`)."""
+    for name, t in (("hook", act), ("source hook", source)):
+        if t is not None and t.shape[:2] != keep.shape:
+            raise RuntimeError(
+                f"{name} activation has shape {tuple(t.shape)}, expected [batch, seq] = "
+                f"{tuple(keep.shape)} leading dims"
+            )
     out = act.clone()
-    out[keep] = replace(act[keep]).to(act.dtype)
+    rows = act[keep]
+    new = replace(rows) if source is None else replace(rows, source[keep])
+    out[keep] = new.to(act.dtype)
     return out
 
 
 class Fidelity:
-    """Downstream fidelity of SAEs at `hook` of `model`, on fixed token windows.
+    """Downstream fidelity of SAEs at `hook` of `model`, on fixed token windows; with
+    `source`, of transcoders reading `source` and replacing `hook` (their target), where
+    `mean_act` is the mean target activation.
 
     Baseline runs (clean, zero, mean) are measured once, on first use; `measure(sae)` then
     costs one spliced forward pass per batch (plus the clean pass for causal LMs, whose
@@ -94,11 +170,15 @@ class Fidelity:
         hook: str,
         mean_act: Tensor,
         batch_size: int = 16,
+        source: str | None = None,
     ) -> None:
         if not windows:
             raise ValueError("no token windows to evaluate on")
+        if source is not None and source == hook:
+            raise ConfigError(f"source and hook are both {hook!r}: a transcoder reads another hook")
         self.model = model
         self.hook = hook
+        self.source = source
         self.causal = is_causal_lm(model)
         self.device = next(model.parameters()).device
         self.batches = [
@@ -115,7 +195,8 @@ class Fidelity:
         if replace is None:
             out = self.model(input_ids=ids, attention_mask=attn)
         else:
-            with patch(self.model, self.hook, lambda a: _splice(a, keep, replace)):
+            read, target = (self.hook, None) if self.source is None else (self.source, self.hook)
+            with spliced(self.model, read, target, lambda a, x: _splice(a, keep, replace, x)):
                 out = self.model(input_ids=ids, attention_mask=attn)
         return (out.logits if self.causal else out.last_hidden_state).float()
 
@@ -174,8 +255,8 @@ class Fidelity:
         if self._base is None:
             mean = self.mean_act.to(self.device)
             runs: dict[str, Replace | None] = {
-                "zero": lambda a: torch.zeros_like(a),
-                "mean": lambda a: mean.to(a.dtype).expand_as(a),
+                "zero": lambda a, _x=None: torch.zeros_like(a),
+                "mean": lambda a, _x=None: mean.to(a.dtype).expand_as(a),
             }
             if self.causal:
                 runs["clean"] = None
@@ -190,6 +271,16 @@ class Fidelity:
     def measure(self, sae: SparseAutoencoder, error_term: bool = False) -> dict[str, float]:
         """Losses of `sae` spliced in, the baselines, and the scores (module docstring);
         `downstream_score` is ce_score_zero (causal LM) or emb_cos_score_zero (encoder)."""
+        if sae.cfg.transcoder and self.source is None:
+            raise ConfigError(
+                f"this Fidelity reads and replaces {self.hook}; a transcoder reads another "
+                "hook: build the Fidelity with source=<its input hook>"
+            )
+        if not sae.cfg.transcoder and self.source is not None:
+            raise ConfigError(
+                f"this Fidelity splices a transcoder's output from {self.source} into "
+                f"{self.hook}, not an SAE: build one without source for an SAE"
+            )
         was_training = sae.training
         sae.eval()
         try:

@@ -242,6 +242,7 @@ def sweep(
         base.context_size,
         eval_tokens,
         skip_tokens=len(acts.tokens),
+        target_hook=base.target_hook,
     )
     fidelity = eval_set.fidelity() if downstream else None
     rows = []
