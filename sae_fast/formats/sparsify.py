@@ -2,7 +2,10 @@
 
 sparsify stores `encoder.weight [d_sae, d_in]`, `encoder.bias [d_sae]`, `W_dec [d_sae, d_in]`,
 `b_dec [d_in]`, and encodes `topk(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`,
-which is our topk code exactly. Transcoders, skip connections and groupmax are refused.
+which is our topk code exactly. A transcoder (`transcode: true`) does not subtract b_dec
+and may add `x @ W_skip.T` (`skip_connection`, `W_skip [d_in, d_in]`): ours with
+`transcoder=True` (d_out = d_in, as sparsify's). A skip connection on an autoencoder, and
+groupmax, are refused.
 """
 
 from __future__ import annotations
@@ -45,9 +48,13 @@ def load_sparsify(
     k = cfg_get(raw, "k", int, where)
     num_latents = cfg_get(raw, "num_latents", int, where, default=0)
     expansion = cfg_get(raw, "expansion_factor", int, where, default=32)
-    for flag in ("transcode", "skip_connection"):
-        if cfg_get(raw, flag, bool, where, default=False):
-            raise FormatError(f"{where}: {flag}=true is not supported by sae_fast")
+    transcode = cfg_get(raw, "transcode", bool, where, default=False)
+    skip = cfg_get(raw, "skip_connection", bool, where, default=False)
+    if skip and not transcode:
+        raise FormatError(
+            f"{where}: skip_connection=true without transcode=true (an autoencoder with a "
+            "skip term) is not supported by sae_fast"
+        )
     theirs = cfg_get(raw, "activation", str, where, default="topk")
     if theirs not in FROM_SPARSIFY:
         raise FormatError(
@@ -57,16 +64,15 @@ def load_sparsify(
 
     wpath = path / WEIGHTS_FILENAME
     tensors = read_safetensors(wpath)
-    check_tensors(
-        tensors,
-        {
-            "encoder.weight": (d_sae, d_in),
-            "encoder.bias": (d_sae,),
-            "W_dec": (d_sae, d_in),
-            "b_dec": (d_in,),
-        },
-        str(wpath),
-    )
+    shapes = {
+        "encoder.weight": (d_sae, d_in),
+        "encoder.bias": (d_sae,),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+    }
+    if skip:
+        shapes["W_skip"] = (d_in, d_in)
+    check_tensors(tensors, shapes, str(wpath))
     src_dtype = dtype_name(tensors["encoder.weight"].dtype)
     try:
         cfg = SAEConfig(
@@ -76,6 +82,8 @@ def load_sparsify(
             k=k,
             dtype=src_dtype,
             metadata={"imported_from": "sparsify"},
+            transcoder=transcode,
+            skip=skip,
         )
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
@@ -85,4 +93,6 @@ def load_sparsify(
         "W_dec": tensors["W_dec"],
         "b_dec": tensors["b_dec"],
     }
+    if skip:
+        params["W_skip"] = tensors["W_skip"]
     return build_sae(cfg, params, device=device, dtype=dtype, backend=backend, where=str(wpath))

@@ -64,11 +64,31 @@ def test_sparsify_import_same_outputs(tmp_path):
     assert_close(sae.encode(x), acts, "sparsify acts", rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_transcoder_import_same_outputs(tmp_path, skip):
+    t = _sparsify_dir(tmp_path / "layers.3.mlp", transcode=True, skip_connection=skip)
+    if skip:
+        t["W_skip"] = _rand(D_IN, D_IN, seed=5, scale=0.3)
+        save_file(t, str(tmp_path / "layers.3.mlp" / "sae.safetensors"))
+    sae = SparseAutoencoder.load(tmp_path / "layers.3.mlp")
+    assert sae.cfg.transcoder and sae.cfg.skip == skip
+    x = _rand(11, D_IN, seed=9)
+    # sparsify's transcoder: the input is not centred; + x @ W_skip.T with a skip connection
+    acts = _topk_dense(x @ t["encoder.weight"].t() + t["encoder.bias"], K)
+    want = acts @ t["W_dec"] + t["b_dec"] + (x @ t["W_skip"].t() if skip else 0)
+    assert_close(sae(x).reconstruction, want, "sparsify transcoder", rtol=1e-5, atol=1e-5)
+    assert_close(sae.encode(x), acts, "sparsify transcoder acts", rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "changes,err,match",
     [
-        ({"transcode": True}, FormatError, "transcode=true is not supported"),
-        ({"skip_connection": True}, FormatError, "skip_connection"),
+        ({"skip_connection": True}, FormatError, "skip_connection=true without transcode"),
+        (
+            {"skip_connection": True, "transcode": True},
+            FormatError,
+            r"missing tensors \['W_skip'\]",
+        ),
         ({"activation": "groupmax"}, FormatError, "groupmax"),
         ({"k": "3"}, ConfigError, "'k' must be int"),
         ({"num_latents": 21}, FormatError, "expected"),
