@@ -37,10 +37,11 @@ class JumpReLU(Architecture):
     def train_terms(
         cls, run: TrainState, x: Tensor, target: Tensor
     ) -> tuple[SAEOutput, dict[str, Tensor]]:
-        # the straight-through estimator needs the pre-activations: the reference ops, and
-        # every shard's partial reconstruction summed (no exchange: each latent is local)
+        # the straight-through estimator reads the pre-activations: the backend's fused
+        # encoder without an activation, then the STE (elementwise torch) and the dense
+        # decode; every shard's partial reconstruction summed (each latent is local)
         cfg, sae, shard = run.cfg, run.sae, run.shard
-        pre = ref.pre_activations(x, sae.W_enc, sae.b_enc, sae.input_bias)
+        pre = sae.ops().pre_activations(x, sae.W_enc, sae.b_enc, sae.input_bias)
         acts = JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
         l0 = shard.sum(StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth))
         return cls.dense_output(sae, acts, shard, ref), {"l0": cfg.l0_coefficient * l0}

@@ -10,6 +10,7 @@ resolves every cell, so the table cannot go stale.
 |---|---|---|---|---|---|
 | encode_topk | reference.encode_topk | triton_encoder.encode_topk_fwd | topk_encode | tests/ops/test_triton_encoder.py, tests/ops/test_native.py | benchmarks/kernels.py |
 | encode_dense | reference.encode_dense | triton_encoder.encode_dense_fwd | - | tests/ops/test_triton_encoder.py, tests/ops/test_reference.py | benchmarks/kernels.py |
+| pre_activations | reference.pre_activations | triton_encoder.triton_pre_activations | - | tests/ops/test_backends.py, tests/ops/test_reference.py | benchmarks/kernels.py |
 | decode_sparse | reference.decode_sparse | triton_decoder.sparse_decode_fwd | sparse_decode | tests/ops/test_triton_decoder.py, tests/ops/test_native.py | benchmarks/kernels.py |
 | grad_values | reference.topk_backward | triton_decoder.grad_values | grad_values | tests/ops/test_triton_decoder.py, tests/ops/test_native.py | benchmarks/kernels.py |
 | feature_reduce | reference.topk_backward | triton_decoder.feature_reduce | feature_reduce | tests/ops/test_triton_decoder.py, tests/ops/test_native.py | benchmarks/kernels.py |

@@ -35,6 +35,11 @@ class Backend(Protocol):
         """relu(pre), or jumprelu(pre, threshold) with a threshold `[d_sae]`."""
         ...
 
+    def pre_activations(self, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+        """`(x - b_dec) @ W_enc + b_enc` `[B, d_sae]`, fp32 for bf16/fp16 parameters: what a
+        straight-through estimator reads (JumpReLU's training)."""
+        ...
+
     def decode_sparse(
         self, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor
     ) -> Tensor: ...
@@ -61,6 +66,7 @@ class TorchBackend:
     name = "torch"
     encode_topk = staticmethod(ref.encode_topk)
     encode_dense = staticmethod(ref.encode_dense)
+    pre_activations = staticmethod(ref.pre_activations)
     decode_sparse = staticmethod(ref.decode_sparse)
     decode_dense = staticmethod(ref.decode_dense)
     topk_sae = staticmethod(_torch_topk_sae)

@@ -46,6 +46,7 @@ class NativeBackend:
         return recon, SparseCode(values, indices)
 
     encode_dense = staticmethod(ref.encode_dense)
+    pre_activations = staticmethod(ref.pre_activations)
 
     @staticmethod
     def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

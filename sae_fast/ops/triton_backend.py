@@ -14,7 +14,7 @@ from . import triton_decoder as td
 from . import triton_encoder as te
 from .autograd import feature_segments, register_sparse_ops
 from .reference import SparseCode
-from .triton_encoder import triton_encode_dense
+from .triton_encoder import triton_encode_dense, triton_pre_activations
 
 
 class TritonKernels:
@@ -57,6 +57,10 @@ class TritonBackend:
         x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None
     ) -> Tensor:
         return triton_encode_dense(x, W_enc, b_enc, b_dec, threshold)
+
+    @staticmethod
+    def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+        return triton_pre_activations(x, W_enc, b_enc, b_dec)
 
     @staticmethod
     def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

@@ -605,3 +605,40 @@ def _dense_backward(ctx, grad):
 
 
 triton_encode_dense.register_autograd(_dense_backward, setup_context=_dense_setup)
+
+
+def pre_activations_fwd(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """The fused encoder with no activation: `(x - b_dec) @ W_enc + b_enc`, fp32 `[B, d_sae]`
+    (the reference's low-precision rule: fp32 accumulation and bias)."""
+    _check(x, W_enc, b_enc, b_dec)
+    xc, W = _centred(x, W_enc, b_dec)
+    return encode_dense_centred(xc, W, b_enc, None, ACT_NONE, torch.float32)
+
+
+@torch.library.custom_op("sae_fast::triton_pre_activations", mutates_args=())
+def triton_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """Differentiable `pre_activations_fwd`; the backward is the dense encoder's (cuBLAS)."""
+    return pre_activations_fwd(x, W_enc, b_enc, b_dec)
+
+
+@triton_pre_activations.register_fake
+def _(x, W_enc, b_enc, b_dec):
+    return x.new_empty(x.shape[0], W_enc.shape[1], dtype=torch.float32)
+
+
+def _pre_setup(ctx, inputs, output):
+    x, W_enc, _b_enc, b_dec = inputs
+    ctx.save_for_backward(x, W_enc, b_dec)
+
+
+def _pre_backward(ctx, grad):
+    x, W_enc, b_dec = ctx.saved_tensors
+    # as the reference's autograd: x - b_dec rounded in the parameters' dtype, then fp32
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xc = (x - b_dec).to(acc)
+    grads = ref.encoder_backward_dense(grad.to(acc), xc, W_enc.to(acc), torch.zeros_like(xc[0]))
+    dW_enc, db_enc, db_dec, dx = (g.to(x.dtype) for g in grads)
+    return (dx if ctx.needs_input_grad[0] else None), dW_enc, db_enc, db_dec
+
+
+triton_pre_activations.register_autograd(_pre_backward, setup_context=_pre_setup)

@@ -215,3 +215,63 @@ def test_auto_picks_native_on_cpu():
     if "native" not in sae_fast.available_backends("cpu"):
         pytest.skip(f"native backend unavailable: {sae_fast.NATIVE_IMPORT_ERROR}")
     assert SparseAutoencoder(8, 16, k=2).active_backend == "native"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pre_activations_values_and_gradients_match_reference(backend, dtype):
+    from sae_fast.ops import reference as ref
+    from sae_fast.ops.dispatch import get_backend
+
+    dev = backend_device(backend)
+    ops = get_backend(backend, dev, dtype)
+    g = torch.Generator().manual_seed(3)
+    x, W, b, c = (
+        torch.randn(*s, generator=g).to(dev, dtype) for s in ((9, 37), (37, 70), (70,), (37,))
+    )
+    grad = torch.randn(9, 70, generator=g).to(dev)
+    outs = []
+    for fn in (ops.pre_activations, ref.pre_activations):
+        args = [t.clone().requires_grad_(True) for t in (x, W, b, c)]
+        pre = fn(*args)
+        assert pre.dtype == torch.float32  # fp32 for bf16 parameters too
+        (pre * grad).sum().backward()
+        outs.append((pre.detach(), [a.grad for a in args]))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert_close(outs[0][0], outs[1][0], "pre", **tol)
+    for name, got, want in zip(
+        ("x", "W_enc", "b_enc", "b_dec"), outs[0][1], outs[1][1], strict=True
+    ):
+        assert_close(got, want, f"d{name}", **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jumprelu_trains_through_the_backend_with_the_threshold_gradient(backend, tmp_path):
+    from tests.architectures.helpers import synthetic_trainer
+
+    cfg = dict(activation="jumprelu", device=backend_device(backend))
+    cfg.update(jumprelu_init_threshold=0.3, jumprelu_bandwidth=0.5)
+    runs = [synthetic_trainer(tmp_path / b, backend=b, **cfg) for b in (backend, "torch")]
+    runs[1].sae.load_state_dict(runs[0].sae.state_dict())
+    ops = runs[0].sae.ops()  # the backend class
+    calls = []
+    original = ops.pre_activations
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(5)).to(runs[0].sae.device)
+    for i, run in enumerate(runs):
+        if i == 0:
+            ops.pre_activations = staticmethod(counted)
+        try:
+            loss, _, _ = run._loss(x, x)
+        finally:
+            ops.pre_activations = original
+        loss.backward()
+    assert calls == [1]  # one fused encoder call per step, on the backend under test
+    want = dict(runs[1].sae.named_parameters())
+    for name, p in runs[0].sae.named_parameters():
+        assert_close(p.grad, want[name].grad, f"{name}.grad", rtol=1e-4, atol=1e-5)
+    assert runs[0].sae.threshold.grad.abs().sum() > 0  # the STE reached the threshold
