@@ -246,13 +246,13 @@ def chunked_rows_seen() -> Iterator[list[int]]:
 
 
 def encode_topk(case: Case, method: str) -> dict:
-    """`encode_topk_fwd(method=...)` on the whole batch against `ref.encode_topk`."""
+    """`encode_topk(method=...)` on the whole batch against `ref.encode_topk`."""
     from sae_fast.ops import triton_encoder as te
 
     t, k = case.t, case.shape.k
     want = case.ref_code()
     with chunked_rows_seen() as seen:
-        v, i = te.encode_topk_fwd(t["x"], t["W_enc"], t["b_enc"], t["b_dec"], k, method=method)
+        v, i = te.encode_topk(t["x"], t["W_enc"], t["b_enc"], t["b_dec"], k, method=method)
     m = {"chunked_rows": sum(seen)} if method == "fused" else {}
     try:
         return m | compare_codes(v, i, want, case.dtype)
@@ -261,14 +261,14 @@ def encode_topk(case: Case, method: str) -> dict:
 
 
 def encode_dense(case: Case, jumprelu: bool) -> dict:
-    """`encode_dense_fwd` (ReLU, or JumpReLU with thresholds in [0, 0.5)) on `b_dense` rows
+    """`encode_dense` (ReLU, or JumpReLU with thresholds in [0, 0.5)) on `b_dense` rows
     against `ref.encode_dense` (both write a dense [rows, d_sae] code)."""
     from sae_fast.ops import triton_encoder as te
 
     t, n = case.t, case.b_dense
     thr = t["threshold"] if jumprelu else None
     args = (t["x"][:n], t["W_enc"], t["b_enc"], t["b_dec"])
-    got = te.encode_dense_fwd(*args, thr)
+    got = te.encode_dense(*args, thr)
     want = ref.encode_dense(*args, thr)
     m = {"rows": n, "gate_mismatch": float(((got != 0) != (want != 0)).float().mean())}
     problems = _errs_within(m, {"code": rel_err(got, want)}, kernel_tol(case.dtype))
@@ -280,12 +280,12 @@ def encode_dense(case: Case, jumprelu: bool) -> dict:
 
 
 def decode(case: Case) -> dict:
-    """`sparse_decode_fwd` of the reference code against `ref.decode_sparse` in fp32."""
+    """`decode_sparse` of the reference code against `ref.decode_sparse` in fp32."""
     from sae_fast.ops import triton_decoder as td
 
     t = case.t
     v, i = case.ref_code()
-    got = td.sparse_decode_fwd(v, i, t["W_dec"], t["b_dec"])
+    got = td.decode_sparse(v, i, t["W_dec"], t["b_dec"])
     want = ref.decode_sparse(v.float(), i, t["W_dec"].float(), t["b_dec"].float())
     m: dict = {}
     problems = _errs_within(m, {"recon": rel_err(got, want)}, kernel_tol(case.dtype))
@@ -388,7 +388,7 @@ def int64_probe(probe: Shape, device: str) -> dict:
     problems = []
     for method in ("fused", "chunked"):
         with chunked_rows_seen() as seen:
-            v, i = te.encode_topk_fwd(x, W, b_enc, b_dec, probe.k, method=method)
+            v, i = te.encode_topk(x, W, b_enc, b_dec, probe.k, method=method)
         try:
             got = compare_codes(v, i, want, probe.dtype)
         except CheckFailed as e:
@@ -413,25 +413,25 @@ def time_gemm(case: Case) -> dict:
 
 
 def time_encode(case: Case, method: str) -> dict:
-    """`encode_topk_fwd(method=...)` on the whole batch, with its peak extra memory."""
+    """`encode_topk(method=...)` on the whole batch, with its peak extra memory."""
     from sae_fast.ops import triton_dispatch
     from sae_fast.ops import triton_encoder as te
 
     t, s = case.t, case.shape
     args = (t["x"], t["W_enc"], t["b_enc"], t["b_dec"], s.k)
-    row = _timed(case, f"encode_{method}", lambda: te.encode_topk_fwd(*args, method=method), True)
+    row = _timed(case, f"encode_{method}", lambda: te.encode_topk(*args, method=method), True)
     if method == "auto":
         row["method"] = triton_dispatch.encoder_plan(s.B, s.d_in, s.d_sae, s.k, s.torch_dtype)
     return row
 
 
 def time_decode(case: Case) -> dict:
-    """`sparse_decode_fwd` of the whole batch's code."""
+    """`decode_sparse` of the whole batch's code."""
     from sae_fast.ops import triton_decoder as td
 
     t = case.t
     v, i = case.ref_code()
-    return _timed(case, "decode", lambda: td.sparse_decode_fwd(v, i, t["W_dec"], t["b_dec"]))
+    return _timed(case, "decode", lambda: td.decode_sparse(v, i, t["W_dec"], t["b_dec"]))
 
 
 def time_grad_values(case: Case) -> dict:

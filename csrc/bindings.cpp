@@ -20,23 +20,23 @@ int openmp_threads() {
 }  // namespace
 
 TORCH_LIBRARY(sae_fast, m) {
-  m.def("sparse_decode(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec) -> Tensor");
-  m.def("topk_encode(Tensor x, Tensor W_enc, Tensor b_enc, Tensor b_dec, int k, int block) -> (Tensor, Tensor)");
+  m.def("decode_sparse(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec) -> Tensor");
+  m.def("encode_topk(Tensor x, Tensor W_enc, Tensor b_enc, Tensor b_dec, int k, int block) -> (Tensor, Tensor)");
   m.def("grad_values(Tensor grad, Tensor indices, Tensor W_dec) -> Tensor");
   m.def("feature_segments(Tensor indices, int d_sae) -> (Tensor, Tensor)");
   m.def("feature_reduce(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
   m.def("feature_reduce_cols(Tensor perm, Tensor offsets, Tensor coef, Tensor src, bool with_sum) -> (Tensor, Tensor)");
-  m.def("topk_sae_backward(Tensor grad, Tensor? grad_values, Tensor x, Tensor W_enc, Tensor b_dec, Tensor W_dec, Tensor values, Tensor indices) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("sparse_backward(Tensor grad, Tensor? grad_values, Tensor x, Tensor W_enc, Tensor b_dec, Tensor W_dec, Tensor values, Tensor indices) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
-  m.impl("sparse_decode", &sae_fast::sparse_decode_cpu);
-  m.impl("topk_encode", &sae_fast::topk_encode_cpu);
+  m.impl("decode_sparse", &sae_fast::decode_sparse_cpu);
+  m.impl("encode_topk", &sae_fast::encode_topk_cpu);
   m.impl("grad_values", &sae_fast::grad_values_cpu);
   m.impl("feature_segments", &sae_fast::feature_segments_cpu);
   m.impl("feature_reduce", &sae_fast::feature_reduce_cpu);
   m.impl("feature_reduce_cols", &sae_fast::feature_reduce_cols_cpu);
-  m.impl("topk_sae_backward", &sae_fast::topk_sae_backward_cpu);
+  m.impl("sparse_backward", &sae_fast::sparse_backward_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -159,7 +159,7 @@ API = [
     ),
     (
         "native-decode-index",
-        lambda p: native.sparse_decode(
+        lambda p: native.decode_sparse(
             torch.ones(2, 3),
             torch.tensor([[0, 1, 99], [0, 1, 2]]),
             torch.randn(10, 4),
@@ -178,7 +178,7 @@ API = [
     ),
     (
         "native-topk-k",
-        lambda p: native.topk_encode(
+        lambda p: native.encode_topk(
             torch.randn(2, 4), torch.randn(4, 10), torch.zeros(10), torch.zeros(4), 11
         ),
         RuntimeError,
@@ -186,7 +186,7 @@ API = [
     ),
     (
         "native-topk-shape",
-        lambda p: native.topk_encode(
+        lambda p: native.encode_topk(
             torch.randn(2, 5), torch.randn(4, 10), torch.zeros(10), torch.zeros(4), 2
         ),
         RuntimeError,

@@ -8,13 +8,13 @@
 namespace sae_fast {
 
 // recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] + b_dec   -> [B, d_in]
-at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
+at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices,
                              const at::Tensor& W_dec, const at::Tensor& b_dec);
 
 // TopK of pre = (x - b_dec) @ W_enc + b_enc per row, by row tile and feature block (one BLAS
 // call each, merged while in cache; peak extra memory threads * tile * block), ties to the
 // lower index, values ReLU'd.
-std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
+std::tuple<at::Tensor, at::Tensor> encode_topk_cpu(const at::Tensor& x, const at::Tensor& W_enc,
                                                    const at::Tensor& b_enc, const at::Tensor& b_dec,
                                                    int64_t k, int64_t block);
 
@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> feature_reduce_cols_cpu(const at::Tensor& per
 
 // The whole TopK SAE backward from one sort, one walk over the features (topk_backward.cpp):
 // (d_pre [B, k] acc dtype, dW_enc [D, d_sae], db_enc [d_sae] acc dtype, dW_dec [d_sae, D]).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_sae_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_backward_cpu(
     const at::Tensor& grad, const c10::optional<at::Tensor>& grad_values, const at::Tensor& x,
     const at::Tensor& W_enc, const at::Tensor& b_dec, const at::Tensor& W_dec, const at::Tensor& values,
     const at::Tensor& indices);

@@ -10,7 +10,7 @@
 namespace sae_fast {
 
 template <typename scalar_t>
-static void sparse_decode_rows(const scalar_t* __restrict__ values,  // [B, k]
+static void decode_sparse_rows(const scalar_t* __restrict__ values,  // [B, k]
                                const int64_t* __restrict__ indices,  // [B, k]
                                const scalar_t* __restrict__ W_dec,   // [d_sae, d_in]
                                const scalar_t* __restrict__ b_dec,   // [d_in]
@@ -56,7 +56,7 @@ static void sparse_decode_rows(const scalar_t* __restrict__ values,  // [B, k]
   }
 }
 
-at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
+at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices,
                              const at::Tensor& W_dec, const at::Tensor& b_dec) {
   SAE_CHECK_CPU(values); SAE_CHECK_CPU(indices); SAE_CHECK_CPU(W_dec); SAE_CHECK_CPU(b_dec);
   SAE_CHECK_DIM(values, 2); SAE_CHECK_DIM(indices, 2); SAE_CHECK_DIM(W_dec, 2); SAE_CHECK_DIM(b_dec, 1);
@@ -73,8 +73,8 @@ at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices
   auto w = W_dec.contiguous();
   auto bd = b_dec.contiguous();
   auto out = at::empty({B, d_in}, W_dec.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "sparse_decode_cpu", [&] {
-    sparse_decode_rows<scalar_t>(v.data_ptr<scalar_t>(), i.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "decode_sparse_cpu", [&] {
+    decode_sparse_rows<scalar_t>(v.data_ptr<scalar_t>(), i.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
                                  bd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, k, d_in);
   });
   return out;

@@ -162,7 +162,7 @@ acc_t walk_feature(const Segment<scalar_t>& s, const acc_t* w, const acc_t* bb, 
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_sae_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_backward_cpu(
     const at::Tensor& grad, const c10::optional<at::Tensor>& grad_values, const at::Tensor& x,
     const at::Tensor& W_enc, const at::Tensor& b_dec, const at::Tensor& W_dec, const at::Tensor& values,
     const at::Tensor& indices) {
@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_sae_backward_cpu
   auto v = values.contiguous();
   auto bd = b_dec.contiguous();
   at::Tensor d_pre, dW_enc, db_enc, dW_dec;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wd.scalar_type(), "topk_sae_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wd.scalar_type(), "sparse_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     d_pre = at::empty({B, k}, wd.options().dtype(acc_dtype));

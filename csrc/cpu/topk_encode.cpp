@@ -356,7 +356,7 @@ inline int64_t tile_rows(int64_t B, int64_t block, int64_t itemsize) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc,
+std::tuple<at::Tensor, at::Tensor> encode_topk_cpu(const at::Tensor& x, const at::Tensor& W_enc,
                                                    const at::Tensor& b_enc, const at::Tensor& b_dec,
                                                    int64_t k, int64_t block) {
   SAE_CHECK_CPU(x); SAE_CHECK_CPU(W_enc); SAE_CHECK_CPU(b_enc); SAE_CHECK_CPU(b_dec);
@@ -375,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor> topk_encode_cpu(const at::Tensor& x, const at
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet({c10::DispatchKey::AutocastCPU}));
   auto values = at::empty({B, k}, x.options());
   auto indices = at::empty({B, k}, x.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "topk_encode_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_topk_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;  // the GEMM's and the ranking's dtype
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     // x - b_dec in the input dtype, then (bf16/fp16 only) widened for the fp32 GEMM; W_enc is

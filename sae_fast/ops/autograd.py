@@ -6,7 +6,7 @@ hands `register_sparse_ops` an object with five kernels, and gets back three dif
 sees through them):
 
     encode_topk(x, W_enc, b_enc, b_dec, k) -> (values [B, k], indices [B, k] int64)
-    decode(values, indices, W [n, D] (may be a strided view), b [D]) -> [B, D]
+    decode_sparse(values, indices, W [n, D] (may be a strided view), b [D]) -> [B, D]
     grad_values(g [B, D], indices, W_dec) -> dL/dv [B, k] (fp32 or fp64)
     segments(indices, d_sae) -> (perm [B*k], offsets [d_sae + 1]), positions sorted by feature
     feature_reduce(perm, offsets, coef [B, k], src [B, D], with_sum) -> (out [d_sae, D], sums)
@@ -43,7 +43,7 @@ class SparseKernels(Protocol):
     """The five kernels a backend provides (see the module docstring)."""
 
     encode_topk: Callable[..., tuple[Tensor, Tensor]]
-    decode: Callable[..., Tensor]
+    decode_sparse: Callable[..., Tensor]
     grad_values: Callable[..., Tensor]
     segments: Callable[..., tuple[Tensor, Tensor]]
     feature_reduce: Callable[..., tuple[Tensor, Tensor]]
@@ -88,7 +88,7 @@ def topk_encoder_backward(
     db_enc = db_enc.to(W_enc.dtype)  # a matvec in W_enc's dtype, never a copy of W_enc
     db_dec = ref.b_dec_grad_through_encoder(W_enc, db_enc).to(b_dec.dtype)
     if need_x_grad:  # a sparse decode with W_enc^T as the dictionary
-        dx = kern.decode(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
+        dx = kern.decode_sparse(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
     else:
         dx = x.new_empty(0)
     return dx, dW_enc, db_enc, db_dec
@@ -110,7 +110,7 @@ def sparse_decoder_backward(
     return dv, dW_dec.to(W_dec.dtype), db_dec.to(W_dec.dtype)
 
 
-def topk_sae_backward(
+def sparse_backward(
     kern: SparseKernels,
     grad: Tensor,
     grad_values: Tensor | None,
@@ -129,7 +129,7 @@ def topk_sae_backward(
             grad, grad_values, x, W_enc, b_dec, W_dec, values, indices
         )
         if need_x_grad:
-            dx = kern.decode(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
+            dx = kern.decode_sparse(d_pre.to(x.dtype), indices, W_enc.t(), torch.zeros_like(b_dec))
         else:
             dx = x.new_empty(0)
         return dx, dW_enc, db_enc, dW_dec, db_dec
@@ -200,7 +200,7 @@ def register_sparse_ops(prefix: str, kern: SparseKernels) -> tuple[Callable, Cal
 
     @torch.library.custom_op(f"{lib}_decode_sparse", mutates_args=())
     def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-        return kern.decode(values, indices, W_dec, b_dec)
+        return kern.decode_sparse(values, indices, W_dec, b_dec)
 
     @decode_sparse.register_fake
     def _(values, indices, W_dec, b_dec):
@@ -232,7 +232,7 @@ def register_sparse_ops(prefix: str, kern: SparseKernels) -> tuple[Callable, Cal
         x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         values, indices = kern.encode_topk(x, W_enc, b_enc, b_dec, k)
-        return kern.decode(values, indices, W_dec, b_dec), values, indices
+        return kern.decode_sparse(values, indices, W_dec, b_dec), values, indices
 
     @topk_sae.register_fake
     def _(x, W_enc, b_enc, W_dec, b_dec, k):
@@ -255,7 +255,7 @@ def register_sparse_ops(prefix: str, kern: SparseKernels) -> tuple[Callable, Cal
         indices: Tensor,
         need_x_grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return topk_sae_backward(
+        return sparse_backward(
             kern, grad, grad_values, x, W_enc, b_dec, W_dec, values, indices, need_x_grad
         )
 

@@ -43,13 +43,13 @@ def encode_block(batch: int) -> int:
     return 1024
 
 
-def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
     """C++ sparse decode `sum_j v[b, j] * W_dec[i[b, j]] + b_dec` (no autograd)."""
     _require()
-    return torch.ops.sae_fast.sparse_decode(values, indices, W_dec.contiguous(), b_dec)
+    return torch.ops.sae_fast.decode_sparse(values, indices, W_dec.contiguous(), b_dec)
 
 
-def topk_encode(
+def encode_topk(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, block: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """C++ blocked TopK encoder: (values [B, k] ReLU'd, indices [B, k] int64), no autograd."""
@@ -57,7 +57,7 @@ def topk_encode(
     block = encode_block(x.shape[0]) if block is None else block
     if W_enc.dim() == 2 and W_enc.stride(1) != 1:  # e.g. tied weights, W_enc = W_dec.T
         W_enc = W_enc.contiguous()
-    return torch.ops.sae_fast.topk_encode(x, W_enc, b_enc, b_dec, k, block)
+    return torch.ops.sae_fast.encode_topk(x, W_enc, b_enc, b_dec, k, block)
 
 
 def grad_values(grad: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
@@ -103,7 +103,7 @@ def sparse_backward(
     and one C++ walk over the features for every gradient (`grad = dL/drecon`)."""
     _require()
     W_enc = W_enc.contiguous()  # a no-op unless it is a view (tied weights)
-    d_pre, dW_enc, db_enc, dW_dec = torch.ops.sae_fast.topk_sae_backward(
+    d_pre, dW_enc, db_enc, dW_dec = torch.ops.sae_fast.sparse_backward(
         grad, grad_values, x, W_enc, b_dec, W_dec, values, indices
     )
     db_enc, db_dec = ref.bias_grads(grad, W_enc, db_enc, b_dec)
@@ -115,11 +115,11 @@ if NATIVE_AVAILABLE:
     def _acc(t: Tensor) -> torch.dtype:
         return torch.float64 if t.dtype == torch.float64 else torch.float32
 
-    @torch.library.register_fake("sae_fast::sparse_decode")
+    @torch.library.register_fake("sae_fast::decode_sparse")
     def _(values, indices, W_dec, b_dec):
         return values.new_empty(values.shape[0], W_dec.shape[1])
 
-    @torch.library.register_fake("sae_fast::topk_encode")
+    @torch.library.register_fake("sae_fast::encode_topk")
     def _(x, W_enc, b_enc, b_dec, k, block):
         return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
 
@@ -139,7 +139,7 @@ if NATIVE_AVAILABLE:
             d_sae if with_sum else 0, dtype=acc
         )
 
-    @torch.library.register_fake("sae_fast::topk_sae_backward")
+    @torch.library.register_fake("sae_fast::sparse_backward")
     def _(grad, grad_values, x, W_enc, b_dec, W_dec, values, indices):
         acc = _acc(W_dec)
         return (

@@ -14,8 +14,8 @@ from .reference import SparseCode
 class NativeKernels:
     """The kernel set `ops/autograd.py` wires into differentiable ops."""
 
-    encode_topk = staticmethod(native.topk_encode)
-    decode = staticmethod(native.sparse_decode)
+    encode_topk = staticmethod(native.encode_topk)
+    decode_sparse = staticmethod(native.decode_sparse)
     grad_values = staticmethod(native.grad_values)
     segments = staticmethod(native.feature_segments)
     feature_reduce = staticmethod(native.feature_reduce)

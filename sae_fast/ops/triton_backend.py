@@ -20,8 +20,8 @@ from .triton_encoder import triton_encode_dense, triton_pre_activations
 class TritonKernels:
     """The kernel set `ops/autograd.py` wires into differentiable ops."""
 
-    encode_topk = staticmethod(te.encode_topk_fwd)
-    decode = staticmethod(td.sparse_decode_fwd)
+    encode_topk = staticmethod(te.encode_topk)
+    decode_sparse = staticmethod(td.decode_sparse)
     grad_values = staticmethod(td.grad_values)
     segments = staticmethod(feature_segments)
     feature_reduce = staticmethod(td.feature_reduce)

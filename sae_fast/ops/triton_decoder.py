@@ -1,6 +1,6 @@
 """Triton sparse decoder and the sparse backward pieces (docs/design.md section 3).
 
-- `sparse_decode_fwd`: recon[b] = sum_j v[b, j] * W[i[b, j]] + b_dec (any row/col strides of
+- `decode_sparse`: recon[b] = sum_j v[b, j] * W[i[b, j]] + b_dec (any row/col strides of
   W, so `W_enc.T` serves as a dictionary for dL/dx).
 - `grad_values`: dL/dv[b, j] = g[b] . W_dec[i[b, j]]  (B*k gathered dot products).
 - `feature_reduce`: out[f] = sum over (b, j) with i[b, j] = f of coef[b, j] * src[b], over
@@ -92,7 +92,7 @@ def _feature_reduce_kernel(
             tl.store(sum_ptr + f, tl.sum(total, axis=0))
 
 
-def sparse_decode_fwd(values: Tensor, indices: Tensor, W: Tensor, b: Tensor) -> Tensor:
+def decode_sparse(values: Tensor, indices: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """`[B, D]` = sum_j values[b, j] * W[indices[b, j]] + b (W may be a strided view)."""
     B, K = values.shape
     D = W.shape[1]
@@ -147,7 +147,7 @@ _AOT_DTYPES = ("bf16", "fp16", "fp32")
 
 
 def aot_configs() -> list:
-    """The launch configurations of `sparse_decode_fwd`, `grad_values`, `feature_reduce`."""
+    """The launch configurations of `decode_sparse`, `grad_values`, `feature_reduce`."""
     from .triton_aot import KernelConfig
 
     out = []
@@ -158,7 +158,7 @@ def aot_configs() -> list:
         for layout, stride, unit in (("W rows", "stride_wf", "stride_wd"),
                                      ("W=W_enc.T", "stride_wd", "stride_wf")):  # fmt: skip
             out.append(KernelConfig(
-                name="sparse_decode", fn=_sparse_decode_kernel,
+                name="decode_sparse", fn=_sparse_decode_kernel,
                 signature={**decode_sig, stride: "i32"},
                 constexprs={unit: 1, "BLOCK_K": 16, "BLOCK_D": 128},
                 label=f"{dt} {layout} BLOCK_K=16 BLOCK_D=128",

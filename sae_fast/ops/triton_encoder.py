@@ -447,7 +447,7 @@ def encode_topk_fused(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple
     return vals, idx
 
 
-def encode_topk_fwd(
+def encode_topk(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, method: str = "auto"
 ) -> tuple[Tensor, Tensor]:
     """TopK encode: `values [B, k]` (ReLU'd, x's dtype) and `indices [B, k]` int64.
@@ -489,7 +489,7 @@ def encode_dense_centred(
     return out
 
 
-def encode_dense_fwd(
+def encode_dense(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None
 ) -> Tensor:
     """Fused ReLU (threshold None) or JumpReLU encode; writes the `[B, d_sae]` code once."""
@@ -585,7 +585,7 @@ def triton_encode_dense(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor | None
 ) -> Tensor:
     """Fused ReLU (threshold None) / JumpReLU encode, `[B, d_sae]`."""
-    return encode_dense_fwd(x, W_enc, b_enc, b_dec, threshold)
+    return encode_dense(x, W_enc, b_enc, b_dec, threshold)
 
 
 @triton_encode_dense.register_fake
@@ -607,7 +607,7 @@ def _dense_backward(ctx, grad):
 triton_encode_dense.register_autograd(_dense_backward, setup_context=_dense_setup)
 
 
-def pre_activations_fwd(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
     """The fused encoder with no activation: `(x - b_dec) @ W_enc + b_enc`, fp32 `[B, d_sae]`
     (the reference's low-precision rule: fp32 accumulation and bias)."""
     _check(x, W_enc, b_enc, b_dec)
@@ -617,8 +617,8 @@ def pre_activations_fwd(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) 
 
 @torch.library.custom_op("sae_fast::triton_pre_activations", mutates_args=())
 def triton_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
-    """Differentiable `pre_activations_fwd`; the backward is the dense encoder's (cuBLAS)."""
-    return pre_activations_fwd(x, W_enc, b_enc, b_dec)
+    """Differentiable `pre_activations`; the backward is the dense encoder's (cuBLAS)."""
+    return pre_activations(x, W_enc, b_enc, b_dec)
 
 
 @triton_pre_activations.register_fake

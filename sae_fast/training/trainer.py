@@ -32,8 +32,8 @@ from ..data.store import ActivationStore
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_json
 from ..sae import SparseAutoencoder
-from . import checkpoint, distributed, losses, sharded
-from .basic import init_decoder_rows, normalize_decoder_rows, project_decoder_grad
+from . import checkpoint, distributed, losses, sharded, start
+from .basic import normalize_decoder_rows, project_decoder_grad
 
 
 @dataclass
@@ -61,43 +61,6 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
 
 
-def train_device(name: str) -> torch.device:
-    """The device of `TrainConfig.device`: "auto" is CUDA when torch sees one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(
-            f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
-        ) from err
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r}: sae_fast trains on cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: torch sees no CUDA device here")
-    return device
-
-
-def _check_finite(batch: Tensor, index: Tensor, what: str) -> None:
-    """DataError naming `what` (the step) and the activation rows if `batch` holds NaN/Inf."""
-    bad = ~torch.isfinite(batch)
-    if bool(bad.any()):
-        rows = index[bad.any(1)]
-        shown = ", ".join(str(int(r)) for r in rows[:5])
-        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-        raise DataError(
-            f"{what} holds {int(bad.sum())} NaN/Inf activation values, in "
-            f"{len(rows)} of its {len(index)} rows (activation rows {shown}{more}); check "
-            "the model and hook, or delete the activation cache"
-        )
-
-
-def _norm_scale(acts: Tensor) -> float:
-    """sqrt(d_in) / mean ||x|| over (up to) 65536 rows."""
-    sample = acts[:65536].double()
-    return float(math.sqrt(acts.shape[1]) / sample.norm(dim=1).mean().clamp_min(1e-12))
-
-
 class Trainer:
     """One training run; `run()` trains and saves. Build with `Trainer(cfg)`."""
 
@@ -111,7 +74,7 @@ class Trainer:
             probe.unlink()
         except OSError as err:
             raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
-        self.device = train_device(cfg.device)  # before collecting: a bad name fails fast
+        self.device = start.train_device(cfg.device)  # before collecting: a bad name fails fast
         self.group, self.device = distributed.init(cfg.parallel, self.device, cfg.feature_shards)
         t0 = time.perf_counter()
         self.data, self.windows, self.tokenizer = (
@@ -124,41 +87,8 @@ class Trainer:
         d_in, d_out = acts.shape[1], targets.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
         self.shard = self._shard(d_sae)
-        self.sae = SparseAutoencoder(
-            d_in,
-            self.shard.size,  # this rank's latents (all of them unless feature-sharded)
-            activation=cfg.activation,
-            k=cfg.k,
-            backend=cfg.backend,
-            device=self.device,
-            model_name=cfg.model,
-            hook_name=cfg.hook,
-            options=architectures.get(cfg.activation).train_options(cfg, d_sae),
-            transcoder=cfg.target_hook is not None,
-            d_out=d_out,
-            skip=cfg.skip,
-            target_hook_name=cfg.target_hook,
-            # Read by `evaluate` to hold out the training tokens of the same corpus.
-            metadata={
-                "context_size": cfg.context_size,
-                "corpus": cfg.corpus,
-                "train_tokens": int(acts.shape[0]),
-            },
-        )
-        with torch.no_grad():
-            w = init_decoder_rows(d_sae, d_out, cfg.seed, self.shard.lo, self.shard.hi)
-            self.sae.W_dec.copy_(w)
-            if d_out != d_in:  # a transcoder to another width: its own encoder directions
-                w = init_decoder_rows(d_sae, d_in, cfg.seed + 1, self.shard.lo, self.shard.hi)
-            self.sae.W_enc.copy_(w.t())
-            self.sae.arch.init_training(self.sae, cfg)
-        for what, rows in (("the activation set", acts), ("the targets", targets)):
-            sample = rows[:65536]  # sets the scales and b_dec
-            _check_finite(sample, torch.arange(len(sample)), what)
-        self.scale = _norm_scale(acts) if cfg.normalize_activations else 1.0
-        self.target_scale = _norm_scale(targets) if cfg.normalize_activations else 1.0
-        with torch.no_grad():  # b_dec starts at the (scaled) mean target, a common choice
-            self.sae.b_dec.copy_((targets[:65536].mean(0) * self.target_scale).to(self.device))
+        self.sae = start.build_sae(cfg, d_in, d_out, d_sae, self.shard, self.device, len(acts))
+        self.scale, self.target_scale = start.init_weights(self.sae, cfg, self.shard, self.data)
         self.store = ActivationStore(acts, seed=cfg.seed)
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
@@ -209,13 +139,13 @@ class Trainer:
         # every rank finds the same bad rows and stops together
         index = self.store.indices(self.step, cfg.batch_size)
         batch = self.store.acts[index]
-        _check_finite(batch, index, f"step {self.step}: the batch")
+        start.check_finite(batch, index, f"step {self.step}: the batch")
         x = distributed.share(batch, self.group).to(self.device) * self.scale
         if self.data.target is None:
             y = x
         else:
             target = self.data.target[index]
-            _check_finite(target, index, f"step {self.step}: the batch's targets")
+            start.check_finite(target, index, f"step {self.step}: the batch's targets")
             y = distributed.share(target, self.group).to(self.device) * self.target_scale
         lr = cfg.lr * _lr_factor(self.step, cfg)
         for group in self.opt.param_groups:

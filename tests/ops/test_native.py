@@ -31,9 +31,9 @@ def test_sparse_decode_matches_reference(dtype, B, d_in, d_sae, k):
     i = torch.stack([torch.randperm(d_sae, generator=g)[:k] for _ in range(B)])
     rtol, atol = TOL[dtype]
     assert_close(
-        native.sparse_decode(v, i, W, b),
+        native.decode_sparse(v, i, W, b),
         ref.decode_sparse(v, i, W, b),
-        f"sparse_decode {dtype}",
+        f"decode_sparse {dtype}",
         rtol=rtol,
         atol=atol,
     )
@@ -45,9 +45,9 @@ def test_sparse_decode_repeated_indices_and_noncontiguous():
     v = torch.rand(4, 6, dtype=torch.float64)[:, ::2]  # non-contiguous [4, 3]
     i = torch.tensor([[1, 1, 1], [0, 12, 0], [5, 5, 6], [2, 3, 4]])
     assert_close(
-        native.sparse_decode(v, i, W, b),
+        native.decode_sparse(v, i, W, b),
         ref.decode_sparse(v, i, W, b),
-        "sparse_decode",
+        "decode_sparse",
         rtol=1e-12,
         atol=1e-12,
     )
@@ -74,11 +74,11 @@ def test_sparse_decode_bad_input_is_a_clear_error(change, match):
     }
     args.update(change)
     with pytest.raises(RuntimeError, match=match):
-        native.sparse_decode(args["v"], args["i"], args["W"], args["b"])
+        native.decode_sparse(args["v"], args["i"], args["W"], args["b"])
 
 
 def test_sparse_decode_is_registered_for_torch_compile():
-    fn = torch.compile(native.sparse_decode, fullgraph=True, backend="eager")
+    fn = torch.compile(native.decode_sparse, fullgraph=True, backend="eager")
     v, i = torch.rand(3, 2), torch.tensor([[0, 1], [2, 3], [4, 0]])
     W, b = torch.randn(5, 4), torch.randn(4)
     assert_close(fn(v, i, W, b), ref.decode_sparse(v, i, W, b), "compiled", rtol=1e-5, atol=1e-6)
@@ -105,7 +105,7 @@ def test_topk_encode_matches_reference(dtype, B, d_in, d_sae, k, block):
     from tests.helpers import assert_topk_valid
 
     x, W, be, bd = _enc_inputs(B, d_in, d_sae, dtype)
-    v, i = native.topk_encode(x, W, be, bd, k, block)
+    v, i = native.encode_topk(x, W, be, bd, k, block)
     assert v.dtype == dtype and i.dtype == torch.int64 and v.shape == (B, k)
     pre = ref.pre_activations(*(t.double() for t in (x, W, be, bd)))
     tol = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-12, 1e-12)}[dtype]
@@ -118,9 +118,9 @@ def test_topk_encode_ties_go_to_the_lower_index_across_blocks():
     be = torch.zeros(40)
     be[[3, 17, 33]] = 1.0  # three tied winners in three different blocks
     for block in (1, 8, 40):
-        v, i = native.topk_encode(x, W, be, torch.zeros(6), 2, block)
+        v, i = native.encode_topk(x, W, be, torch.zeros(6), 2, block)
         assert i.tolist() == [[3, 17]] * 4, block
-        v, i = native.topk_encode(x, W, torch.zeros(40), torch.zeros(6), 3, block)
+        v, i = native.encode_topk(x, W, torch.zeros(40), torch.zeros(6), 3, block)
         assert i.tolist() == [[0, 1, 2]] * 4 and not v.any()
 
 
@@ -142,7 +142,7 @@ def test_topk_encode_threshold_guess_never_changes_the_result(k):
     bd = torch.zeros(d_in)
     want_v, want_i = ref.encode_topk(x, W, be, bd, k)
     for block in (64, 700, 100000):
-        v, i = native.topk_encode(x, W, be, bd, k, block)
+        v, i = native.encode_topk(x, W, be, bd, k, block)
         assert torch.equal(i, want_i), block
         assert torch.equal(v.isnan(), want_v.isnan()), block
         assert_close(v.nan_to_num(), want_v.nan_to_num(), f"block {block}", rtol=1e-5, atol=1e-5)
@@ -150,14 +150,14 @@ def test_topk_encode_threshold_guess_never_changes_the_result(k):
     be_inf = torch.full((d_sae,), float("-inf"))
     be_inf[::7] = 0  # a hundred finite features, the rest -inf
     want = ref.encode_topk(xi, W, be_inf, bd, k)
-    assert torch.equal(native.topk_encode(xi, W, be_inf, bd, k, 700)[1], want[1])
+    assert torch.equal(native.encode_topk(xi, W, be_inf, bd, k, 700)[1], want[1])
 
 
 def test_topk_encode_strided_w_enc_view():
     x, W, be, bd = _enc_inputs(9, 11, 64)
     wide = torch.randn(11, 100)
     wide[:, :64] = W
-    v, i = native.topk_encode(x, wide[:, :64], be, bd, 5, 16)  # row stride 100
+    v, i = native.encode_topk(x, wide[:, :64], be, bd, 5, 16)  # row stride 100
     rv, ri = ref.encode_topk(x, W, be, bd, 5)
     assert torch.equal(i, ri)
     assert_close(v, rv, "strided", rtol=1e-5, atol=1e-6)
@@ -225,7 +225,7 @@ def test_results_do_not_depend_on_the_thread_count():
             perm, offsets = native.feature_segments(i0, 777)
             results.append(
                 (
-                    native.topk_encode(x, W, be, bd, 9, 100),
+                    native.encode_topk(x, W, be, bd, 9, 100),
                     native.feature_reduce(perm, offsets, v0, x, True),
                     native.feature_reduce_cols(perm, offsets, v0, x, True),
                     native.grad_values(x, i0, W.t().contiguous()),
@@ -243,31 +243,31 @@ def test_results_do_not_depend_on_the_thread_count():
     "call,match",
     [
         (
-            lambda: native.topk_encode(
+            lambda: native.encode_topk(
                 torch.randn(2, 3), torch.randn(4, 5), torch.randn(5), torch.randn(3), 2
             ),
             r"W_enc must have shape \[3, d_sae\]",
         ),
         (
-            lambda: native.topk_encode(
+            lambda: native.encode_topk(
                 torch.randn(2, 3), torch.randn(3, 5), torch.randn(5), torch.randn(3), 6
             ),
             r"k must be in \[1, 5\], got 6",
         ),
         (
-            lambda: native.topk_encode(
+            lambda: native.encode_topk(
                 torch.randn(2, 3), torch.randn(3, 5), torch.randn(4), torch.randn(3), 2
             ),
             r"b_enc must have shape \[5\]",
         ),
         (
-            lambda: native.topk_encode(
+            lambda: native.encode_topk(
                 torch.randn(2, 3).double(), torch.randn(3, 5), torch.randn(5), torch.randn(3), 2
             ),
             "same dtype",
         ),
         (
-            lambda: native.topk_encode(
+            lambda: native.encode_topk(
                 torch.randn(2, 3), torch.randn(3, 5), torch.randn(5), torch.randn(3), 2, 0
             ),
             "block must be >= 1",

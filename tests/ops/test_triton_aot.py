@@ -56,7 +56,7 @@ def test_decoder_configs_compile_for_sm90a():
     cfgs = mod.aot_configs()
     assert {(c.name, c.label.split()[0]) for c in cfgs} == {
         (n, dt)
-        for n in ("sparse_decode", "grad_values", "feature_reduce")
+        for n in ("decode_sparse", "grad_values", "feature_reduce")
         for dt in ("bf16", "fp16", "fp32")
     }
     cfg = next(c for c in cfgs if c.name == "grad_values" and c.label.startswith("fp32"))
@@ -223,20 +223,20 @@ def _run_tool(args: list[str], extra_path: Path | None = None):
 
 
 def test_gpu_compile_decoder_only(tmp_path):
-    proc = _run_tool(["--only", "sparse_decode", "--out", str(tmp_path), "--jobs", "2"])
+    proc = _run_tool(["--only", "decode_sparse", "--out", str(tmp_path), "--jobs", "2"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "triton_backend: no aot_configs()" in proc.stdout  # a module without them is noted
     (md,) = tmp_path.glob("gpu-compile-*.md")
     (js,) = tmp_path.glob("gpu-compile-*.json")
     mod = importlib.import_module("sae_fast.ops.triton_decoder")
-    labels = [c.label for c in mod.aot_configs() if c.name == "sparse_decode"]
-    table = [line for line in md.read_text().splitlines() if line.startswith("| sparse_decode")]
+    labels = [c.label for c in mod.aot_configs() if c.name == "decode_sparse"]
+    table = [line for line in md.read_text().splitlines() if line.startswith("| decode_sparse")]
     assert len(table) == 2 * len(labels)
     assert {(label, arch) for label in labels for arch in ("sm_90a", "sm_80")} == {
         tuple(c.strip() for c in line.split("|")[2:4]) for line in table
     }
     doc = json.loads(js.read_text())
-    assert doc["triton"] == triton.__version__ and "--only sparse_decode" in doc["command"]
+    assert doc["triton"] == triton.__version__ and "--only decode_sparse" in doc["command"]
     assert len(doc["rows"]) == len(table) and doc["violations"] == []
     assert all(r["ok"] and r["registers"] > 0 and r["status"] == "ok" for r in doc["rows"])
 

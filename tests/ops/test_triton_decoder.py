@@ -33,7 +33,7 @@ def _case(B, d_in, d_sae, k, seed=0):
 def test_sparse_decode_matches_reference(B, d_in, d_sae, k):
     W_dec, _, b_dec, _, v, i, _ = _case(B, d_in, d_sae, k)
     assert_close(
-        td.sparse_decode_fwd(v, i, W_dec, b_dec),
+        td.decode_sparse(v, i, W_dec, b_dec),
         ref.decode_sparse(v, i, W_dec, b_dec),
         "recon",
         rtol=1e-5,
@@ -44,7 +44,7 @@ def test_sparse_decode_matches_reference(B, d_in, d_sae, k):
 def test_sparse_decode_accepts_a_transposed_dictionary():
     _, W_enc, b_dec, _, v, i, _ = _case(4, 7, 13, 3)
     assert_close(
-        td.sparse_decode_fwd(v, i, W_enc.t(), b_dec),
+        td.decode_sparse(v, i, W_enc.t(), b_dec),
         ref.decode_sparse(v, i, W_enc.t().contiguous(), b_dec),
         "W_enc.T decode",
         rtol=1e-5,

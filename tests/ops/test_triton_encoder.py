@@ -32,7 +32,7 @@ def _inputs(B, d_in, d_sae, dtype=torch.float32, seed=0):
 def test_topk_matches_reference(B, d_in, d_sae, k, method):
     k = min(k, d_sae)
     x, W, be, bd = _inputs(B, d_in, d_sae)
-    v, i = te.encode_topk_fwd(x, W, be, bd, k, method=method)
+    v, i = te.encode_topk(x, W, be, bd, k, method=method)
     assert v.shape == (B, k) and i.dtype == torch.int64
     pre = ref.pre_activations(x.double(), W.double(), be.double(), bd.double())
     assert_topk_valid(v, i, pre, k, f"topk {method} B={B} k={k}")
@@ -46,7 +46,7 @@ def test_low_precision_follows_the_fp32_rule(method, dtype):
     """bf16/fp16: ranked on fp32 pre-activations, exactly as the reference ranks them
     (ties at the k-th bf16 value are common; on fp32 values they are not)."""
     x, W, be, bd = _inputs(33, 97, 1031, dtype=dtype, seed=2)
-    v, i = te.encode_topk_fwd(x, W, be, bd, 16, method=method)
+    v, i = te.encode_topk(x, W, be, bd, 16, method=method)
     want = ref.encode_topk(x, W, be, bd, 16)
     assert v.dtype == dtype
     assert torch.equal(i, want.indices)
@@ -63,7 +63,7 @@ def test_fused_kernel_alone_is_exact(B, d_in, d_sae, k, monkeypatch):
     monkeypatch.setattr(te, "encode_topk_chunked", no_fallback)
     monkeypatch.setattr(te, "CAP_PER_K", 10**6)  # lists as long as the row: cannot overflow
     x, W, be, bd = _inputs(B, d_in, d_sae, seed=7)
-    v, i = te.encode_topk_fwd(x, W, be, bd, k, method="fused")
+    v, i = te.encode_topk(x, W, be, bd, k, method="fused")
     want = ref.encode_topk(x, W, be, bd, k)
     assert torch.equal(i, want.indices)
     assert_close(v, want.values, "fused values")
@@ -75,7 +75,7 @@ def test_nan_rows_rank_as_the_reference_does(method):
     x, W, be, bd = _inputs(6, 16, 300, seed=8)
     x[2, 3] = float("nan")  # row 2: every pre-activation is NaN
     be[7] = float("nan")  # feature 7: NaN in every row
-    v, i = te.encode_topk_fwd(x, W, be, bd, 5, method=method)
+    v, i = te.encode_topk(x, W, be, bd, 5, method=method)
     want = ref.encode_topk(x, W, be, bd, 5)
     assert torch.equal(i, want.indices)
     assert torch.equal(v.isnan(), want.values.isnan())
@@ -88,7 +88,7 @@ def test_fused_overflow_rows_are_redone_exactly(monkeypatch):
     monkeypatch.setattr(te, "CAP_PER_K", 1)
     x, W, be, bd = _inputs(9, 16, 2000, seed=4)
     be = torch.linspace(-1, 3, 2000, device=DEVICE)  # later features rank higher
-    v, i = te.encode_topk_fwd(x, W * 0.01, be, bd, 8, method="fused")
+    v, i = te.encode_topk(x, W * 0.01, be, bd, 8, method="fused")
     want = ref.encode_topk(x, W * 0.01, be, bd, 8)
     assert torch.equal(i, want.indices)
     assert_close(v, want.values, "overflow values")
@@ -113,7 +113,7 @@ def test_fused_and_chunked_stay_within_the_memory_bound():
 def test_dense_epilogues_match_reference(B, d_in, d_sae, jump):
     x, W, be, bd = _inputs(B, d_in, d_sae)
     thr = torch.rand(d_sae, device=DEVICE) * 0.2 if jump else None
-    got = te.encode_dense_fwd(x, W, be, bd, thr)
+    got = te.encode_dense(x, W, be, bd, thr)
     want = ref.encode_dense(x, W, be, bd, thr)
     assert_close(got, want, f"{'jumprelu' if jump else 'relu'} acts", rtol=1e-4, atol=1e-5)
 
@@ -121,14 +121,14 @@ def test_dense_epilogues_match_reference(B, d_in, d_sae, jump):
 def test_bad_input_is_a_clear_error():
     x, W, be, bd = _inputs(4, 7, 13)
     with pytest.raises(ValueError, match="do not match"):
-        te.encode_topk_fwd(x[:, :6], W, be, bd, 2)
+        te.encode_topk(x[:, :6], W, be, bd, 2)
     with pytest.raises(ValueError, match="k must be in"):
-        te.encode_topk_fwd(x, W, be, bd, 14)
+        te.encode_topk(x, W, be, bd, 14)
     with pytest.raises(TypeError, match="share one dtype"):
-        te.encode_topk_fwd(x.double(), W, be, bd, 2)
+        te.encode_topk(x.double(), W, be, bd, 2)
     with pytest.raises(TypeError, match="float32/bfloat16/float16"):
-        te.encode_topk_fwd(*(t.double() for t in (x, W, be, bd)), 2)
+        te.encode_topk(*(t.double() for t in (x, W, be, bd)), 2)
     with pytest.raises(ValueError, match="method must be"):
-        te.encode_topk_fwd(x, W, be, bd, 2, method="dense")
+        te.encode_topk(x, W, be, bd, 2, method="dense")
     with pytest.raises(ValueError, match="b_enc must be"):
-        te.encode_dense_fwd(x, W, be[:5], bd, None)
+        te.encode_dense(x, W, be[:5], bd, None)
