@@ -107,6 +107,16 @@ def test_cli_train_hooks_and_errors(tmp_path):
     assert "time: activation collection" in r.stdout and "SAE steps" in r.stdout
     r = cli("train", "--help")
     assert r.returncode == 0 and "--dead-after-tokens" in r.stdout and "(default: 32)" in r.stdout
+    # an MLP skip transcoder from the command line
+    r = cli(
+        "train", "--hook", "layers.1.mlp_in", "--target-hook", "layers.1.mlp_out", "--skip",
+        "--steps", "3", "--max-tokens", "500", "--batch-size", "64", "--d-sae", "512",
+        "--no-progress", "--out", str(tmp_path / "tc"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "tc" / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk_skip_transcoder"
+    assert cfg["metadata"]["hook_name_out"] == "layers.1.mlp_out"
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
