@@ -10,7 +10,7 @@ import torch
 
 from . import architectures
 from .errors import ConfigError
-from .validate import check_int
+from .validate import check_int, train_field
 
 BACKENDS = ("auto", "triton", "native", "torch")
 PARALLEL = ("none", "data", "features")  # training parallelism (sae_fast.training.distributed)
@@ -127,14 +127,12 @@ class SAEConfig:
         return cls(**data)
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A dataclass field whose help text `sae-fast train --help` shows."""
-    return field(default=default, metadata={"help": help})
+_opt = train_field  # a field with its `--help` text
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; every field is also a `sae-fast train` flag."""
+class _RunSettings:
+    """The settings every training run has (TrainConfig adds each architecture's own)."""
 
     model: str = _opt("embedded", 'HF model name or local dir; "embedded" = all-MiniLM-L6-v2')
     hook: str = _opt("layers.3.residual", "see `sae-fast hooks MODEL`")
@@ -152,22 +150,13 @@ class TrainConfig:
     expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
     k: int = _opt(32, "active latents per token (topk) / per token on average (batchtopk)")
-    matryoshka_widths: str | None = _opt(
-        None, "matryoshka_batchtopk: nested prefix widths below d_sae, e.g. 256,1024"
-    )
     steps: int = _opt(1500, "optimizer steps")
     batch_size: int = _opt(1024, "tokens per step")
     lr: float = _opt(4e-4, "peak Adam learning rate")
     warmup_steps: int = _opt(50, "linear LR warmup")
     decay_start: float = _opt(0.8, "fraction of steps after which the LR decays linearly to 0")
     grad_clip: float | None = _opt(1.0, "max global grad norm (None: off)")
-    auxk_coefficient: float = _opt(1 / 32, "topk / batchtopk")
     dead_after_tokens: int = _opt(200_000, "a latent is dead after this many tokens without firing")
-    l1_coefficient: float = _opt(5.0, "relu")
-    l1_warmup_steps: int = _opt(200, "relu: L1 coefficient ramps up linearly")
-    l0_coefficient: float = _opt(1.0, "jumprelu")
-    jumprelu_bandwidth: float = _opt(0.001, "jumprelu bandwidth")
-    jumprelu_init_threshold: float = _opt(0.001, "jumprelu init threshold")
     normalize_activations: bool = _opt(True, "scale inputs to mean norm sqrt(d_in); folded on save")
     autocast_bf16: bool = _opt(False, "bf16 autocast for the forward pass")
     backend: str = _opt("auto", "backend")
@@ -186,6 +175,13 @@ class TrainConfig:
     resume: str | None = _opt(None, "checkpoint dir to continue from")
     log_every: int = _opt(50, "log every")
     progress: bool = _opt(True, "tqdm progress bar")
+
+
+@dataclass
+class TrainConfig(*reversed(architectures.train_configs()), _RunSettings):
+    """Everything a training run needs; every field is also a `sae-fast train` flag. The
+    common settings come first, then each architecture's own (`Architecture.train_configs`:
+    AuxK, L1, JumpReLU, Matryoshka), each validated by its owner."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -208,7 +204,6 @@ class TrainConfig:
             ("batch_size", 1),
             ("warmup_steps", 0),
             ("dead_after_tokens", 1),
-            ("l1_warmup_steps", 0),
             ("checkpoint_every", 0),
             ("log_every", 1),
             ("seed", 0),
@@ -217,17 +212,10 @@ class TrainConfig:
             check_int(name, getattr(self, name), minimum)
         if self.d_sae is not None:
             check_int("d_sae", self.d_sae, 1)
-        for name in (
-            "lr",
-            "auxk_coefficient",
-            "l1_coefficient",
-            "l0_coefficient",
-            "jumprelu_bandwidth",
-            "jumprelu_init_threshold",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr < 0:
+            raise ConfigError(f"lr must be a number >= 0, got {self.lr!r}")
+        for settings in architectures.train_configs():
+            settings.check(self)
         if not 0.0 <= self.decay_start <= 1.0:
             raise ConfigError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if self.grad_clip is not None and self.grad_clip <= 0:

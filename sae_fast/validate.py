@@ -3,9 +3,28 @@ each failure is one ConfigError naming the argument."""
 
 from __future__ import annotations
 
+from dataclasses import field, fields
 from typing import Any
 
 from .errors import ConfigError
+
+
+def train_field(default: Any, help: str) -> Any:
+    """A dataclass field whose help text `sae-fast train --help` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+def check_fields(cfg: Any, cls: type, minimum: dict[str, float] | None = None) -> None:
+    """Check the fields dataclass `cls` declares on `cfg`: ints (`check_int`) and numbers at
+    least `minimum[name]` (default 0); ConfigError naming the first one that is wrong."""
+    for f in fields(cls):
+        value = getattr(cfg, f.name)
+        low = (minimum or {}).get(f.name, 0)
+        if f.type in ("int", int):
+            check_int(f.name, value, int(low))
+        elif f.type in ("float", float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                raise ConfigError(f"{f.name} must be a number >= {low}, got {value!r}")
 
 
 def check_int(name: str, value: Any, minimum: int | None = None) -> int:

@@ -43,9 +43,15 @@ def get(name: str) -> type[Architecture]:
     return _BY_ALIAS[name]
 
 
+def train_configs() -> tuple[type, ...]:
+    """Every architecture's training-settings dataclass, once each, in registry order
+    (`TrainConfig` inherits their fields)."""
+    return tuple(dict.fromkeys(c for a in _ARCHITECTURES for c in a.train_configs))
+
+
 def help_text() -> str:
     """One line per architecture, for `--help`."""
     return "; ".join(f"{a.name}: {a.summary}" for a in _ARCHITECTURES)
 
 
-__all__ = ["REGISTRY", "Architecture", "get", "help_text", "names"]
+__all__ = ["REGISTRY", "Architecture", "get", "help_text", "names", "train_configs"]

@@ -16,6 +16,7 @@ one is a module under `sae_fast/architectures/`, its tests, and one line in the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from torch import Tensor
@@ -23,7 +24,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..ops import reference as ref
 from ..output import SAEOutput
-from ..validate import check_int
+from ..validate import check_fields, check_int, train_field
 from .losses import auxk
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class Architecture:
     latent_params: ClassVar[tuple[str, ...]] = ()  # its per-latent parameters ([d_sae] each)
     saelens_tensor_names: ClassVar[dict[str, str]] = {}  # ours -> SAELens's, where they differ
     option_names: ClassVar[tuple[str, ...]] = ()  # the cfg.options keys it reads
+    # its training settings: dataclasses whose fields TrainConfig (and `sae-fast train`) take
+    train_configs: ClassVar[tuple[type, ...]] = ()
 
     # ---------------------------------------------------------------- config and state
     @classmethod
@@ -205,6 +208,18 @@ class Architecture:
         if isinstance(k, float) and not k.is_integer():
             raise ConfigError(f"{where}: k={k} is fractional; sae_fast needs an integer k")
         return {"k": int(k)}
+
+
+@dataclass
+class AuxKTraining:
+    """Training settings of the AuxK term (topk, batchtopk, matryoshka_batchtopk)."""
+
+    auxk_coefficient: float = train_field(1 / 32, "topk, batchtopk, matryoshka: AuxK weight")
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        """ConfigError naming a bad field."""
+        check_fields(cfg, AuxKTraining)
 
 
 def auxk_term(run: TrainState, x: Tensor, target: Tensor, recon: Tensor) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..ops import reference as ref
 from ..output import SAEOutput
-from .base import Architecture, TrainState, auxk_term
+from .base import Architecture, AuxKTraining, TrainState, auxk_term
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
@@ -32,6 +32,7 @@ class BatchTopK(Architecture):
     )
     uses_k: ClassVar[bool] = True
     batch_wide: ClassVar[bool] = True
+    train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining,)
 
     @classmethod
     def init_state(cls, sae: SparseAutoencoder) -> None:

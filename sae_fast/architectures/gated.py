@@ -22,6 +22,7 @@ from ..ops import reference as ref
 from ..output import SAEOutput
 from .base import Architecture, TrainState
 from .losses import l1
+from .relu import L1Training
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
@@ -32,6 +33,7 @@ class Gated(Architecture):
     name: ClassVar[str] = "gated"
     saelens_name: ClassVar[str] = "gated"
     summary: ClassVar[str] = "a gate path and a magnitude path sharing W_enc, L1 + aux loss"
+    train_configs: ClassVar[tuple[type, ...]] = (L1Training,)
     latent_params: ClassVar[tuple[str, ...]] = ("r_mag", "b_mag")
     saelens_tensor_names: ClassVar[dict[str, str]] = {"b_enc": "b_gate"}
 

@@ -4,6 +4,7 @@ threshold gradients (a rectangle kernel of width `jumprelu_bandwidth`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from ..ops import reference as ref
 from ..output import SAEOutput
+from ..validate import check_fields, train_field
 from .base import Architecture, TrainState
 from .losses import JumpReLUSTE, StepL0
 
@@ -19,10 +21,25 @@ if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
 
 
+@dataclass
+class JumpReLUTraining:
+    """JumpReLU's training settings: the L0 penalty and the straight-through estimator."""
+
+    l0_coefficient: float = train_field(1.0, "jumprelu: L0 penalty coefficient")
+    jumprelu_bandwidth: float = train_field(0.001, "jumprelu: STE bandwidth")
+    jumprelu_init_threshold: float = train_field(0.001, "jumprelu: initial threshold")
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        """ConfigError naming a bad field."""
+        check_fields(cfg, JumpReLUTraining)
+
+
 class JumpReLU(Architecture):
     name: ClassVar[str] = "jumprelu"
     saelens_name: ClassVar[str] = "jumprelu"
     summary: ClassVar[str] = "pre where it passes a learned per-latent threshold, L0 penalty"
+    train_configs: ClassVar[tuple[type, ...]] = (JumpReLUTraining,)
     latent_params: ClassVar[tuple[str, ...]] = ("threshold",)
 
     @classmethod

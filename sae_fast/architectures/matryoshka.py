@@ -14,6 +14,7 @@ architecture and widths in the cfg's `sae_fast` block, so that both libraries lo
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -21,7 +22,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..output import SAEOutput
-from .base import TrainState
+from ..validate import train_field
+from .base import AuxKTraining, TrainState
 from .batchtopk import BatchTopK
 
 if TYPE_CHECKING:
@@ -57,10 +59,24 @@ def parse_widths(text: str | list[int] | None, d_sae: int) -> list[int]:
     return widths
 
 
+@dataclass
+class MatryoshkaTraining:
+    """Matryoshka's training setting: the nested prefix widths."""
+
+    matryoshka_widths: str | None = train_field(
+        None, "matryoshka_batchtopk: nested prefix widths below d_sae, e.g. 256,1024"
+    )
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        """The widths are checked against the dictionary when the run builds it."""
+
+
 class MatryoshkaBatchTopK(BatchTopK):
     name: ClassVar[str] = "matryoshka_batchtopk"
     saelens_name: ClassVar[str] = "matryoshka_batchtopk"
     summary: ClassVar[str] = "BatchTopK with nested prefix losses (--matryoshka-widths)"
+    train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining, MatryoshkaTraining)
     option_names: ClassVar[tuple[str, ...]] = (WIDTHS,)
 
     @classmethod

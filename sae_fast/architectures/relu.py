@@ -3,11 +3,13 @@ decoder-norm-weighted L1 whose coefficient ramps up over `l1_warmup_steps`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
 from ..output import SAEOutput
+from ..validate import check_fields, train_field
 from .base import Architecture, TrainState
 from .losses import l1
 
@@ -16,11 +18,25 @@ if TYPE_CHECKING:
     from ..training.sharded import Shard
 
 
+@dataclass
+class L1Training:
+    """Training settings of the decoder-norm-weighted L1 penalty (relu, gated)."""
+
+    l1_coefficient: float = train_field(5.0, "relu, gated: L1 coefficient")
+    l1_warmup_steps: int = train_field(200, "relu, gated: L1 coefficient ramps up linearly")
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        """ConfigError naming a bad field."""
+        check_fields(cfg, L1Training)
+
+
 class ReLU(Architecture):
     name: ClassVar[str] = "relu"
     saelens_name: ClassVar[str] = "standard"
     aliases: ClassVar[tuple[str, ...]] = ("standard",)
     summary: ClassVar[str] = "relu(pre) with an L1 penalty (SAELens 'standard')"
+    train_configs: ClassVar[tuple[type, ...]] = (L1Training,)
 
     @classmethod
     def encode(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..ops import reference as ref
 from ..output import SAEOutput
-from .base import Architecture, TrainState, auxk_term
+from .base import Architecture, AuxKTraining, TrainState, auxk_term
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
@@ -22,6 +22,7 @@ class TopK(Architecture):
     saelens_name: ClassVar[str] = "topk"
     summary: ClassVar[str] = "k largest pre-activations per token (sparse code)"
     uses_k: ClassVar[bool] = True
+    train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining,)
 
     @classmethod
     def encode_sparse(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> ref.SparseCode:

@@ -109,3 +109,24 @@ def test_fold_input_scale_keeps_every_architectures_code(name):
     got = sae(x)
     torch.testing.assert_close(got.dense_acts(), want.dense_acts())
     torch.testing.assert_close(got.reconstruction, want.reconstruction / s)
+
+
+def test_training_settings_live_with_their_architectures():
+    import dataclasses
+
+    from sae_fast import TrainConfig, architectures
+    from sae_fast.config import _RunSettings
+
+    common = {f.name for f in dataclasses.fields(_RunSettings)}
+    owned = [f.name for c in architectures.train_configs() for f in dataclasses.fields(c)]
+    assert len(owned) == len(set(owned))  # each setting has one owner
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == common | set(owned)
+    assert not common & set(owned)
+    for arch in architectures.REGISTRY.values():  # what an architecture reads, it declares
+        for settings in arch.train_configs:
+            assert settings in architectures.train_configs()
+    assert {"l1_coefficient", "l1_warmup_steps"} == {
+        f.name for c in architectures.get("gated").train_configs for f in dataclasses.fields(c)
+    }
+    with pytest.raises(ConfigError, match="l0_coefficient must be a number >= 0"):
+        TrainConfig(l0_coefficient=-1.0)
