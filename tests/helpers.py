@@ -88,9 +88,10 @@ def assert_topk_valid(
     assert exact >= min_exact, f"[{name}] only {exact:.1%} of rows have the reference indices"
 
 
-def tiny_gpt2_dir(path):
+def tiny_gpt2_dir(path, activation_function: str = "gelu_new", mlp_scale: float = 1.0):
     """Save a randomly initialised 2-layer GPT-2 (d=32) with the embedded model's tokenizer
-    as a Hugging Face directory (no download); returns `path`."""
+    as a Hugging Face directory (no download); returns `path`. `mlp_scale` multiplies the MLP
+    weights (the input projection by it, the output one by twice it)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from sae_fast.data.activations import embedded_model_dir
@@ -105,8 +106,15 @@ def tiny_gpt2_dir(path):
         vocab_size=tok.vocab_size,
         bos_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id,
+        activation_function=activation_function,
     )
-    GPT2LMHeadModel(config).save_pretrained(path)
+    model = GPT2LMHeadModel(config)
+    if mlp_scale != 1.0:
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.mlp.c_fc.weight.mul_(mlp_scale)
+                block.mlp.c_proj.weight.mul_(2 * mlp_scale)
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -7,39 +7,17 @@ import torch
 
 from sae_fast import SparseAutoencoder
 from sae_fast.data.hooks import capture, run_to_hook
+from tests.helpers import tiny_gpt2_dir
 
 LAYER = 0
 MLP_IN, MLP_OUT = f"layers.{LAYER}.mlp_in", f"layers.{LAYER}.mlp_out"
 
 
 def relu_gpt2_dir(path):
-    """Save a randomly initialised 2-layer GPT-2 (d=32, ReLU MLPs of width 128, scaled up so
-    that ablating one changes the outputs) with the embedded model's tokenizer as a Hugging
-    Face directory (no download); returns `path`."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from sae_fast.data.activations import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        n_positions=128,
-        activation_function="relu",
-        vocab_size=tok.vocab_size,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-    )
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():  # MLPs that matter (GPT-2's init makes their outputs tiny)
-        for block in model.transformer.h:
-            block.mlp.c_fc.weight.mul_(5.0)
-            block.mlp.c_proj.weight.mul_(10.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    """Save a randomly initialised 2-layer GPT-2 (d=32) with ReLU MLPs of width 128, scaled
+    up so that ablating one changes the outputs (GPT-2's init makes their outputs tiny), as a
+    Hugging Face directory (no download); returns `path`."""
+    return tiny_gpt2_dir(path, activation_function="relu", mlp_scale=5.0)
 
 
 def exact_transcoder(model, model_name: str | None = None, layer: int = LAYER):
