@@ -14,7 +14,6 @@ from ..ops import reference as ref
 from ..output import SAEOutput
 from ..validate import check_fields, train_field
 from .base import Architecture, TrainState
-from .losses import JumpReLUSTE, StepL0
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -59,8 +58,8 @@ class JumpReLU(Architecture):
         # decode; every shard's partial reconstruction summed (each latent is local)
         cfg, sae, shard = run.cfg, run.sae, run.shard
         pre = sae.ops().pre_activations(x, sae.W_enc, sae.b_enc, sae.input_bias)
-        acts = JumpReLUSTE.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-        l0 = shard.sum(StepL0.apply(pre, sae.threshold, cfg.jumprelu_bandwidth))
+        acts = ref.jumprelu_ste(pre, sae.threshold, cfg.jumprelu_bandwidth)
+        l0 = shard.sum(ref.step_l0(pre, sae.threshold, cfg.jumprelu_bandwidth))
         return cls.dense_output(sae, acts, shard, ref), {"l0": cfg.l0_coefficient * l0}
 
     @classmethod

@@ -8,14 +8,13 @@ auxk        TopK/BatchTopK (Gao et al.): the top k_aux dead latents (by pre-acti
             k_aux = min(d_out // 2, n_dead)
 l1          ReLU: mean_b sum_f a_f * ||W_dec[f]||
 l0 / STE    JumpReLU (Rajamanoharan et al.): a = pre * H(pre - t); the threshold's gradient
-            uses a rectangle kernel of width `bandwidth` around the jump
+            uses a rectangle kernel of width `bandwidth` around the jump (ops.reference)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from ..ops import reference as ref
@@ -73,41 +72,7 @@ def l1(acts: Tensor, W_dec: Tensor) -> Tensor:
     return (acts * W_dec.norm(dim=1)).sum(-1).mean()
 
 
-def _rect(z: Tensor) -> Tensor:
-    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
-
-
-class JumpReLUSTE(torch.autograd.Function):
-    """a = pre * H(pre - t): exact gradient in pre (where it passes), STE gradient in t."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return ref.jumprelu_act(pre, threshold)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, t = ctx.saved_tensors
-        eps = ctx.bandwidth
-        d_pre = grad * (pre > t).to(grad.dtype)
-        # d a / d t = -(t / eps) * rect((pre - t) / eps)
-        d_t = (grad * -(t / eps) * _rect((pre - t) / eps)).sum(0)
-        return d_pre, d_t, None
-
-
-class StepL0(torch.autograd.Function):
-    """L0 = sum_f H(pre - t) per row (mean over rows), with d L0 / d t = -(1/eps) rect(..)."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype).sum(-1).mean()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, t = ctx.saved_tensors
-        eps = ctx.bandwidth
-        d_t = grad * (-(1.0 / eps) * _rect((pre - t) / eps)).sum(0) / pre.shape[0]
-        return None, d_t, None
+# The straight-through estimators are ops: `ops.reference` holds them (JumpReLU's training
+# reads them there, through `ref.jumprelu_ste` and `ref.step_l0`).
+JumpReLUSTE = ref.JumpReLUSTE
+StepL0 = ref.StepL0

@@ -19,6 +19,9 @@ method (`Backend.encode_topk`, ...) all carry the name in the first column.
 | sparse_backward | reference.topk_backward | triton_backward.sparse_backward | sparse_backward | tests/ops/test_triton_backward.py, tests/ops/test_native_backward.py | benchmarks/cpu_step.py |
 | topk_sae | reference.encode_topk | autograd.register_sparse_ops | - | tests/ops/test_backends.py, tests/ops/test_properties.py | benchmarks/train.py |
 
+JumpReLU's straight-through estimators (`reference.jumprelu_ste`, `reference.step_l0`) are
+elementwise torch on every backend, over the backend's `pre_activations` (the one GEMM).
+
 `autograd.register_sparse_ops` wraps a kernel set (`native_backend.NativeKernels`,
 `triton_backend.TritonKernels`) into differentiable custom ops named
 `sae_fast::<prefix>_encode_topk`, `_decode_sparse` and `_topk_sae`; `dispatch.get_backend`

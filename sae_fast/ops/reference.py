@@ -273,3 +273,59 @@ def dense_backward(
         W_dec=acts.t() @ grad_recon,  # [d_sae, d_in]
         b_dec=grad_recon.sum(0) + db_dec_enc,
     )
+
+
+# ----------------------------------------------------------------------------- JumpReLU STE
+# Straight-through estimators of JumpReLU's training (Rajamanoharan et al. 2024): exact
+# gradients in pre where the gate passes, and a rectangle kernel of width `bandwidth` around
+# the jump for the threshold. Elementwise torch on the backend's `pre_activations`.
+
+
+def _rect(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class JumpReLUSTE(torch.autograd.Function):
+    """a = pre * H(pre - t): exact gradient in pre (where it passes), STE gradient in t."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return jumprelu_act(pre, threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, t = ctx.saved_tensors
+        eps = ctx.bandwidth
+        d_pre = grad * (pre > t).to(grad.dtype)
+        # d a / d t = -(t / eps) * rect((pre - t) / eps)
+        d_t = (grad * -(t / eps) * _rect((pre - t) / eps)).sum(0)
+        return d_pre, d_t, None
+
+
+class StepL0(torch.autograd.Function):
+    """L0 = sum_f H(pre - t) per row (mean over rows), with d L0 / d t = -(1/eps) rect(..)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype).sum(-1).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, t = ctx.saved_tensors
+        eps = ctx.bandwidth
+        d_t = grad * (-(1.0 / eps) * _rect((pre - t) / eps)).sum(0) / pre.shape[0]
+        return None, d_t, None
+
+
+def jumprelu_ste(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """`pre * (pre > threshold)`, with the straight-through threshold gradient."""
+    return JumpReLUSTE.apply(pre, threshold, bandwidth)
+
+
+def step_l0(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """Mean over rows of the L0 `sum_f (pre > threshold)`, with its threshold gradient."""
+    return StepL0.apply(pre, threshold, bandwidth)

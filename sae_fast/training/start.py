@@ -14,6 +14,7 @@ from ..config import TrainConfig
 from ..data.activations import ActivationBatch
 from ..errors import ConfigError, DataError
 from ..sae import SparseAutoencoder
+from . import distributed
 from .basic import init_decoder_rows
 from .sharded import Shard
 
@@ -102,3 +103,40 @@ def init_weights(
     target_scale = norm_scale(targets) if cfg.normalize_activations else 1.0
     sae.b_dec.copy_((targets[:SAMPLE_ROWS].mean(0) * target_scale).to(sae.device))
     return scale, target_scale
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The learning-rate multiplier at `step`: linear warmup, then linear decay to 0 from
+    `decay_start * steps`."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decay_from = int(cfg.decay_start * cfg.steps)
+    if step < decay_from or cfg.steps <= decay_from:
+        return warm
+    return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
+
+
+def shard_of(cfg: TrainConfig, d_sae: int, group: distributed.Group) -> Shard:
+    """This rank's latents of a `d_sae` dictionary; ConfigError when it does not split."""
+    shards = group.shards
+    if d_sae % shards:
+        raise ConfigError(f"d_sae {d_sae} must be a multiple of feature_shards {shards}")
+    if architectures.get(cfg.activation).uses_k and cfg.k > d_sae // shards:
+        raise ConfigError(
+            f"k={cfg.k} is more than the {d_sae // shards} latents of each of "
+            f"{shards} feature shards; use fewer shards or a larger dictionary"
+        )
+    return Shard.of(d_sae, group)
+
+
+def timings(
+    collect_s: float, n_collected: int, train_s: float, steps: int, tokens: int, batch: int
+) -> dict[str, float]:
+    """Where a run's time went (`<out>/timings.json`): collection against SAE steps."""
+    return {
+        "collect_seconds": collect_s,
+        "collect_tokens_per_s": n_collected / collect_s if collect_s else 0.0,
+        "train_seconds": train_s,
+        "train_tokens_per_s": tokens / max(train_s, 1e-9),
+        "steps": steps,
+        "batch_size": batch,
+    }

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import architectures
 from ..config import TrainConfig
 from ..data.activations import ActivationBatch
 from ..data.collect import collect
@@ -53,14 +52,6 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    decay_from = int(cfg.decay_start * cfg.steps)
-    if step < decay_from or cfg.steps <= decay_from:
-        return warm
-    return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
-
-
 class Trainer:
     """One training run; `run()` trains and saves. Build with `Trainer(cfg)`."""
 
@@ -86,7 +77,7 @@ class Trainer:
             raise ConfigError(f"the activations have no targets at {cfg.target_hook}")
         d_in, d_out = acts.shape[1], targets.shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
-        self.shard = self._shard(d_sae)
+        self.shard = start.shard_of(cfg, d_sae, self.group)
         self.sae = start.build_sae(cfg, d_in, d_out, d_sae, self.shard, self.device, len(acts))
         self.scale, self.target_scale = start.init_weights(self.sae, cfg, self.shard, self.data)
         self.store = ActivationStore(acts, seed=cfg.seed)
@@ -100,18 +91,6 @@ class Trainer:
         if cfg.resume:
             checkpoint.load(self, Path(cfg.resume))
         self.metrics_path = self.out / "metrics.jsonl"
-
-    def _shard(self, d_sae: int) -> sharded.Shard:
-        """This rank's latents; ConfigError when the dictionary does not split."""
-        shards = self.group.shards
-        if d_sae % shards:
-            raise ConfigError(f"d_sae {d_sae} must be a multiple of feature_shards {shards}")
-        if architectures.get(self.cfg.activation).uses_k and self.cfg.k > d_sae // shards:
-            raise ConfigError(
-                f"k={self.cfg.k} is more than the {d_sae // shards} latents of each of "
-                f"{shards} feature shards; use fewer shards or a larger dictionary"
-            )
-        return sharded.Shard.of(d_sae, self.group)
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
@@ -147,7 +126,7 @@ class Trainer:
             target = self.data.target[index]
             start.check_finite(target, index, f"step {self.step}: the batch's targets")
             y = distributed.share(target, self.group).to(self.device) * self.target_scale
-        lr = cfg.lr * _lr_factor(self.step, cfg)
+        lr = cfg.lr * start.lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
@@ -249,18 +228,10 @@ class Trainer:
             raise SystemExit(130) from None
         if bar is not None:
             bar.close()
-        train_s = time.perf_counter() - t0
-        n_collected = len(self.data.tokens)
-        timings = {
-            "collect_seconds": self.collect_seconds,
-            "collect_tokens_per_s": n_collected / self.collect_seconds
-            if self.collect_seconds
-            else 0.0,
-            "train_seconds": train_s,
-            "train_tokens_per_s": (self.step * cfg.batch_size - tokens0) / max(train_s, 1e-9),
-        }
-        timings["steps"] = self.step
-        timings["batch_size"] = cfg.batch_size
+        timings = start.timings(
+            self.collect_seconds, len(self.data.tokens), time.perf_counter() - t0,
+            self.step, self.step * cfg.batch_size - tokens0, cfg.batch_size,
+        )  # fmt: skip
         sae = self.final_sae()
         sae_dir = self.out / "sae"
         if main:
