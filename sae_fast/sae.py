@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -284,22 +285,8 @@ class SparseAutoencoder(nn.Module):
         """Build (freshly initialised) from a config."""
         if not isinstance(cfg, SAEConfig):
             raise ConfigError(f"expected an SAEConfig, got {type(cfg).__name__}")
-        return cls(
-            cfg.d_in,
-            cfg.d_sae,
-            activation=cfg.activation,
-            k=cfg.k,
-            dtype=cfg.dtype,
-            model_name=cfg.model_name,
-            hook_name=cfg.hook_name,
-            metadata=cfg.metadata,
-            options=cfg.options,
-            transcoder=cfg.transcoder,
-            d_out=cfg.d_out,
-            skip=cfg.skip,
-            target_hook_name=cfg.target_hook_name,
-            **kwargs,
-        )
+        # the constructor takes every config field under its own name
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **kwargs)
 
 
 def _unit_rows(rows: int, width: int, device: torch.device) -> Tensor:

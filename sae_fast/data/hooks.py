@@ -238,10 +238,18 @@ def check_width(width: int, d_in: int, hook: str) -> None:
         raise ConfigError(f"activations at {hook} have width {width}, the SAE expects d_in={d_in}")
 
 
-def check_hook_width(model: nn.Module, tokenizer, hook: str, d_in: int) -> None:
-    """`check_width` for `model`'s activations at `hook` (one forward pass of one token)."""
+def hook_widths(
+    model: nn.Module, tokenizer, hook: str, target: str | None = None
+) -> tuple[int, int | None]:
+    """Widths of `model`'s activations at `hook` and at `target` (None without one), from one
+    forward pass of one token."""
     ids = tokenizer("a", return_tensors="pt")
     device = next(model.parameters()).device
-    with capture(model, hook) as box:
+    with capture(model, hook, target=target) as box:
         act = run_to_hook(model, box, **{k: v.to(device) for k, v in ids.items()})
-    check_width(act.shape[-1], d_in, hook)
+    return act.shape[-1], None if target is None else box["target"].shape[-1]
+
+
+def check_hook_width(model: nn.Module, tokenizer, hook: str, d_in: int) -> None:
+    """`check_width` for `model`'s activations at `hook` (one forward pass of one token)."""
+    check_width(hook_widths(model, tokenizer, hook)[0], d_in, hook)

@@ -46,14 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.activations import is_causal_lm, pad_windows, pooled_embedding
-from ..data.hooks import (
-    capture,
-    check_hook_width,
-    check_width,
-    patch,
-    patch_from,
-    run_to_hook,
-)
+from ..data.hooks import check_width, hook_widths, patch, patch_from
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 
@@ -92,15 +85,10 @@ def check_sae_widths(
     """ConfigError unless `model`'s activations fit `sae`: width d_in at the input hook and,
     for a transcoder, d_out at the target hook (one forward pass of one token)."""
     hook, target = splice_hooks(sae, hook)
-    if target is None:
-        check_hook_width(model, tokenizer, hook, sae.d_in)
-        return
-    ids = tokenizer("a", return_tensors="pt")
-    device = next(model.parameters()).device
-    with capture(model, hook, target=target) as box:
-        act = run_to_hook(model, box, **{k: v.to(device) for k, v in ids.items()})
-    check_width(act.shape[-1], sae.d_in, hook)
-    check_target_width(box["target"].shape[-1], sae.d_out, target)
+    width, target_width = hook_widths(model, tokenizer, hook, target)
+    check_width(width, sae.d_in, hook)
+    if target is not None:
+        check_target_width(target_width, sae.d_out, target)
 
 
 def spliced(
