@@ -128,7 +128,7 @@ class _Box(dict):
 @contextlib.contextmanager
 def capture(
     model: nn.Module, hook: str, stop: bool = True, target: str | None = None
-) -> Iterator[dict[str, Tensor]]:
+) -> Iterator[_Box]:
     """Within the block, each forward of `model` stores the hooked activation in the
     yielded dict under "act" (and the activation at `target`, if given, under "target") and,
     if `stop`, aborts the rest of the forward pass once it has them all; call the model
@@ -164,13 +164,13 @@ def capture(
             handle.remove()
 
 
-def run_to_hook(model: nn.Module, box: dict[str, Tensor], **inputs) -> Tensor:
+def run_to_hook(model: nn.Module, box: _Box, **inputs) -> Tensor:
     """Run `model(**inputs)` inside `capture`; return the hooked activation (the target's,
     when `capture` was given one, is then in `box["target"]`)."""
     box.clear()
     with contextlib.suppress(_StopForward):
         model(**inputs)
-    if any(key not in box for key in getattr(box, "wanted", ("act",))):
+    if any(key not in box for key in box.wanted):
         raise RuntimeError("the hooked module did not run during the forward pass")
     return box["act"]
 
