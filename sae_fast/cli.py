@@ -17,6 +17,9 @@ from typing import Any
 from .config import EvalConfig, FeaturesConfig, MonitorConfig, TrainConfig
 from .errors import ConfigError, SAEFastError
 
+# `sae-fast train` flags beyond TrainConfig's fields: which SAEs one pass trains
+PLAN_FLAGS = ("hooks", "expansions")
+
 
 def _parse_optional(kind):
     def parse(text: str):
@@ -26,10 +29,22 @@ def _parse_optional(kind):
     return parse
 
 
-def add_config_flags(p: argparse.ArgumentParser, config: type, **defaults: Any) -> None:
+def add_config_flags(
+    p: argparse.ArgumentParser, config: type, lists: tuple[str, ...] = (), **defaults: Any
+) -> None:
     """One flag per field of the dataclass `config`, with its type, default (or
-    `defaults`) and help; a field without a default is a required flag."""
+    `defaults`) and help; a field without a default is a required flag. The int fields
+    named in `lists` take comma-separated values (one SAE per value)."""
     for f in dataclasses.fields(config):
+        if f.name in lists:
+            p.add_argument(
+                "--" + f.name.replace("_", "-"),
+                default=str(f.default),
+                metavar="INT[,INT...]",
+                help=f.metadata.get("help", "")
+                + f"; a list trains one SAE each (default: {f.default})",
+            )
+            continue
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
         annotation = str(f.type)
@@ -49,26 +64,41 @@ def add_config_flags(p: argparse.ArgumentParser, config: type, **defaults: Any) 
         )
 
 
-def config_from(args: argparse.Namespace, config: type) -> Any:
-    """The `config` dataclass built from the parsed flags `add_config_flags` made."""
-    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+def config_from(args: argparse.Namespace, config: type, **values: Any) -> Any:
+    """The `config` dataclass built from the parsed flags `add_config_flags` made (and
+    `values`, which take precedence)."""
+    return config(
+        **{f.name: values.get(f.name, getattr(args, f.name)) for f in dataclasses.fields(config)}
+    )
+
+
+def timing_line(t: dict[str, float], metrics: dict[str, float]) -> str:
+    """Where a run's time went, in one line (a stream's model time overlaps its steps)."""
+    kept = metrics.get("tokens_kept")
+    shown = f"{int(kept):,} tokens, " if kept is not None else ""
+    return (
+        f"time: activations {t['collect_seconds']:.1f}s ({shown}"
+        f"{t['collect_tokens_per_s']:,.0f} tok/s); SAE steps {t['train_seconds']:.1f}s "
+        f"({t['train_tokens_per_s']:,.0f} tok/s)"
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training.multi import parse_hooks, parse_list, plan, train_many
 
-    result = train(config_from(args, TrainConfig))
-    m = result.metrics
-    print(
-        f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
-        f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead_pct', float('nan')):.1f}%"
-    )
-    t = result.timings
-    print(
-        f"time: activation collection {t['collect_seconds']:.1f}s "
-        f"({len(result.activations.tokens):,} tokens, {t['collect_tokens_per_s']:,.0f} tok/s); "
-        f"SAE steps {t['train_seconds']:.1f}s ({t['train_tokens_per_s']:,.0f} tok/s)"
-    )
+    ks = parse_list(args.k, "--k")
+    assert ks is not None
+    cfg = config_from(args, TrainConfig, k=ks[0])
+    hooks = parse_hooks(args.hooks)
+    expansions = parse_list(args.expansions, "--expansions")
+    results = train_many(plan(cfg, hooks, expansions, ks if len(ks) > 1 else None))
+    for result in results:
+        m = result.metrics
+        print(
+            f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
+            f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead_pct', float('nan')):.1f}%"
+        )
+    print(timing_line(results[0].timings, results[0].metrics))
     return 0
 
 
@@ -258,8 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The `sae-fast` argument parser."""
     p = argparse.ArgumentParser(prog="sae-fast", description="Sparse autoencoders, fast.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train an SAE on a transformer's activations")
-    add_config_flags(t, TrainConfig)
+    t = sub.add_parser("train", help="train SAEs on a transformer's activations")
+    add_config_flags(t, TrainConfig, lists=("k",))
+    t.add_argument(
+        "--hooks",
+        default=None,
+        help="several hooks from one forward pass, comma-separated; IN:OUT for a transcoder "
+        "(each SAE in <out>/<hook>[/<variant>]; default: --hook alone, in <out>/sae)",
+    )
+    t.add_argument("--expansions", default=None, help="several widths on each hook, e.g. 8,16,32")
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained SAE (metrics table, --json)")
     e.add_argument("sae_dir", help="SAE directory (sae_fast, SAELens, sparsify, ...)")

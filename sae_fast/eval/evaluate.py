@@ -28,6 +28,7 @@ from ..data.activations import (
     token_windows,
 )
 from ..data.corpus import load_texts
+from ..data.filters import TokenFilter
 from ..data.hooks import check_width, resolve_hook
 from ..data.store import concat_batches
 from ..errors import ConfigError
@@ -64,10 +65,13 @@ class EvalSet:
         skip_tokens: int = 0,
         tokenizer: Any = None,
         target_hook: str | None = None,
+        token_filter: dict[str, Any] | None = None,
     ) -> EvalSet:
         """Tokenise `corpus`, skip the windows starting before token `skip_tokens` (real
         tokens), keep windows up to `max_tokens` tokens, and collect their activations
-        (with `target_hook`, a transcoder's targets too, from the same forward pass)."""
+        (with `target_hook`, a transcoder's targets too, from the same forward pass) with
+        the training engine's forward pass, dropping what `token_filter` (an SAE's
+        `metadata["token_filter"]`: drop_first, max_norm_ratio) says its training dropped."""
         check_int("max_tokens", max_tokens, 1)
         check_int("skip_tokens", skip_tokens, 0)
         if isinstance(model, str):
@@ -90,7 +94,10 @@ class EvalSet:
                 "(the SAE's training tokens); use a larger corpus or skip_tokens=0 to "
                 "evaluate on training data"
             )
-        batches = iter_activations(model, tokenizer, chosen, hook, target_hook=target_hook)
+        keep = TokenFilter(**(token_filter or {}))
+        batches = iter_activations(
+            model, tokenizer, chosen, hook, target_hook=target_hook, keep=keep
+        )
         data = concat_batches(list(batches))
         return cls(model, tokenizer, hook, chosen, data, seen, target_hook)
 
@@ -286,6 +293,7 @@ def evaluate(
             default_skip(sae, corpus) if skip_tokens is None else skip_tokens,
             tokenizer=tokenizer,
             target_hook=target_hook,
+            token_filter=meta.get("token_filter"),
         )
     eval_set.check_fits(sae)
     rec = reconstruction_metrics(sae, eval_set.data.acts, targets=eval_set.data.target)

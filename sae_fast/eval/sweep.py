@@ -1,5 +1,6 @@
-"""The dictionary-size sweep: train every width on one activation cache, evaluate each on
-the same held-out tokens, pick the elbow, write `sweep.csv`, `sweep.md` and `sweep.png`.
+"""The dictionary-size sweep: train every width together from one pass over the data (the
+data engine's many-SAE feed), evaluate each on the same held-out tokens, pick the elbow,
+write `sweep.csv`, `sweep.md` and `sweep.png`.
 
 Elbow: fidelity (the downstream score, or explained variance when downstream evaluation is
 off) against log2(d_sae). Both axes are scaled to [0, 1] and the elbow is the width whose
@@ -22,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
-from ..data.collect import collect
 from ..errors import ConfigError
 from ..files import atomic_file
-from ..training.trainer import Trainer
+from ..training.multi import train_many
 from .evaluate import DEFAULT_EVAL_TOKENS, EvalResult, EvalSet, evaluate
 from .metrics import save_sparsity
 
@@ -144,8 +144,9 @@ def _md_text(result: SweepResult, cfg: TrainConfig, eval_tokens: int) -> str:
         f"# Dictionary-size sweep: {cfg.model} @ {cfg.hook}",
         "",
         f"{cfg.activation} SAEs (k={cfg.k}), {cfg.steps} steps of {cfg.batch_size} tokens, "
-        f"trained on one cache of {cfg.max_tokens:,} tokens of corpus `{cfg.corpus}`, "
-        f"evaluated on the next {eval_tokens:,} (held out).",
+        f"all widths trained together from one pass over {cfg.max_tokens:,} tokens of corpus "
+        f"`{cfg.corpus}` (train s: that shared time), evaluated on the next {eval_tokens:,} "
+        "(held out).",
         "",
         f"| expansion | d_sae | FVU | explained var. | {fid} | dead % | dense % | L0 | train s | |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
@@ -224,16 +225,24 @@ def sweep(
     downstream: bool = True,
     log=print,
 ) -> SweepResult:
-    """Train one SAE per expansion (`cfg` otherwise), all on one activation cache (`cfg.cache`,
-    default `cfg.out`/activations), evaluate each on held-out tokens, pick the elbow."""
+    """Train one SAE per expansion (`cfg` otherwise), all together from one pass over the
+    data (streamed, or `cfg.cache`), evaluate each on the same held-out tokens, pick the
+    elbow."""
     if not expansions:
         raise ConfigError("expansions must list at least one width")
     out = Path(cfg.out)
-    cache = cfg.cache or str(out / "activations")
-    base = dataclasses.replace(cfg, cache=cache, d_sae=None)
-    data = collect(base)
-    acts = data[0]
-    log(f"sweep: {len(acts.tokens):,} training activations of width {acts.acts.shape[1]}")
+    base = dataclasses.replace(cfg, d_sae=None)
+    cfgs = [
+        dataclasses.replace(base, expansion=e, out=str(out / f"x{e}")) for e in sorted(expansions)
+    ]
+    t0 = time.perf_counter()
+    trained = train_many(cfgs)  # every width from one pass over the data
+    train_s = time.perf_counter() - t0
+    meta = trained[0].sae.cfg.metadata
+    log(
+        f"sweep: trained {len(cfgs)} widths together on {meta['train_tokens']:,} tokens "
+        f"({cfg.steps} steps) in {train_s:.0f}s"
+    )
     eval_set = EvalSet.build(
         base.model,
         base.hook,
@@ -241,26 +250,23 @@ def sweep(
         base.text_field,
         base.context_size,
         eval_tokens,
-        skip_tokens=len(acts.tokens),
+        skip_tokens=int(meta["train_tokens"]),
         target_hook=base.target_hook,
+        token_filter=meta.get("token_filter"),
     )
     fidelity = eval_set.fidelity() if downstream else None
     rows = []
-    for e in sorted(expansions):
-        run_cfg = dataclasses.replace(base, expansion=e, out=str(out / f"x{e}"))
-        t0 = time.perf_counter()
-        trained = Trainer(run_cfg, data=data).run()
+    for e, run in zip(sorted(expansions), trained, strict=True):
         t1 = time.perf_counter()
-        res = evaluate(trained.sae, eval_set, downstream=downstream, fidelity=fidelity)
-        res.sae_name = str(trained.sae_dir)
-        save_sparsity(trained.sae_dir, res.density)
+        res = evaluate(run.sae, eval_set, downstream=downstream, fidelity=fidelity)
+        res.sae_name = str(run.sae_dir)
+        save_sparsity(run.sae_dir, res.density)
         t2 = time.perf_counter()
-        row = SweepRow(e, trained.sae.d_sae, str(trained.sae_dir), t1 - t0, t2 - t1, res)
+        row = SweepRow(e, run.sae.d_sae, str(run.sae_dir), train_s, t2 - t1, res)
         rows.append(row)
         log(
             f"sweep: {e}x (d_sae={row.d_sae}): FVU {res.fvu:.4f}, fidelity {row.fidelity:.4f}, "
-            f"dead {100 * res.dead_fraction:.1f}%, L0 {res.l0:.1f}; train {t1 - t0:.0f}s, "
-            f"eval {t2 - t1:.0f}s"
+            f"dead {100 * res.dead_fraction:.1f}%, L0 {res.l0:.1f}; eval {t2 - t1:.0f}s"
         )
     chosen, reason = pick_elbow([r.d_sae for r in rows], [r.fidelity for r in rows])
     result = SweepResult(rows, chosen, reason)

@@ -46,6 +46,7 @@ def save(run: Trainer) -> Path:
             with atomic_directory(staging / f"shard-{group.shard:03d}") as tmp:
                 write_state(run, tmp)
     sae = sharded.consolidate(run.sae, run.shard) if group.replica == 0 else None
+    feeds = distributed.gather_objects(run.feed.state(), group)  # a stream's, per rank
     if group.is_main:
         assert sae is not None
         with atomic_directory(path) as tmp:
@@ -58,6 +59,7 @@ def save(run: Trainer) -> Path:
                     "target_scale": run.target_scale,
                     "batchtopk_threshold": run.sae.batchtopk_threshold,  # for older readers
                     "feature_shards": group.shards,
+                    "feeds": feeds,
                     "config": run.cfg.to_dict(),
                 },
             )
@@ -79,6 +81,27 @@ def write_state(run: Trainer, where: Path) -> None:
 
     torch.save(run.opt.state_dict(), where / OPTIM_FILE)
     save_file({"since_fired": run.since_fired.cpu()}, str(where / COUNTERS_FILE))
+
+
+def feed_state(path: Path, group: distributed.Group) -> dict:
+    """The position of this rank's feed in checkpoint `path` (a streamed run's ranks each
+    have their own; older checkpoints, of runs from memory or a cache, have none)."""
+    state = read_json(path / STATE_FILE)
+    feeds = state.get("feeds") or [{"kind": "memory"}]
+    if feeds[0].get("kind") == "stream" and len(feeds) != group.world:
+        raise ConfigError(
+            f"checkpoint {path} was written by a streamed run of {len(feeds)} rank(s); "
+            f"resume it with {len(feeds)}, not {group.world}"
+        )
+    return feeds[group.rank] if len(feeds) == group.world else feeds[0]
+
+
+def latest(out: Path) -> Path:
+    """The newest checkpoint of the run directory `out` (FileNotFoundError if none)."""
+    found = sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_dir())
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {out / 'checkpoints'} to resume from")
+    return found[-1]
 
 
 def load(run: Trainer, path: Path) -> None:

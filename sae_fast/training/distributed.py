@@ -169,3 +169,37 @@ def mean_logs(logs: dict[str, float], group: Group, device: torch.device) -> dic
     t = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, group=group.data_pg)
     return {k: float(v) / group.replicas for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def any_flag(flag: bool, group: Group) -> bool:
+    """Whether any data replica passed True (every rank gets the same answer)."""
+    if group.replicas == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group.data_pg)
+    return bool(t.item())
+
+
+def replica_mean(t: Tensor, group: Group) -> Tensor:
+    """The mean of `t` (float64, CPU) over data replicas."""
+    if group.replicas == 1:
+        return t
+    t = t.to(_collective_device(), copy=True)
+    dist.all_reduce(t, group=group.data_pg)
+    return (t / group.replicas).cpu()
+
+
+def _collective_device() -> torch.device:
+    """Where a small tensor must live for the default process group's backend."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_objects(obj, group: Group) -> list:
+    """`obj` of every rank, by rank (just `[obj]` alone)."""
+    if group.world == 1:
+        return [obj]
+    out: list = [None] * group.world
+    dist.all_gather_object(out, obj)
+    return out

@@ -5,20 +5,21 @@ input and target norm scales, with the finite-data check they share with each st
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .. import architectures
 from ..config import TrainConfig
-from ..data.activations import ActivationBatch
+from ..data.feeds import SAMPLE_ROWS  # rows that set the scales and b_dec
+from ..data.rows import Rows
 from ..errors import ConfigError, DataError
 from ..sae import SparseAutoencoder
 from . import distributed
 from .basic import init_decoder_rows
 from .sharded import Shard
-
-SAMPLE_ROWS = 65536  # rows that set the scales and b_dec
 
 
 def train_device(name: str) -> torch.device:
@@ -38,29 +39,61 @@ def train_device(name: str) -> torch.device:
     return device
 
 
-def check_finite(batch: Tensor, index: Tensor, what: str) -> None:
-    """DataError naming `what` (the step) and the activation rows if `batch` holds NaN/Inf."""
+def check_finite(
+    batch: Tensor, index: Tensor, what: str, unit: str = "activation rows", bad_elsewhere=None
+) -> None:
+    """DataError naming `what` (the step) and the rows (`index`, numbered in `unit`) if
+    `batch` holds NaN/Inf. `bad_elsewhere(bad_here)` (a parallel run) says whether any
+    replica found some, so that every rank stops together."""
     bad = ~torch.isfinite(batch)
-    if bool(bad.any()):
+    here = bool(bad.any())
+    if bad_elsewhere is not None and bad_elsewhere(here) and not here:
+        raise DataError(f"{what}: another data replica's share holds NaN/Inf activation values")
+    if here:
         rows = index[bad.any(1)]
         shown = ", ".join(str(int(r)) for r in rows[:5])
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         raise DataError(
             f"{what} holds {int(bad.sum())} NaN/Inf activation values, in "
-            f"{len(rows)} of its {len(index)} rows (activation rows {shown}{more}); check "
+            f"{len(rows)} of its {len(index)} rows ({unit} {shown}{more}); check "
             "the model and hook, or delete the activation cache"
         )
 
 
-def norm_scale(acts: Tensor) -> float:
-    """sqrt(d_in) / mean ||x|| over (up to) SAMPLE_ROWS rows."""
-    sample = acts[:SAMPLE_ROWS].double()
-    return float(math.sqrt(acts.shape[1]) / sample.norm(dim=1).mean().clamp_min(1e-12))
+def check_rows(rows: Rows, hooks: list[str], what: str, group: distributed.Group) -> None:
+    """`check_finite` of each hook's activations in `rows` (collective in a parallel run)."""
+    index, unit = (rows.index, "activation rows") if rows.index is not None else (
+        rows.window, "windows"
+    )  # fmt: skip
+    elsewhere = None if group.replicas == 1 else lambda here: distributed.any_flag(here, group)
+    for hook, name in zip(hooks, (what, f"{what}'s targets"), strict=False):
+        check_finite(rows.acts[hook], index, name, unit, elsewhere)
+
+
+def norm_scale(acts: Tensor, group: distributed.Group | None = None) -> float:
+    """sqrt(d_in) / mean ||x|| over (up to) SAMPLE_ROWS rows (averaged over the replicas
+    of `group`, when they sample different rows)."""
+    mean = acts[:SAMPLE_ROWS].double().norm(dim=1).mean()
+    if group is not None:
+        mean = distributed.replica_mean(mean, group)
+    return float(math.sqrt(acts.shape[1]) / mean.clamp_min(1e-12))
+
+
+def check_writable(out: Path) -> None:
+    """PermissionError unless the run directory `out` can be created and written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output directory {out} is not writable: {err}") from err
 
 
 def build_sae(
-    cfg: TrainConfig, d_in: int, d_out: int, d_sae: int, shard: Shard, device, n_tokens: int
-) -> SparseAutoencoder:
+    cfg: TrainConfig, d_in: int, d_out: int, d_sae: int, shard: Shard, device, n_tokens: int,
+    token_filter: dict | None = None,
+) -> SparseAutoencoder:  # fmt: skip
     """The SAE (or transcoder) a run with `cfg` trains: this shard's latents of `d_sae`."""
     return SparseAutoencoder(
         d_in,
@@ -77,18 +110,25 @@ def build_sae(
         skip=cfg.skip,
         target_hook_name=cfg.target_hook,
         # Read by `evaluate` to hold out the training tokens of the same corpus.
-        metadata={"context_size": cfg.context_size, "corpus": cfg.corpus, "train_tokens": n_tokens},
+        # `token_filter`: the tokens dropped, applied again by `evaluate`.
+        metadata={
+            "context_size": cfg.context_size,
+            "corpus": cfg.corpus,
+            "train_tokens": n_tokens,
+            "token_filter": token_filter or {},
+        },
     )
 
 
 @torch.no_grad()
 def init_weights(
-    sae: SparseAutoencoder, cfg: TrainConfig, shard: Shard, data: ActivationBatch
+    sae: SparseAutoencoder, cfg: TrainConfig, shard: Shard, sample: Rows, group=None
 ) -> tuple[float, float]:
     """Seeded unit-norm decoder rows (the same rows whatever the sharding), W_enc = W_dec^T
     (its own directions when d_out != d_in), the architecture's training state, and b_dec
-    at the scaled mean target. Returns the (input, target) norm scales."""
-    acts, targets = data.acts, data.targets
+    at the scaled mean target, from the feed's `sample` (averaged over the data replicas
+    of `group` when given: they streamed different rows). Returns the (input, target)
+    norm scales."""
     d_sae = shard.d_sae
     w = init_decoder_rows(d_sae, sae.d_out, cfg.seed, shard.lo, shard.hi)
     sae.W_dec.copy_(w)
@@ -96,12 +136,18 @@ def init_weights(
         w = init_decoder_rows(d_sae, sae.d_in, cfg.seed + 1, shard.lo, shard.hi)
     sae.W_enc.copy_(w.t())
     sae.arch.init_training(sae, cfg)
-    for what, rows in (("the activation set", acts), ("the targets", targets)):
-        sample = rows[:SAMPLE_ROWS]
-        check_finite(sample, torch.arange(len(sample)), what)
-    scale = norm_scale(acts) if cfg.normalize_activations else 1.0
-    target_scale = norm_scale(targets) if cfg.normalize_activations else 1.0
-    sae.b_dec.copy_((targets[:SAMPLE_ROWS].mean(0) * target_scale).to(sae.device))
+    sample = sample.take(slice(0, SAMPLE_ROWS))
+    hooks = [cfg.hook] if cfg.target_hook is None else [cfg.hook, cfg.target_hook]
+    for hook, what in zip(hooks, ("the activation set", "the targets"), strict=False):
+        check_rows(sample, [hook], what, group or distributed.Group())
+    acts = sample.acts[cfg.hook]
+    targets = acts if cfg.target_hook is None else sample.acts[cfg.target_hook]
+    scale = norm_scale(acts, group) if cfg.normalize_activations else 1.0
+    target_scale = norm_scale(targets, group) if cfg.normalize_activations else 1.0
+    mean = targets.double().mean(0)
+    if group is not None:
+        mean = distributed.replica_mean(mean, group)
+    sae.b_dec.copy_((mean.float() * target_scale).to(sae.device))
     return scale, target_scale
 
 

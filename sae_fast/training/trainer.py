@@ -1,12 +1,13 @@
 """The SAE trainer: activations of a frozen transformer in, a trained SAE directory out.
 
-Per step: a batch from the `ActivationStore` (pure function of seed and step), the
-architecture's loss, backward, decoder-parallel gradient removed, global-norm clipping,
-Adam with linear warmup and linear decay, decoder rows renormalised, dead latents tracked as
-tokens since last fired. Inputs are scaled to mean norm sqrt(d_in), and a transcoder's
-targets to mean norm sqrt(d_out) (estimated once, at the start); the scales are folded into
-the saved weights. Checkpoints are atomic directories;
-resuming from one continues bitwise like an uninterrupted run on CPU.
+Per step: this replica's share of the step's rows from the run's feed (`data.feeds`: the
+model through the mixing buffer, a cache, or memory), the architecture's loss, backward,
+decoder-parallel gradient removed, global-norm clipping, Adam with linear warmup and linear
+decay, decoder rows renormalised, dead latents tracked as tokens since last fired. Inputs
+are scaled to mean norm sqrt(d_in), and a transcoder's targets to mean norm sqrt(d_out)
+(estimated once, at the start); the scales are folded into the saved weights. Checkpoints
+are atomic directories holding the feed's position too; resuming from one continues
+bitwise like an uninterrupted run on CPU. `run_together` trains several SAEs from one feed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from ..config import TrainConfig
+from ..data import feeds
 from ..data.activations import ActivationBatch
-from ..data.collect import collect
-from ..data.store import ActivationStore
+from ..data.collect import collect  # noqa: F401  (re-exported: tests and benchmarks)
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_json
 from ..sae import SparseAutoencoder
@@ -38,12 +38,13 @@ from .basic import normalize_decoder_rows, project_decoder_grad
 @dataclass
 class TrainResult:
     """What `train` returns: the SAE (normalisation folded in), where it was saved, the
-    training activations with their provenance, and the final metrics."""
+    training activations when they were in memory (None when streamed or read from a
+    cache), the training windows and tokenizer, and the final metrics."""
 
     sae: SparseAutoencoder | None  # None on ranks other than shard 0 (feature sharding)
     sae_dir: Path
-    activations: ActivationBatch
-    windows: list[list[int]]
+    activations: ActivationBatch | None
+    windows: Any
     tokenizer: Any
     metrics: dict[str, float] = field(default_factory=dict)
     # Where the time went: activation collection (model forward passes, or the cache read)
@@ -53,34 +54,52 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run; `run()` trains and saves. Build with `Trainer(cfg)`."""
+    """One SAE's training run; `run()` trains and saves. Build with `Trainer(cfg)` (the
+    feed `cfg` asks for), `Trainer(cfg, data)` (activations in memory), or, for several
+    SAEs from one feed (`multi.train_many`), with a shared `source`, `group` and `device`."""
 
-    def __init__(self, cfg: TrainConfig, data: tuple[ActivationBatch, list, Any] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: tuple[ActivationBatch, Any, Any] | None = None,
+        *,
+        source: feeds.Source | None = None,
+        group: distributed.Group | None = None,
+        device: torch.device | None = None,
+    ):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".write_test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise PermissionError(f"output directory {self.out} is not writable: {err}") from err
-        self.device = start.train_device(cfg.device)  # before collecting: a bad name fails fast
-        self.group, self.device = distributed.init(cfg.parallel, self.device, cfg.feature_shards)
-        t0 = time.perf_counter()
-        self.data, self.windows, self.tokenizer = (
-            data if data is not None else collect(cfg, self.group)
-        )
-        self.collect_seconds = time.perf_counter() - t0 if data is None else 0.0
-        acts, targets = self.data.acts, self.data.targets
-        if self.data.target is None and cfg.target_hook is not None:
+        start.check_writable(self.out)
+        if group is None:  # a bad device name fails before any data is read
+            device = start.train_device(cfg.device)
+            group, device = distributed.init(cfg.parallel, device, cfg.feature_shards)
+        assert device is not None
+        self.group, self.device = group, device
+        if source is None:
+            source = (
+                feeds.memory_source(cfg, data, group)
+                if data is not None
+                else feeds.open_source(cfg, group, device)
+            )
+        self.source, self.feed = source, source.feed
+        self.collect_seconds = source.open_seconds
+        self.hooks = feeds.run_hooks(cfg)
+        resume = Path(cfg.resume) if cfg.resume else None
+        if resume is not None:  # before the sample: a stream continues where it stood
+            self.feed.restore(checkpoint.feed_state(resume, group))
+        sample = self.feed.sample()
+        if cfg.target_hook is not None and cfg.target_hook not in sample.acts:
             raise ConfigError(f"the activations have no targets at {cfg.target_hook}")
-        d_in, d_out = acts.shape[1], targets.shape[1]
+        d_in = sample.acts[cfg.hook].shape[1]
+        d_out = sample.acts[self.hooks[-1]].shape[1]
         d_sae = cfg.d_sae or cfg.expansion * d_in
-        self.shard = start.shard_of(cfg, d_sae, self.group)
-        self.sae = start.build_sae(cfg, d_in, d_out, d_sae, self.shard, self.device, len(acts))
-        self.scale, self.target_scale = start.init_weights(self.sae, cfg, self.shard, self.data)
-        self.store = ActivationStore(acts, seed=cfg.seed)
+        self.shard = start.shard_of(cfg, d_sae, group)
+        self.sae = start.build_sae(
+            cfg, d_in, d_out, d_sae, self.shard, device, source.n_tokens, source.token_filter
+        )
+        self.scale, self.target_scale = start.init_weights(
+            self.sae, cfg, self.shard, sample, group if self.feed.per_replica else None
+        )
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
         self.opt = torch.optim.Adam(
@@ -88,9 +107,18 @@ class Trainer:
         )
         self.step = 0
         self.since_fired = torch.zeros(self.shard.size, dtype=torch.int64, device=self.device)
-        if cfg.resume:
-            checkpoint.load(self, Path(cfg.resume))
+        if resume is not None:
+            checkpoint.load(self, resume)
         self.metrics_path = self.out / "metrics.jsonl"
+
+    @property
+    def windows(self) -> Any:
+        """The training windows (`Rows.window` indexes them)."""
+        return self.source.windows
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.source.tokenizer
 
     # ------------------------------------------------------------------ one step
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
@@ -114,18 +142,14 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
         cfg = self.cfg
-        # every rank draws the same global batch and keeps its share (data parallel), so
-        # every rank finds the same bad rows and stops together
-        index = self.store.indices(self.step, cfg.batch_size)
-        batch = self.store.acts[index]
-        start.check_finite(batch, index, f"step {self.step}: the batch")
-        x = distributed.share(batch, self.group).to(self.device) * self.scale
-        if self.data.target is None:
-            y = x
-        else:
-            target = self.data.target[index]
-            start.check_finite(target, index, f"step {self.step}: the batch's targets")
-            y = distributed.share(target, self.group).to(self.device) * self.target_scale
+        # this replica's share of the step's rows; the check is collective, so every rank
+        # stops together when one finds bad rows
+        rows = self.feed.batch(self.step)
+        start.check_rows(rows, self.hooks, f"step {self.step}: the batch", self.group)
+        x = rows.acts[cfg.hook].to(self.device) * self.scale
+        y = x if cfg.target_hook is None else rows.acts[cfg.target_hook].to(self.device)
+        if cfg.target_hook is not None:
+            y = y * self.target_scale
         lr = cfg.lr * start.lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -181,57 +205,23 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to `cfg.steps`, checkpointing; Ctrl-C saves a checkpoint, then exits."""
-        cfg = self.cfg
-        bar = None
-        main = self.group.is_main  # data parallel: rank 0 logs, checkpoints and saves
-        if cfg.progress and main:
-            from tqdm import tqdm
+        return run_together([self])[0]
 
-            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
-        if main:  # temp dirs of checkpoint writes that a killed run left behind
-            for stale in (self.out / "checkpoints").glob(".*step_*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        distributed.barrier(self.group)
-        logs: dict[str, float] = {}
-        t0, tokens0 = time.perf_counter(), self.step * cfg.batch_size
-        try:
-            with open(self.metrics_path, "a") if main else contextlib.nullcontext() as metrics:
-                while self.step < cfg.steps:
-                    logs = self.train_step()
-                    if bar is not None:
-                        bar.update(1)
-                    if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                        tok_s = (self.step * cfg.batch_size - tokens0) / max(
-                            time.perf_counter() - t0, 1e-9
-                        )
-                        logs["tokens_per_s"] = tok_s
-                        metrics.write(json.dumps(logs) + "\n")
-                        metrics.flush()
-                        if bar is not None:
-                            bar.set_postfix(
-                                tok_s=f"{tok_s:,.0f}",
-                                loss=f"{logs['loss']:.3f}",
-                                fvu=f"{logs['fvu']:.3f}",
-                                l0=f"{logs['l0']:.1f}",
-                                dead=f"{logs['dead_pct']:.1f}%",
-                            )
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint()
-        except KeyboardInterrupt:
-            path = self.save_checkpoint()
-            if bar is not None:
-                bar.close()
-            print(
-                f"\ninterrupted at step {self.step}; checkpoint saved to {path} "
-                f"(continue with --resume {path})"
-            )
-            raise SystemExit(130) from None
-        if bar is not None:
-            bar.close()
+    def log(self, metrics, logs: dict[str, float], tokens_per_s: float) -> None:
+        """Write a metrics line: the step's logs, the throughput and the feed's counts."""
+        logs["tokens_per_s"] = tokens_per_s
+        logs.update(self.feed.counts())
+        metrics.write(json.dumps(logs) + "\n")
+        metrics.flush()
+
+    def finish(self, logs: dict[str, float], seconds: float, tokens: int) -> TrainResult:
+        """Save the SAE and timings (rank 0) after the last step; a collective."""
+        main = self.group.is_main
+        produce = getattr(self.feed, "produce_seconds", 0.0)  # a stream's model time
+        kept = self.feed.counts().get("tokens_kept", self.source.n_tokens)
         timings = start.timings(
-            self.collect_seconds, len(self.data.tokens), time.perf_counter() - t0,
-            self.step, self.step * cfg.batch_size - tokens0, cfg.batch_size,
-        )  # fmt: skip
+            self.collect_seconds + produce, kept, seconds, self.step, tokens, self.cfg.batch_size
+        )
         sae = self.final_sae()
         sae_dir = self.out / "sae"
         if main:
@@ -239,9 +229,86 @@ class Trainer:
                 write_json(tmp, timings)
             sae.save(sae_dir)
         distributed.barrier(self.group)  # the saved SAE exists on return, on every rank
-        return TrainResult(sae, sae_dir, self.data, self.windows, self.tokenizer, logs, timings)
+        return TrainResult(
+            sae, sae_dir, self.source.activations, self.windows, self.tokenizer, logs, timings
+        )
+
+
+def run_together(trainers: list[Trainer]) -> list[TrainResult]:
+    """Train `trainers` (one feed: each step's rows are drawn once and every SAE trains on
+    them) in lockstep to their `cfg.steps`, each logging, checkpointing and saving into its
+    own directory; Ctrl-C saves a checkpoint of each, then exits."""
+    lead = trainers[0]
+    main = lead.group.is_main  # data parallel: rank 0 logs, checkpoints and saves
+    steps = lead.cfg.steps
+    if any(t.cfg.steps != steps or t.step != lead.step for t in trainers):
+        raise ConfigError("SAEs trained from one feed run the same steps from the same step")
+    bar = None
+    if lead.cfg.progress and main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=lead.step, unit="step", dynamic_ncols=True)
+    if main:  # temp dirs of checkpoint writes that a killed run left behind
+        for t in trainers:
+            for stale in (t.out / "checkpoints").glob(".*step_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+    distributed.barrier(lead.group)
+    logs: list[dict[str, float]] = [{} for _ in trainers]
+    t0, tokens0 = time.perf_counter(), lead.step * lead.cfg.batch_size
+    try:
+        with contextlib.ExitStack() as files:
+            metrics = [
+                files.enter_context(open(t.metrics_path, "a")) if main else None for t in trainers
+            ]
+            while lead.step < steps:
+                logs = [t.train_step() for t in trainers]
+                step = lead.step
+                if bar is not None:
+                    bar.update(1)
+                if main and (step % lead.cfg.log_every == 0 or step == steps):
+                    tok_s = (step * lead.cfg.batch_size - tokens0) / max(
+                        time.perf_counter() - t0, 1e-9
+                    )
+                    for t, f, lg in zip(trainers, metrics, logs, strict=True):
+                        t.log(f, lg, tok_s)
+                    if bar is not None:
+                        first = logs[0]
+                        bar.set_postfix(
+                            tok_s=f"{tok_s:,.0f}",
+                            loss=f"{first['loss']:.3f}",
+                            fvu=f"{first['fvu']:.3f}",
+                            l0=f"{first['l0']:.1f}",
+                            dead=f"{first['dead_pct']:.1f}%",
+                            **({"saes": len(trainers)} if len(trainers) > 1 else {}),
+                        )
+                every = lead.cfg.checkpoint_every
+                if every and step % every == 0:
+                    for t in trainers:
+                        t.save_checkpoint()
+    except KeyboardInterrupt:
+        paths = [t.save_checkpoint() for t in trainers]
+        if bar is not None:
+            bar.close()
+        lead.feed.close()
+        shown = paths[0] if len(paths) == 1 else f"{paths[0]} and {len(paths) - 1} more"
+        print(
+            f"\ninterrupted at step {lead.step}; checkpoint saved to {shown} "
+            f"(continue with --resume {paths[0] if len(paths) == 1 else 'latest'})"
+        )
+        raise SystemExit(130) from None
+    except BaseException:
+        lead.feed.close()
+        raise
+    if bar is not None:
+        bar.close()
+    lead.feed.close()
+    seconds, tokens = time.perf_counter() - t0, lead.step * lead.cfg.batch_size - tokens0
+    return [t.finish(lg, seconds, tokens) for t, lg in zip(trainers, logs, strict=True)]
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Collect activations, train an SAE as configured, save it under `cfg.out`/sae."""
-    return Trainer(cfg).run()
+    """Train an SAE as configured (streaming its activations, or from `cfg.cache`) and save
+    it under `cfg.out`/sae (`--resume latest`: from the newest checkpoint there)."""
+    from .multi import train_many
+
+    return train_many([cfg])[0]

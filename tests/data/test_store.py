@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sae_fast import ConfigError, FormatError
+from sae_fast import ConfigError, DataError, FormatError
 from sae_fast.data import store as store_mod
 from sae_fast.data.activations import ActivationBatch
 from sae_fast.data.corpus import corpus_hash, embedded_texts, load_texts
@@ -97,17 +97,30 @@ def test_interrupted_cache_write_leaves_only_complete_shards(tmp_path, monkeypat
     with pytest.raises(FormatError, match="incomplete"):
         read_cache(tmp_path / "c", ID)
 
-    # Disk full while writing a shard: no partial shard file is left behind.
+    # Disk full while writing the third shard: no partial shard file is left behind, the
+    # manifest (never torn) lists the two whole ones, and the error says what was kept.
     real_save = store_mod.save_file
+    calls = []
 
     def full_disk(tensors, path):
+        calls.append(path)
+        if len(calls) < 3:
+            return real_save(tensors, path)
         open(path, "wb").write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(store_mod, "save_file", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DataError, match=r"shard_00002.*No space left.*kept 2 complete shards"):
         write_cache(tmp_path / "d", _batches(), ID, shard_tokens=30)
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "manifest.json",
+        "shard_00000.safetensors",
+        "shard_00001.safetensors",
+    ]
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert not manifest["complete"] and len(manifest["shards"]) == 2
+    with pytest.raises(FormatError, match="incomplete.*kept 2 complete shards"):
+        read_cache(tmp_path / "d", ID)
     monkeypatch.setattr(store_mod, "save_file", real_save)
 
 

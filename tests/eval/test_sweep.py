@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -56,18 +57,22 @@ def test_sweep_writes_csv_markdown_and_plot_with_one_row_per_width(swept):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
 
 
-def test_sweep_shares_one_cache_and_saves_sparsity_and_metadata(swept):
+def test_sweep_trains_every_width_from_one_pass_and_saves_sparsity_and_metadata(swept):
     out, result = swept
-    assert (out / "activations" / "manifest.json").is_file()
+    assert not (out / "activations").exists()  # streamed: no cache unless asked for
+    kept = set()
     for row in result.rows:
         sae = SparseAutoencoder.load(row.sae_dir)
         assert sae.cfg.metadata["corpus"] == "embedded"
-        assert sae.cfg.metadata["train_tokens"] == 3000
+        assert 3000 <= sae.cfg.metadata["train_tokens"] < 3000 + 128  # whole windows
+        last = json.loads((Path(row.sae_dir).parent / "metrics.jsonl").read_text().splitlines()[-1])
+        kept.add(last["tokens_kept"])  # the one feed's count, the same for every width
         dens = load_sparsity(row.sae_dir)
         assert dens.shape == (row.d_sae,)
         assert float((dens == 0).double().mean()) == pytest.approx(
             row.result.dead_fraction, abs=1e-9
         )
+    assert len(kept) == 1 and len({r.train_seconds for r in result.rows}) == 1
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,8 @@ def test_kill_during_the_cache_write(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     again = _run("none", 0, *args)
     assert again.returncode == 2
-    assert "is incomplete (its writer was interrupted); delete the directory" in again.stderr
+    assert "is incomplete (its writer was interrupted; it kept" in again.stderr
+    assert "delete the directory to rebuild it" in again.stderr
     assert "Traceback" not in again.stderr
 
 

@@ -139,7 +139,8 @@ def test_resume_continues_a_skip_transcoder_exactly(tmp_path, pair_cache):
     assert_same_sae(tmp_path / "resumed" / "sae", whole.sae.state_dict(), rtol=0, atol=0)
     want = "is a topk transcoder 384->768->384, but this run builds topk SAE"
     with pytest.raises(ConfigError, match=want):
-        Trainer(TrainConfig(**dict(BASE, cache=None, out=str(tmp_path / "x"), resume=str(ckpt))))
+        other = str(tmp_path / "sae_cache")  # a cached run too: its batches follow the step
+        Trainer(TrainConfig(**dict(BASE, cache=other, out=str(tmp_path / "x"), resume=str(ckpt))))
 
 
 def test_parallel_transcoders_equal_one_process(tmp_path, pair_cache):
