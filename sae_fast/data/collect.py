@@ -16,12 +16,14 @@ import torch.distributed as dist
 from ..errors import ConfigError
 from .activations import (
     ActivationBatch,
+    is_causal_lm,
     iter_activations,
     load_model,
     select_windows,
     token_windows,
 )
 from .corpus import corpus_hash, load_texts
+from .filters import TokenFilter
 from .hooks import resolve_hook
 from .store import concat_batches, read_cache, write_cache
 
@@ -70,6 +72,7 @@ def collect(
         resolve_hook(model, cfg.target_hook)
     texts = load_texts(cfg.corpus, cfg.text_field)
     windows = token_windows(tokenizer, texts, cfg.context_size)
+    keep = TokenFilter.for_model(is_causal_lm(model), cfg.drop_first, cfg.max_norm_ratio)
     identity = {
         "model": cfg.model,
         "hook": cfg.hook,
@@ -77,6 +80,7 @@ def collect(
         "context_size": cfg.context_size,
         "corpus_hash": corpus_hash(texts),
         "max_tokens": cfg.max_tokens,
+        "token_filter": keep.identity(),
     }
     cache = None if cfg.cache is None else Path(cfg.cache)
     barrier(group)  # every rank sees the same cache state
@@ -85,12 +89,12 @@ def collect(
     if group.world == 1:  # streamed into the cache, if any
         acts = iter_activations(
             model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens,
-            target_hook=cfg.target_hook,
+            target_hook=cfg.target_hook, keep=keep,
         )  # fmt: skip
     else:  # the same batches, on every rank: all of them stop here if there are none
         acts = collect_shares(
             model, tokenizer, windows, cfg.hook, cfg.max_tokens, group,
-            target_hook=cfg.target_hook,
+            target_hook=cfg.target_hook, keep=keep,
         )  # fmt: skip
         if not acts:
             raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
@@ -114,6 +118,7 @@ def collect_shares(
     group: Ranks,
     batch_size: int = 32,
     target_hook: str | None = None,
+    keep: TokenFilter | None = None,
 ) -> list[ActivationBatch]:
     """`list(iter_activations(...))` with the model's work split over the ranks: each rank
     runs its own replica over every world-th batch of the windows one process would read,
@@ -123,7 +128,10 @@ def collect_shares(
     mine = []
     for w0 in starts:
         part = chosen[w0 : w0 + batch_size]
-        for b in iter_activations(model, tokenizer, part, hook, batch_size, None, target_hook):
+        # (a norm-outlier filter keeps its running median per rank)
+        for b in iter_activations(
+            model, tokenizer, part, hook, batch_size, None, target_hook, keep
+        ):
             mine.append(dataclasses.replace(b, window=b.window + w0))
     gathered: list[Any] = [None] * group.world
     dist.all_gather_object(gathered, mine)

@@ -152,7 +152,7 @@ def open_source(
     prefix, suffix = special_frame(tokenizer)
     n_tokens = sum(len(w) for w in windows) - len(windows) * (len(prefix) + len(suffix))
     keep = token_filter(cfg, model)
-    settings = {"drop_first": keep.drop_first, "max_norm_ratio": keep.max_norm_ratio}
+    settings = keep.settings()
     replica, replicas = getattr(group, "replica", group.rank), getattr(group, "replicas", 1)
     if cfg.cache is None:
         if cfg.batch_size % replicas:
@@ -173,8 +173,7 @@ def open_source(
         "context_size": cfg.context_size,
         "corpus_hash": corpus_hash(texts),
         "max_tokens": cfg.max_tokens,
-        # absent (None) for a cache written with no filter, as every older cache was
-        "token_filter": settings if keep.drop_first or keep.max_norm_ratio else None,
+        "token_filter": keep.identity(),
     }
     cache = Path(cfg.cache)
     barrier(group)  # every rank sees the same cache state

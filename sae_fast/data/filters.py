@@ -72,6 +72,14 @@ class TokenFilter:
         self.kept += int(keep.sum())
         return keep
 
+    def settings(self) -> dict[str, Any]:
+        """What the filter drops, as SAE metadata records it (`evaluate` reads it back)."""
+        return {"drop_first": self.drop_first, "max_norm_ratio": self.max_norm_ratio}
+
+    def identity(self) -> dict[str, Any] | None:
+        """A cache's record of its filter: None when off, as every older cache was."""
+        return self.settings() if self.drop_first or self.max_norm_ratio else None
+
     def counts(self) -> dict[str, int]:
         """Tokens kept and dropped so far (for a run's metrics)."""
         return {

@@ -31,7 +31,9 @@ from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-IDENTITY_KEYS = ("model", "hook", "target_hook", "context_size", "corpus_hash", "max_tokens")
+IDENTITY_KEYS = (
+    "model", "hook", "target_hook", "context_size", "corpus_hash", "max_tokens", "token_filter",
+)  # fmt: skip
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
