@@ -64,7 +64,7 @@ def test_demo_trains_on_the_embedded_default_and_shows_features(tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "trained a topk SAE 384 -> 3072 (k=32) on 40,960 streamed activations (4," in r.stdout
+    assert "trained a topk SAE 384 -> 3072 (k=32) on 40,960 activations (4," in r.stdout
     assert "FVU" in r.stdout and "dead latents" in r.stdout
     assert "[[" in r.stdout  # at least one feature's top context with its token marked
     sae = sae_fast.SparseAutoencoder.load(tmp_path / "demo" / "sae")
