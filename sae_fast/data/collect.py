@@ -22,10 +22,10 @@ from .activations import (
     select_windows,
     token_windows,
 )
-from .corpus import corpus_hash, load_texts
+from .corpus import load_texts
 from .filters import TokenFilter
 from .hooks import resolve_hook
-from .store import concat_batches, read_cache, write_cache
+from .store import cache_identity, concat_batches, read_cache, write_cache
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -73,15 +73,7 @@ def collect(
     texts = load_texts(cfg.corpus, cfg.text_field)
     windows = token_windows(tokenizer, texts, cfg.context_size)
     keep = TokenFilter.for_model(is_causal_lm(model), cfg.drop_first, cfg.max_norm_ratio)
-    identity = {
-        "model": cfg.model,
-        "hook": cfg.hook,
-        "target_hook": cfg.target_hook,
-        "context_size": cfg.context_size,
-        "corpus_hash": corpus_hash(texts),
-        "max_tokens": cfg.max_tokens,
-        "token_filter": keep.identity(),
-    }
+    identity = cache_identity(cfg, texts, keep)
     cache = None if cfg.cache is None else Path(cfg.cache)
     barrier(group)  # every rank sees the same cache state
     if cache is not None and (cache / "manifest.json").exists():

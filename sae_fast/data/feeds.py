@@ -31,11 +31,11 @@ from .activations import (
 )
 from .cache_feed import CacheFeed
 from .collect import SINGLE, Ranks, barrier
-from .corpus import corpus_hash, load_texts
+from .corpus import load_texts
 from .filters import TokenFilter
 from .hooks import resolve_hook
 from .rows import Rows
-from .store import MANIFEST, ActivationStore, read_manifest, write_cache
+from .store import MANIFEST, ActivationStore, cache_identity, read_manifest, write_cache
 from .stream import StreamFeed
 
 if TYPE_CHECKING:
@@ -166,15 +166,7 @@ def open_source(
             parts=replicas,
         )  # fmt: skip
         return Source(feed, windows, tokenizer, n_tokens, time.perf_counter() - t0, settings)
-    identity = {
-        "model": cfg.model,
-        "hook": cfg.hook,
-        "target_hook": cfg.target_hook,
-        "context_size": cfg.context_size,
-        "corpus_hash": corpus_hash(texts),
-        "max_tokens": cfg.max_tokens,
-        "token_filter": keep.identity(),
-    }
+    identity = cache_identity(cfg, texts, keep)
     cache = Path(cfg.cache)
     barrier(group)  # every rank sees the same cache state
     if not (cache / MANIFEST).exists():

@@ -36,6 +36,22 @@ IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+def cache_identity(cfg: Any, texts: list[str], keep: Any) -> dict[str, Any]:
+    """What a cache of a run with `cfg` (a TrainConfig) over `texts`, filtered by `keep` (a
+    TokenFilter), must match (IDENTITY_KEYS)."""
+    from .corpus import corpus_hash
+
+    return {
+        "model": cfg.model,
+        "hook": cfg.hook,
+        "target_hook": cfg.target_hook,
+        "context_size": cfg.context_size,
+        "corpus_hash": corpus_hash(texts),
+        "max_tokens": cfg.max_tokens,
+        "token_filter": keep.identity(),
+    }
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
