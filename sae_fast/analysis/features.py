@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.activations import ActivationBatch, iter_activations
+from ..data.filters import TokenFilter
 from ..sae import SparseAutoencoder
 
 # Activation histogram: log10 bins from 1e-3 to 1e3, a quarter decade each (clamped ends).
@@ -261,17 +262,59 @@ def collect_features(
     seed: int = 0,
 ) -> FeatureReport:
     """One pass over `windows`: activations at `hook` straight into `feature_report`."""
-    batches = iter_activations(model, tokenizer, windows, hook, batch_size)
+    keep = TokenFilter(**(sae.cfg.metadata.get("token_filter") or {}))  # what training saw
+    batches = iter_activations(model, tokenizer, windows, hook, batch_size, keep=keep)
     return feature_report(sae, batches, n_top, n_samples, width, seed)
+
+
+@dataclass
+class NextTokenFeature:
+    """A feature whose top contexts agree on what comes next: `token_id` follows `share` of
+    them. Such a feature predicts a token, so steering it should make the model say it."""
+
+    feature: int
+    token_id: int
+    share: float
+    density: float
+
+
+def next_token_features(
+    report: FeatureReport,
+    windows: list[list[int]],
+    min_density: float = 1e-3,
+    max_density: float = 5e-2,
+) -> list[NextTokenFeature]:
+    """Features firing on `min_density`..`max_density` of tokens, ranked by how often their
+    top contexts (report.top) are followed by one same token, then by density."""
+    out = []
+    density = report.density
+    live = ((density >= min_density) & (density <= max_density)).nonzero(as_tuple=True)[0]
+    for f in live.tolist():
+        nxt = [
+            windows[ex.window][ex.position + 1]
+            for ex in report.top_examples(f)
+            if ex.position + 1 < len(windows[ex.window])
+        ]
+        if len(nxt) < 3:
+            continue
+        token, n = max(((t, nxt.count(t)) for t in set(nxt)), key=lambda tn: (tn[1], -tn[0]))
+        out.append(NextTokenFeature(f, token, n / len(nxt), float(density[f])))
+    out.sort(key=lambda c: (-c.share, -c.density, c.feature))
+    return out
 
 
 @torch.no_grad()
 def token_effects(
-    sae: SparseAutoencoder, model: nn.Module, k: int = 10, chunk: int = 512
+    sae: SparseAutoencoder,
+    model: nn.Module,
+    k: int = 10,
+    chunk: int = 512,
+    features: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Direct logit effects W_dec @ W_U^T: (top-k boosted ids, their values, top-k suppressed
-    ids, their values), each `[d_sae, k]`; None for models without an unembedding, or one
-    whose width is not the decoder's (d_out: a transcoder writes its target hook)."""
+    ids, their values), each `[d_sae, k]` (or `[len(features), k]` for those features only);
+    None for models without an unembedding, or one whose width is not the decoder's (d_out:
+    a transcoder writes its target hook)."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None or getattr(head, "weight", None) is None:
@@ -282,7 +325,9 @@ def token_effects(
     k = min(k, W_U.shape[0])
     parts: list[list[Tensor]] = [[], [], [], []]
     W_dec = sae.W_dec.detach().float().cpu()
-    for f0 in range(0, sae.d_sae, chunk):
+    if features is not None:
+        W_dec = W_dec[torch.tensor(features, dtype=torch.long)]
+    for f0 in range(0, W_dec.shape[0], chunk):
         eff = W_dec[f0 : f0 + chunk] @ W_U.T  # [c, V]
         hi = torch.topk(eff, k, dim=1)
         lo = torch.topk(eff, k, dim=1, largest=False)

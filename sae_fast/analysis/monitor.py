@@ -4,7 +4,11 @@ A rules file (JSON, or YAML with the same shape) holds a list of rules, either a
 level or under "rules":
 
     - name: negation          # unique
-      features: [123, 456]    # fires when ANY of them exceeds the threshold on a token
+      features: [123, 456]    # a combination of features, see `combine`
+      combine: any            # any: a token counts when ANY of them exceeds the threshold;
+                              # all: the same, and the rule needs EVERY feature to have
+                              #      exceeded it somewhere in the span;
+                              # sum: a token counts when their SUM exceeds it
       threshold: 2.5          # activation > threshold counts (finite, >= 0)
       min_tokens: 2           # at least this many such tokens in one input (default 1)
       severity: high          # low | medium | high | critical (default medium)
@@ -14,6 +18,10 @@ alert names the input id, the rule, the token span from the first to the last fi
 (positions in the tokenised input, special tokens included), its text, and the maximum
 activation of each of the rule's features there. A transcoder's code, as an SAE's, is
 read at its input hook (hook_name).
+
+`Monitor.watch(prompt)` runs a causal LM's own generation token by token and checks the
+rules as each token is processed: an alert is raised at the token that makes a rule fire,
+naming the span so far, and the final alerts give the whole spans.
 """
 
 from __future__ import annotations
@@ -26,15 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data.activations import iter_activations, token_windows
 from ..data.corpus import iter_jsonl
+from ..data.filters import TokenFilter
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 from ..validate import check_feature_id
+from .generation import Token, stream_tokens
 
 SEVERITIES = ("low", "medium", "high", "critical")
+COMBINE = ("any", "all", "sum")
 
 
 @dataclass
@@ -46,6 +57,19 @@ class Rule:
     threshold: float
     min_tokens: int = 1
     severity: str = "medium"
+    combine: str = "any"
+
+    def fired(self, act: Tensor) -> Tensor:
+        """`[T]` bool: the tokens that count, from this rule's feature activations `[T, m]`."""
+        if self.combine == "sum":
+            return act.sum(1) > self.threshold
+        return (act > self.threshold).any(1)
+
+    def satisfied(self, act: Tensor, fired: Tensor) -> bool:
+        """Whether the rule fires, given its activations `[T, m]` and `fired(act)`."""
+        if int(fired.sum()) < self.min_tokens:
+            return False
+        return self.combine != "all" or bool((act > self.threshold).any(0).all())
 
 
 @dataclass
@@ -80,7 +104,8 @@ def _rule(raw: Any, i: int, d_sae: int) -> Rule:
     where = f"rule {i + 1}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"name", "features", "threshold", "min_tokens", "severity"})
+    keys = {"name", "features", "threshold", "min_tokens", "severity", "combine"}
+    unknown = sorted(set(raw) - keys)
     if unknown:
         raise ConfigError(f"{where} has unknown keys {unknown}")
     name = raw.get("name")
@@ -108,7 +133,10 @@ def _rule(raw: Any, i: int, d_sae: int) -> Rule:
     severity = raw.get("severity", "medium")
     if severity not in SEVERITIES:
         raise ConfigError(f"{where}: 'severity' must be one of {SEVERITIES}, got {severity!r}")
-    return Rule(name, list(feats), float(thr), min_tokens, severity)
+    combine = raw.get("combine", "any")
+    if combine not in COMBINE:
+        raise ConfigError(f"{where}: 'combine' must be one of {COMBINE}, got {combine!r}")
+    return Rule(name, list(feats), float(thr), min_tokens, severity, combine)
 
 
 def parse_rules(data: Any, d_sae: int) -> list[Rule]:
@@ -159,6 +187,8 @@ class Monitor:
         self.hook = sae.require_hook(hook)
         self.context_size = context_size or int(sae.cfg.metadata.get("context_size", 128))
         self.feats = sorted({f for r in rules for f in r.features})
+        # the tokens training dropped (position 0, norm outliers) stay 0, as special tokens
+        self.token_filter = dict(sae.cfg.metadata.get("token_filter") or {})
 
     @torch.no_grad()
     def check(self, text: str, input_id: Any = None) -> list[Alert]:
@@ -172,17 +202,22 @@ class Monitor:
         # [T, n_feats]; special tokens stay 0: the SAE never saw them in training
         act = torch.zeros(len(tokens), len(self.feats))
         idx = torch.tensor(self.feats, device=self.sae.device)
-        for batch in iter_activations(self.model, self.tokenizer, windows, self.hook):
+        keep = TokenFilter(**self.token_filter)
+        for batch in iter_activations(self.model, self.tokenizer, windows, self.hook, keep=keep):
             code = self.sae.encode(batch.acts.to(device=self.sae.device, dtype=self.sae.dtype))
             act[starts[batch.window] + batch.position] = code[:, idx].float().cpu()
+        return self._alerts(act, tokens, input_id)
+
+    def _alerts(self, act: Tensor, tokens: list[int], input_id: Any) -> list[Alert]:
+        """The rules that fire on feature activations `act [T, n_feats]` of `tokens`."""
         col = {f: j for j, f in enumerate(self.feats)}
         alerts = []
         for rule in self.rules:
             cols = [col[f] for f in rule.features]
-            fired = (act[:, cols] > rule.threshold).any(1)
-            n = int(fired.sum())
-            if n < rule.min_tokens:
+            fired = rule.fired(act[:, cols])
+            if not rule.satisfied(act[:, cols], fired):
                 continue
+            n = int(fired.sum())
             where = fired.nonzero(as_tuple=True)[0]
             lo, hi = int(where[0]), int(where[-1])
             span_text = self.tokenizer.decode(tokens[lo : hi + 1], skip_special_tokens=True)
@@ -199,6 +234,67 @@ class Monitor:
                 )
             )
         return alerts
+
+    @torch.no_grad()
+    def watch(
+        self,
+        prompt: str,
+        max_new_tokens: int = 30,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        input_id: Any = "generation",
+    ) -> Iterator[Token | Alert]:
+        """Causal LMs: the tokens of `prompt` and of the model's continuation as they are
+        processed, each followed by the alerts it raised (a rule firing for the first time,
+        span so far); returns the final alerts (whole spans) as the generator's value."""
+        idx = torch.tensor(self.feats, device=self.sae.device)
+        rows: list[Tensor] = []
+        tokens: list[int] = []
+        raised: set[str] = set()
+        final: list[Alert] = []
+        stream = stream_tokens(
+            self.model, self.tokenizer, prompt, max_new_tokens, self.hook, seed, temperature
+        )
+        special = set(self.tokenizer.all_special_ids)
+        drop_first = bool(self.token_filter.get("drop_first"))
+        norms = TokenFilter(False, self.token_filter.get("max_norm_ratio"))  # running median
+        for tok in stream:
+            yield tok
+            tokens.append(tok.token_id)
+            kept = tok.token_id not in special and not (drop_first and tok.position == 0)
+            if kept and norms.max_norm_ratio is not None:
+                one = torch.ones(1, 1, dtype=torch.bool)
+                kept = bool(norms.keep(one, {"x": tok.act.view(1, 1, -1)})[0, 0])
+            if not kept:  # special or filtered tokens stay 0, as in `check`
+                rows.append(torch.zeros(len(self.feats)))
+            else:
+                x = tok.act.to(device=self.sae.device, dtype=self.sae.dtype).unsqueeze(0)
+                rows.append(self.sae.encode(x)[0, idx].float().cpu())
+            final = self._alerts(torch.stack(rows), tokens, input_id)
+            for alert in final:
+                if alert.rule not in raised:
+                    raised.add(alert.rule)
+                    yield alert
+        return final
+
+    def watch_all(
+        self, prompt: str, max_new_tokens: int = 30, seed: int | None = None
+    ) -> tuple[str, list[Alert], list[Alert]]:
+        """`watch` run to the end: (the continuation, alerts as raised, final alerts)."""
+        events = self.watch(prompt, max_new_tokens, seed)
+        live: list[Alert] = []
+        new: list[int] = []
+        while True:
+            try:
+                ev = next(events)
+            except StopIteration as stop:
+                final = stop.value
+                break
+            if isinstance(ev, Alert):
+                live.append(ev)
+            elif ev.generated:
+                new.append(ev.token_id)
+        return self.tokenizer.decode(new, skip_special_tokens=True), live, final
 
     def stream(self, inputs: Iterable[tuple[Any, str]]) -> Iterator[Alert]:
         """Alerts over `(input id, text)` pairs, in order."""

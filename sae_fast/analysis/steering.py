@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +37,8 @@ from ..errors import ConfigError
 from ..eval.splice import check_target_width, splice_hooks, spliced
 from ..sae import SparseAutoencoder
 from ..validate import check_feature_id
+from .features import token_effects
+from .generation import Token, check_causal, generate
 
 MODES = ("add", "clamp", "ablate")
 
@@ -101,13 +104,86 @@ def steer(
 # ---------------------------------------------------------------------------- outputs
 
 
-@torch.no_grad()
-def generate(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 20) -> str:
-    """Greedy continuation of `prompt` (causal LMs)."""
-    enc = tokenizer(prompt, return_tensors="pt")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+@dataclass
+class SteerReport:
+    """Baseline and steered continuations of a prompt, and how much probability each puts
+    on the steered features' top tokens (their largest direct logit effects W_dec @ W_U)."""
+
+    prompt: str
+    baseline: str
+    steered: str
+    top_tokens: list[str]
+    logprob_baseline: float  # mean log P(any top token) over the generation's next tokens
+    logprob_steered: float
+    hits_baseline: int  # top tokens said in the continuation
+    hits_steered: int
+
+    @property
+    def logprob_change(self) -> float:
+        """log P(top tokens), steered minus baseline (> 0: the steering said more of them)."""
+        return self.logprob_steered - self.logprob_baseline
+
+    def text(self) -> str:
+        """What `sae-fast steer` prints."""
+        return "\n".join(
+            [
+                f"prompt:   {self.prompt}",
+                f"baseline: {self.baseline}",
+                f"steered:  {self.steered}",
+                f"features' top tokens: {self.top_tokens}",
+                f"log P(top tokens) per generated token: {self.logprob_baseline:.3f} -> "
+                f"{self.logprob_steered:.3f} ({self.logprob_change:+.3f}); said "
+                f"{self.hits_baseline} -> {self.hits_steered} times",
+            ]
+        )
+
+
+def _set_logprob(tokens: list[Token], ids: Tensor) -> tuple[float, int]:
+    """Mean over the steps that produced the continuation of log P(next token in `ids`),
+    and how many generated tokens are in `ids`."""
+    n_prompt = sum(not t.generated for t in tokens)
+    steps = tokens[n_prompt - 1 : -1] or tokens[-1:]
+    lp = torch.stack([torch.logsumexp(t.logprobs[ids], 0) for t in steps])
+    hits = sum(t.token_id in set(ids.tolist()) for t in tokens if t.generated)
+    return float(lp.mean()), hits
+
+
+def steer_report(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SparseAutoencoder,
+    features: Mapping[int, float],
+    prompt: str,
+    mode: str = "add",
+    max_new_tokens: int = 20,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_tokens: int = 10,
+    tokens: list[int] | None = None,
+) -> SteerReport:
+    """Causal LMs: generate from `prompt` without and with `features` steered (greedy, or
+    sampled with `seed`: the same seed for both) and measure the features' top tokens (their
+    `top_tokens` largest direct logit effects each, or the token ids `tokens`)."""
+    check_causal(model, "steering a generation")
+    features = check_features(sae, features)
+    if tokens is None:
+        effects = token_effects(sae, model, top_tokens, features=list(features))
+        if effects is None:
+            raise ConfigError("the model has no unembedding of the SAE's width to read tokens")
+        ranked = list(dict.fromkeys(effects[0].T.reshape(-1).tolist()))  # best of each first
+    else:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if not tokens or any(not 0 <= t < vocab for t in tokens):
+            raise ConfigError(f"tokens must be a non-empty list of ids in [0, {vocab})")
+        ranked = list(dict.fromkeys(tokens))
+    ids = torch.tensor(ranked)
+    base, base_toks = generate(model, tokenizer, prompt, max_new_tokens, seed, temperature)
+    with steer(model, sae, features, mode):
+        st, st_toks = generate(model, tokenizer, prompt, max_new_tokens, seed, temperature)
+    lp_b, hit_b = _set_logprob(base_toks, ids)
+    lp_s, hit_s = _set_logprob(st_toks, ids)
+    names = tokenizer.convert_ids_to_tokens(ranked)
+    return SteerReport(prompt, base, st, names, lp_b, lp_s, hit_b, hit_s)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from ..data.hooks import check_width
 from ..errors import ConfigError
 from ..eval.splice import check_target_width, splice_hooks, spliced
 from ..sae import SparseAutoencoder
+from ..validate import check_feature_id
 from .labels import Labels
 
 
@@ -49,6 +50,24 @@ class FeatureAttribution:
 
 
 @dataclass
+class GroupAttribution:
+    """A combination of features at the traced token: its summed (linear) attribution, and
+    the output's measured drop when the group is ablated together (`ablation_effect`) and
+    one at a time (`singles_effect`, summed); `interaction` is the difference."""
+
+    name: str
+    features: list[int]
+    attribution: float
+    ablation_effect: float
+    singles_effect: float
+
+    @property
+    def interaction(self) -> float:
+        """Joint ablation effect minus the sum of single ablations (0: they add up)."""
+        return self.ablation_effect - self.singles_effect
+
+
+@dataclass
 class TraceResult:
     """The traced token, the output, and the attributions (largest |attribution| first)."""
 
@@ -61,6 +80,7 @@ class TraceResult:
     bias_attribution: float
     extra: dict[str, Any] = field(default_factory=dict)
     skip_attribution: float = 0.0  # a skip transcoder's x W_skip^T · g
+    groups: list[GroupAttribution] = field(default_factory=list)
 
     @property
     def total(self) -> float:
@@ -93,6 +113,12 @@ class TraceResult:
         lines.append(f"{'bias':>8} {'':>10} {self.bias_attribution:>12.4f}  (b_dec)")
         if self.extra.get("skip"):
             lines.append(f"{'skip':>8} {'':>10} {self.skip_attribution:>12.4f}  (x W_skip^T)")
+        for g in self.groups:
+            lines.append(
+                f"group {g.name!r} {g.features}: attribution {g.attribution:.4f}; ablated "
+                f"together the output drops {g.ablation_effect:.4f}, one at a time "
+                f"{g.singles_effect:.4f} in sum (interaction {g.interaction:+.4f})"
+            )
         return "\n".join(lines)
 
 
@@ -105,9 +131,11 @@ def trace(
     target: str | int | None = None,
     hook: str | None = None,
     labels: Labels | None = None,
+    groups: dict[str, list[int]] | None = None,
 ) -> TraceResult:
     """Attribute the output at `position` of `text` (tokenised with special tokens; negative
-    counts from the end) to the SAE features active there (module docstring)."""
+    counts from the end) to the SAE features active there (module docstring), and each of
+    `groups` (name: feature ids; default: the top 5 features) jointly (`GroupAttribution`)."""
     hook, target_hook = splice_hooks(sae, hook)
     if not isinstance(text, str) or not text:
         raise ConfigError("text must be a non-empty string")
@@ -181,4 +209,34 @@ def trace(
     extra: dict[str, Any] = {}
     if target_hook is not None:
         extra = {"hook": hook, "target_hook": target_hook, "skip": skip is not None}
-    return TraceResult(tokens, position, output, value, feats, err, bias, extra, skip_attr)
+    result = TraceResult(tokens, position, output, value, feats, err, bias, extra, skip_attr)
+    if groups is None:
+        groups = {"top 5": [fa.feature for fa in feats[:5]]} if len(feats) > 1 else {}
+    active = dict(zip(idx.tolist(), vals.tolist(), strict=True))
+
+    def output_without(fs: list[int]) -> float:
+        """The output with features `fs` removed from the activation at `position`."""
+        on = [f for f in fs if f in active]
+        if not on:
+            return value
+        a = torch.tensor([active[f] for f in on], device=sae.device, dtype=sae.dtype)
+        delta = a @ sae.W_dec[torch.tensor(on, device=sae.device)]
+        if not causal:  # the output is linear in the activation: m = y · g
+            return float((y - delta) @ g)
+
+        def remove(act: torch.Tensor, _src: torch.Tensor) -> torch.Tensor:
+            act = act.clone()
+            act[0, position] -= delta.to(act.dtype).to(act.device)
+            return act
+
+        with torch.no_grad(), spliced(model, hook, target_hook, remove):
+            return float(model(input_ids=ids).logits[0, position, tid])
+
+    for name, fs in groups.items():
+        for f in fs:
+            check_feature_id(f, sae.d_sae, f"trace group {name!r}")
+        joint = value - output_without(fs)
+        singles = sum(value - output_without([f]) for f in fs)
+        attr_sum = sum(fa.attribution for fa in feats if fa.feature in set(fs))
+        result.groups.append(GroupAttribution(name, list(fs), attr_sum, joint, singles))
+    return result

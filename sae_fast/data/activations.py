@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from . import smollm2
 
 EMBEDDED_MODEL = "embedded"
 
@@ -81,7 +82,8 @@ def is_causal_lm(model: nn.Module) -> bool:
 def load_model(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for a Hugging Face model name or local dir, or `"embedded"`.
+    """(model, tokenizer) for a Hugging Face model name or local dir, `"embedded"`
+    (all-MiniLM-L6-v2) or `"smollm2"` (SmolLM2-135M-Instruct, see `smollm2.py`).
 
     Causal LMs (by their config's `architectures`) load with their LM head, so that
     downstream evaluation, steering and tracing can read logits; others load bare."""
@@ -92,6 +94,9 @@ def load_model(
     if name == EMBEDDED_MODEL:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path: str | Path = embedded_model_dir()
+    elif name == smollm2.NAME:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = smollm2.model_dir()
     else:
         path = name
     try:

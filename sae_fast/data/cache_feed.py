@@ -53,6 +53,7 @@ class CacheFeed:
         check_buffer(buffer_tokens, batch_size // replicas)
         self.path = Path(path)
         self.hook, self.target_hook = hook, target_hook
+        self.manifest = manifest
         self.files = [self.path / s["file"] for s in manifest["shards"]]
         self.sizes = [int(s["n_tokens"]) for s in manifest["shards"]]
         self.n_tokens = sum(self.sizes)
@@ -162,8 +163,8 @@ class CacheFeed:
             )
 
     def counts(self) -> dict[str, int]:
-        """The cache's token count (its filter ran when it was written)."""
-        return {"tokens_kept": self.n_tokens}
+        """The token filter's counts when the cache was written (else the token count)."""
+        return {"tokens_kept": self.n_tokens, **self.manifest.get("filter_counts", {})}
 
     def close(self) -> None:
         """Stop the reader thread."""

@@ -175,7 +175,7 @@ def open_source(
                 model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens,
                 target_hook=cfg.target_hook, keep=keep,
             )  # fmt: skip
-            write_cache(cache, acts, identity, dtype=cfg.cache_dtype)
+            write_cache(cache, acts, identity, dtype=cfg.cache_dtype, counts=keep.counts)
         barrier(group)
     manifest = read_manifest(cache, identity)
     feed = CacheFeed(

@@ -16,7 +16,7 @@ see exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,11 @@ def write_cache(
     identity: dict[str, Any],
     shard_tokens: int = 65536,
     dtype: str = "float32",
+    counts: Callable[[], dict[str, int]] | None = None,
 ) -> Path:
     """Stream `batches` into a cache at `path`, activations stored as `dtype` (float32,
-    bfloat16 or float16); `identity` must hold IDENTITY_KEYS. A write that fails (a full
+    bfloat16 or float16); `identity` must hold IDENTITY_KEYS; `counts()`, if given, is stored
+    as the manifest's "filter_counts" once the cache is complete. A write that fails (a full
     disk) leaves the shards written so far and a manifest marked incomplete, and raises a
     DataError saying what was kept."""
     path = Path(path)
@@ -154,6 +156,8 @@ def write_cache(
     if manifest["n_tokens"] == 0:
         raise ConfigError("no activations were collected (empty corpus?)")
     manifest["complete"] = True
+    if counts is not None:  # what the token filter kept and dropped on the way
+        manifest["filter_counts"] = counts()
     _write_json_atomic(path / MANIFEST, manifest)
     return path
 

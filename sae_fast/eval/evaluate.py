@@ -52,6 +52,7 @@ class EvalSet:
     data: ActivationBatch
     skipped_tokens: int = 0
     target_hook: str | None = None
+    token_filter: dict[str, Any] | None = None  # what training dropped; splicing skips it
 
     @classmethod
     def build(
@@ -99,22 +100,25 @@ class EvalSet:
             model, tokenizer, chosen, hook, target_hook=target_hook, keep=keep
         )
         data = concat_batches(list(batches))
-        return cls(model, tokenizer, hook, chosen, data, seen, target_hook)
+        return cls(model, tokenizer, hook, chosen, data, seen, target_hook, token_filter)
 
     def fidelity(self, batch_size: int = 16) -> Fidelity:
         """A `Fidelity` on these windows (mean ablation uses their mean activation; for a
         transcoder's set, it splices at the target hook and uses the mean target)."""
         mean = self.data.targets.double().mean(0).float()
         if self.target_hook is None:
-            return Fidelity(self.model, self.tokenizer, self.windows, self.hook, mean, batch_size)
+            hook, source = self.hook, None
+        else:
+            hook, source = self.target_hook, self.hook
         return Fidelity(
             self.model,
             self.tokenizer,
             self.windows,
-            self.target_hook,
+            hook,
             mean,
             batch_size,
-            source=self.hook,
+            source=source,
+            token_filter=self.token_filter,
         )
 
     def check_fits(self, sae: SparseAutoencoder) -> None:
@@ -170,6 +174,22 @@ class EvalResult(ReconstructionMetrics):
             error_term=error_term,
         )
 
+    @property
+    def ce_loss_recovered(self) -> float | None:
+        """Causal LMs: (CE_zero - CE_sae) / (CE_zero - CE_clean), the field's headline
+        score (SAELens' "CE loss score"); None for encoders or without downstream runs."""
+        return self.downstream.get("ce_score_zero")
+
+    @property
+    def ce_loss_recovered_mean(self) -> float | None:
+        """The same against mean ablation."""
+        return self.downstream.get("ce_score_mean")
+
+    @property
+    def kl_div(self) -> float | None:
+        """Causal LMs: mean KL(p_clean || p_sae) of the next-token distributions (nats)."""
+        return self.downstream.get("kl_sae")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: every field but the per-feature `density`, plus the density
         histogram; NaN/inf become null."""
@@ -183,6 +203,8 @@ class EvalResult(ReconstructionMetrics):
 
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("density")
+        for name in ("ce_loss_recovered", "ce_loss_recovered_mean", "kl_div"):
+            out[name] = getattr(self, name)
         out["density_histogram"] = self.histogram()
         return clean(out)
 
@@ -209,8 +231,8 @@ class EvalResult(ReconstructionMetrics):
         if "ce_sae" in d:
             rows += [
                 (f"CE clean / SAE / zero-abl{note}", _triple(d, "ce")),
-                ("CE score (vs zero / mean)", _pair(d, "ce")),
-                ("KL SAE / zero / mean", _triple(d, "kl", runs=("sae", "zero", "mean"))),
+                ("CE loss recovered (vs zero / mean)", _pair(d, "ce")),
+                ("KL to clean: SAE / zero / mean", _triple(d, "kl", runs=("sae", "zero", "mean"))),
                 ("KL score (vs zero / mean)", _pair(d, "kl")),
             ]
         elif "emb_cos_sae" in d:

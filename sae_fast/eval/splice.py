@@ -8,10 +8,15 @@ as [CLS]/[SEP], which the SAE never saw in training) is replaced by
     zero       0                            (zero ablation)
     mean       μ, the mean activation over the evaluation set (mean ablation)
 
-and the rest of the forward pass runs as usual. A transcoder (`sae.cfg.transcoder`) is
-spliced where its output goes: it reads x at its input hook (e.g. layers.N.mlp_in) and the
-activation y at its target hook (layers.N.mlp_out) of every real token becomes ŷ = T(x)
-(with `error_term`: ŷ + (y - ŷ)); zero and mean ablation replace y (μ: the mean target).
+and the rest of the forward pass runs as usual. Tokens the SAE's training dropped (its
+`token_filter`: position 0 and norm outliers, the attention sinks of causal LMs) keep their
+clean activation in every run, ablations included: the SAE was never asked to reconstruct
+them (the outliers are judged against the median norm of the batch's real tokens).
+
+A transcoder (`sae.cfg.transcoder`) is spliced where its output goes: it reads x at its
+input hook (e.g. layers.N.mlp_in) and the activation y at its target hook (layers.N.mlp_out)
+of every real token becomes ŷ = T(x) (with `error_term`: ŷ + (y - ŷ)); zero and mean
+ablation replace y (μ: the mean target).
 
 Each run is scored by a loss L against the clean run, and each baseline b ∈ {zero, mean}
 gives a score
@@ -46,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.activations import is_causal_lm, pad_windows, pooled_embedding
+from ..data.filters import TokenFilter
 from ..data.hooks import check_width, hook_widths, patch, patch_from
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
@@ -159,6 +165,7 @@ class Fidelity:
         mean_act: Tensor,
         batch_size: int = 16,
         source: str | None = None,
+        token_filter: dict[str, Any] | None = None,
     ) -> None:
         if not windows:
             raise ValueError("no token windows to evaluate on")
@@ -174,6 +181,7 @@ class Fidelity:
             for i in range(0, len(windows), batch_size)
         ]
         self.mean_act = mean_act.detach().float()
+        self.token_filter = dict(token_filter or {})
         self._clean: list[tuple[Tensor, Tensor]] | None = None  # encoder: (h_real, emb)
         self._base: dict[str, float] | None = None
 
@@ -184,7 +192,14 @@ class Fidelity:
             out = self.model(input_ids=ids, attention_mask=attn)
         else:
             read, target = (self.hook, None) if self.source is None else (self.source, self.hook)
-            with spliced(self.model, read, target, lambda a, x: _splice(a, keep, replace, x)):
+
+            def fn(a: Tensor, x: Tensor) -> Tensor:
+                # a fresh filter per batch: the same rows in every run, as the hooks'
+                # activations upstream of the splice are the clean ones
+                rows = TokenFilter(**self.token_filter).keep(keep, {"x": x, "a": a})
+                return _splice(a, rows, replace, None if self.source is None else x)
+
+            with spliced(self.model, read, target, fn):
                 out = self.model(input_ids=ids, attention_mask=attn)
         return (out.logits if self.causal else out.last_hidden_state).float()
 

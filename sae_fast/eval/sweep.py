@@ -86,6 +86,13 @@ class SweepResult:
         return self.rows[self.chosen].expansion
 
 
+def fidelity_name(result: EvalResult) -> str:
+    """What the sweep's fidelity is for this kind of result (its elbow's y axis)."""
+    if result.ce_loss_recovered is not None:
+        return "CE loss recovered (vs zero abl.)"
+    return "explained variance" if result.downstream_score is None else "downstream score"
+
+
 def parse_expansions(text: str) -> list[int]:
     """`"4,8,16,32"` -> `[4, 8, 16, 32]`; ConfigError unless distinct positive integers."""
     try:
@@ -139,7 +146,7 @@ def _csv_text(rows: list[SweepRow], chosen: int) -> str:
 
 
 def _md_text(result: SweepResult, cfg: TrainConfig, eval_tokens: int) -> str:
-    fid = "downstream score" if result.rows[0].result.downstream_score is not None else "EV"
+    fid = fidelity_name(result.rows[0].result)
     lines = [
         f"# Dictionary-size sweep: {cfg.model} @ {cfg.hook}",
         "",
@@ -179,18 +186,20 @@ def plot_sweep(rows: list[SweepRow], chosen: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     xs = [r.d_sae for r in rows]
-    has_down = rows[0].result.downstream_score is not None
+    causal = rows[0].result.ce_loss_recovered is not None
     panels = [
         ("FVU (lower is better)", [r.result.fvu for r in rows]),
-        (
-            "downstream score" if has_down else "explained variance",
-            [r.fidelity for r in rows],
-        ),
+        (fidelity_name(rows[0].result), [r.fidelity for r in rows]),
         ("dead latents (%)", [100 * r.result.dead_fraction for r in rows]),
         ("L0 (active latents / token)", [r.result.l0 for r in rows]),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), constrained_layout=True)
-    for ax, (title, ys) in zip(axes.flat, panels, strict=True):
+    if causal:  # the causal LM's second headline metric
+        panels.insert(2, ("KL to the clean model (nats)", [r.result.kl_div for r in rows]))
+    cols = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(4.5 * cols, 6.5), constrained_layout=True)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (title, ys) in zip(axes.flat, panels, strict=False):
         ax.plot(xs, ys, "o-", color="tab:blue")
         ax.plot([xs[chosen]], [ys[chosen]], "o", color="tab:red", markersize=10, zorder=3)
         ax.axvline(xs[chosen], color="tab:red", linestyle="--", linewidth=1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sae_fast import ConfigError, SparseAutoencoder, steer
-from sae_fast.analysis.steering import compare_embeddings, generate
+from sae_fast.analysis.generation import generate
+from sae_fast.analysis.steering import compare_embeddings
 from sae_fast.cli import main
 from sae_fast.data.activations import load_model
 from sae_fast.data.hooks import capture, run_to_hook
@@ -61,12 +62,12 @@ def test_causal_generation_changes_under_strong_steering(gpt2_sae, gpt2_dir):
     sae = SparseAutoencoder.load(gpt2_sae[0])
     model, tok = load_model(str(gpt2_dir))
     prompt = "the function returns"
-    base = generate(model, tok, prompt, 8)
-    assert base == generate(model, tok, prompt, 8)  # greedy: deterministic
+    base = generate(model, tok, prompt, 8)[0]
+    assert base == generate(model, tok, prompt, 8)[0]  # greedy: deterministic
     with steer(model, sae, {3: 400.0}, "add"):
-        steered = generate(model, tok, prompt, 8)
+        steered = generate(model, tok, prompt, 8)[0]
     assert steered != base
-    assert generate(model, tok, prompt, 8) == base  # restored
+    assert generate(model, tok, prompt, 8)[0] == base  # restored
 
 
 def test_encoder_embedding_comparison(minilm_sae):
