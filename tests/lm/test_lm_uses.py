@@ -196,3 +196,18 @@ def test_cli_trace_json_and_eval_headline(smol_sae, capsys):
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["output"].startswith("logit of next token")
+
+
+def test_feature_browser_shows_token_effects(smol_sae, smollm2, tmp_path):
+    from sae_fast.analysis.browser import build_feature_site
+    from sae_fast.analysis.features import token_effects
+
+    model, _ = smollm2
+    sae = smol_sae.sae
+    ids, _, _, _ = token_effects(sae, model, k=3, features=[5, 7])
+    want = sae.W_dec.detach()[[5, 7]] @ model.get_output_embeddings().weight.detach().T
+    assert torch.equal(ids, torch.topk(want, 3, dim=1).indices)
+    path = build_feature_site(smol_sae.sae_dir, tmp_path, max_tokens=800)
+    html = path.read_text()
+    data = json.loads(html.split('id="data" type="application/json">')[1].split("</script>")[0])
+    assert len(data["features"][0]["boost"]) == 10
