@@ -23,15 +23,23 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HOOKS4 = "layers.1.residual,layers.2.residual,layers.3.residual,layers.4.residual"
 WIDTHS = (2, 4, 8, 16)
+# per model: the four hooks of the 4-SAE cases, and the hook of every other case
+MODELS = {
+    "embedded": ("layers.1.residual,layers.2.residual,layers.3.residual,layers.4.residual",
+                 "layers.3.residual"),
+    "smollm2": ("layers.3.residual,layers.5.residual,layers.7.residual,layers.9.residual",
+                "layers.9.residual"),
+}  # fmt: skip
+MODEL = os.environ.get("SAE_FAST_BENCH_MODEL", "embedded")
+HOOKS4, HOOK = MODELS[MODEL]
 
 
 def _config(tokens: int, device: str, out: str, **kw):
     from sae_fast import TrainConfig
 
     batch = 512
-    base = dict(
+    base = dict(model=MODEL, hook=HOOK,
         max_tokens=tokens, steps=max(1, tokens // batch), batch_size=batch, expansion=8,
         k=32, buffer_tokens=16384, checkpoint_every=0, progress=False, device=device,
         out=out, log_every=10**9,
@@ -92,7 +100,7 @@ def case(name: str, tokens: int, device: str) -> dict:
 
 
 def _child(name: str, tokens: int, device: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SAE_FAST_BENCH_MODEL": MODEL}
     cmd = [sys.executable, "-m", "benchmarks.stream", "--case", name, "--tokens", str(tokens)]
     out = subprocess.run([*cmd, "--device", device], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -108,16 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=16384, help="base --max-tokens")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--model", choices=sorted(MODELS), default="embedded")
+    p.add_argument("--four-only", action="store_true", help="only the 4-SAE cases")
     a = p.parse_args(argv)
+    global MODEL, HOOKS4, HOOK
+    MODEL = a.model
+    HOOKS4, HOOK = MODELS[MODEL]
     if a.case:
         print(json.dumps(case(a.case, a.tokens, a.device)))
         return 0
     n = a.tokens
+    four = [_child(c, n, a.device) for c in ("four_from_one_pass", "four_separate")]
+    four += [_child(c, n, a.device) for c in ("four_widths_one_pass", "four_widths_separate")]
+    if a.four_only:
+        return _write_four(a, four)
     first = ("producer", "consumer", "stream", "collect_then_train")
     rows = [_child(c, n, a.device) for c in first]
     rss = [_child("stream", m * n, a.device) for m in (4, 16)]
-    four = [_child(c, n, a.device) for c in ("four_from_one_pass", "four_separate")]
-    four += [_child(c, n, a.device) for c in ("four_widths_one_pass", "four_widths_separate")]
     by = {r["case"]: r for r in rows}
     slower = min(by["producer"]["tokens_per_s"], by["consumer"]["tokens_per_s"])
     ratios = {
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Data engine, {a.device}, {day}",
         "",
-        "Embedded default (MiniLM layers.3.residual), batch 512, 8x, k=32, buffer 16,384; "
+        f"{MODEL} {HOOK}, batch 512, 8x, k=32, buffer 16,384; "
         "steps = max_tokens / 512 (each token once). One process per row; one run.",
         "",
         "| case | max_tokens | s | tokens/s | SAE-tokens/s | peak RSS MiB |",
@@ -151,6 +166,41 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['sae_tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} |"
         )
     lines += ["", *(f"- {k}: {v:.3f}" for k, v in ratios.items()), ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def _write_four(a: argparse.Namespace, four: list[dict]) -> int:
+    """The 4-SAE cases alone: stream-four-<model>-<device>-<date>.md and .json."""
+    ratios = {
+        "four_hooks_one_pass_vs_separate": four[0]["sae_tokens_per_s"]
+        / four[1]["sae_tokens_per_s"],
+        "four_widths_one_pass_vs_separate": four[2]["sae_tokens_per_s"]
+        / four[3]["sae_tokens_per_s"],
+    }
+    day = datetime.date.today().isoformat()
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"stream-four-{MODEL}-{a.device.split(':')[0]}-{day}"
+    data = {"model": MODEL, "device": a.device, "date": day, "rows": four, "ratios": ratios}
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        f"# Four SAEs from one pass, {MODEL}, {a.device}, {day}",
+        "",
+        f"Hooks {HOOKS4} (4 hooks) and widths {WIDTHS} at {HOOK}; batch 512, k=32, buffer "
+        "16,384; each case in its own process, model load included; one run.",
+        "",
+        "| case | max_tokens | s | SAE-tokens/s | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['case']} | {r['max_tokens']:,} | {r['seconds']} | "
+            f"{r['sae_tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} |"
+            for r in four
+        ),
+        "",
+        *(f"- {k}: {v:.3f}" for k, v in ratios.items()),
+        "",
+    ]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
