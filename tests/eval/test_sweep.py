@@ -161,3 +161,31 @@ def test_cli_eval_skip_beyond_corpus_is_a_clear_error(swept, capsys):
 def test_eval_rejects_a_non_positive_budget():
     with pytest.raises(ConfigError, match="max_tokens must be >= 1"):
         EvalSet.build(max_tokens=0)
+
+
+def test_causal_sweep_picks_by_ce_loss_recovered_and_plots_kl(tmp_path):
+    """For causal LMs the fidelity is CE loss recovered, and the plot gains a KL panel."""
+    import torch
+
+    from sae_fast.eval.evaluate import EvalResult
+    from sae_fast.eval.sweep import SweepResult, SweepRow, fidelity_name, write_sweep
+
+    rows = []
+    for i, (ce, kl) in enumerate([(0.80, 0.9), (0.95, 0.3), (0.97, 0.2), (0.98, 0.15)]):
+        res = EvalResult(
+            100, 1.0, 0.2, 0.8, 0.9, 0.95, 32.0, 0.0, 0.0, torch.full((8,), 0.01),
+            downstream={"ce_score_zero": ce, "ce_score_mean": ce - 0.01, "kl_sae": kl,
+                        "downstream_score": ce},
+            downstream_score=ce,
+        )  # fmt: skip
+        rows.append(SweepRow(2**i, 64 * 2**i, f"x{2**i}", 1.0, 1.0, res))
+    assert rows[0].fidelity == 0.80 and fidelity_name(rows[0].result).startswith("CE loss")
+    chosen, reason = pick_elbow([r.d_sae for r in rows], [r.fidelity for r in rows])
+    assert chosen == 1, reason
+    result = SweepResult(rows, chosen, reason)
+    write_sweep(result, tmp_path, TrainConfig(), 100)
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    md = (tmp_path / "sweep.md").read_text()
+    assert "CE loss recovered" in md
+    with open(tmp_path / "sweep.csv") as fh:
+        assert float(next(csv.DictReader(fh))["kl_sae"]) == 0.9
