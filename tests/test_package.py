@@ -44,25 +44,32 @@ def test_extension_is_built_in_this_install():
         assert sae_fast.NATIVE_AVAILABLE, sae_fast.NATIVE_IMPORT_ERROR
 
 
-def test_demo_trains_on_the_embedded_default_and_shows_features(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sae_fast.demo",
-            "--steps",
-            "40",
-            "--max-tokens",
-            "4000",
-            "--out",
-            str(tmp_path / "demo"),
-        ],
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sae_fast.demo", "--steps", "40", "--max-tokens", "4000", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=600,
+        timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+def test_demo_runs_the_three_uses_on_smollm2_by_default(tmp_path):
+    r = _demo("--out", str(tmp_path / "demo"), "--new-tokens", "8", "--eval-tokens", "600")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "1. trained a TopK SAE 576 -> 4608 (k=32)" in out and "of smollm2 layers.9" in out
+    for step in ("2. features whose top contexts", "3. steering feature", "4. monitor", "5. trace"):
+        assert step in out, out
+    assert "log P(top tokens) per generated token" in out and "[[" in out
+    assert "6. held-out" in out and "CE loss recovered" in out and "KL" in out
+    sae = sae_fast.SparseAutoencoder.load(tmp_path / "demo" / "sae")
+    assert (sae.d_in, sae.d_sae, sae.k) == (576, 4608, 32)
+
+
+def test_demo_on_the_embedded_encoder_trains_and_shows_features(tmp_path):
+    r = _demo("--model", "embedded", "--out", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "trained a topk SAE 384 -> 3072 (k=32) on 40,960 activations (4," in r.stdout
     assert "FVU" in r.stdout and "dead latents" in r.stdout
