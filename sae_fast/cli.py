@@ -141,11 +141,13 @@ def _load_sae_and_model(args: argparse.Namespace, sae=None):
     """(sae, model, tokenizer, labels) for the analysis subcommands (`sae` if loaded)."""
     from .analysis.labels import Labels
     from .data.activations import load_model
+    from .data.fingerprint import check_model
     from .eval.splice import check_sae_widths
     from .sae import SparseAutoencoder
 
     sae = sae or SparseAutoencoder.load(args.sae_dir)
     model, tokenizer = load_model(sae.require_model(args.model))
+    check_model(sae, model, args.allow_other_model)
     check_sae_widths(model, tokenizer, sae)  # a transcoder's target hook too
     return sae, model, tokenizer, Labels.load(args.sae_dir, sae.d_sae)
 
@@ -163,7 +165,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
         max_tokens=cfg.max_tokens,
         n_top=cfg.top,
         width=cfg.width,
+        allow_other_model=cfg.allow_other_model,
     )
+    from .eval.sweep import width_provenance
+
+    print(width_provenance(args.sae_dir))
     print(f"wrote {path} (open it in a browser; no server needed)")
     return 0
 
@@ -177,6 +183,11 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.clear:
         labels.remove(args.feature)
         print(f"feature {args.feature}: label removed")
+    elif args.verify:
+        if args.label is not None:
+            labels.set(args.feature, args.label, source="human", note=args.note)
+        lab = labels.verify(args.feature, args.note)
+        print(f"feature {args.feature}: {lab.label!r} ({lab.source}, verified by a person)")
     else:
         if args.label is None:
             raise ConfigError("give the label text (or --clear)")
@@ -218,6 +229,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
             args.max_new_tokens,
             args.seed,
             args.temperature,
+            allow_other_model=args.allow_other_model,
         )
         print(report.text())
         return 0
@@ -241,16 +253,21 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from .analysis.monitor import Monitor, load_rules, read_jsonl_inputs
+    from .analysis.labels import Labels
+    from .analysis.monitor import Monitor, check_rule_labels, load_rules, read_jsonl_inputs
     from .sae import SparseAutoencoder
 
     cfg = config_from(args, MonitorConfig)
     sae = SparseAutoencoder.load(args.sae_dir)
     rules = load_rules(cfg.rules, sae.d_sae)  # rejected here, before any input is read
+    check_rule_labels(rules, Labels.load(args.sae_dir, sae.d_sae), cfg.allow_unverified)
     if not os.path.isfile(cfg.input):
         raise FileNotFoundError(f"input file {cfg.input} does not exist")
-    sae, model, tokenizer, _labels = _load_sae_and_model(args, sae)
-    mon = Monitor(sae, rules, model, tokenizer)
+    sae, model, tokenizer, labels = _load_sae_and_model(args, sae)
+    mon = Monitor(
+        sae, rules, model, tokenizer, labels=labels, allow_unverified=cfg.allow_unverified,
+        allow_other_model=cfg.allow_other_model,
+    )  # fmt: skip
     sink = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
     n_alerts = n_inputs = 0
     try:
@@ -274,11 +291,52 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     target: str | int | None = args.target
     if args.target is not None and args.target.isdigit():
         target = int(args.target)
-    result = trace(model, tokenizer, sae, args.text, args.position, target, labels=labels)
+    result = trace(
+        model, tokenizer, sae, args.text, args.position, target, labels=labels,
+        allow_other_model=args.allow_other_model,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2))
     else:
         print(result.table(args.top))
+    return 0
+
+
+def _cmd_autointerp(args: argparse.Namespace) -> int:
+    from .analysis.autointerp import autointerp_dir
+    from .analysis.llm import HTTPChat
+
+    chat = None
+    if args.endpoint:
+        chat = HTTPChat(args.endpoint, args.model or "")
+    elif args.model:
+        raise ConfigError("--model names the served model of --endpoint; give --endpoint too")
+    features = None
+    if args.ids:
+        try:
+            features = [int(x) for x in args.ids.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--ids expects comma-separated ids, got {args.ids!r}") from None
+    result, path = autointerp_dir(
+        args.sae_dir, chat, subject_model=args.subject_model, max_tokens=args.max_tokens,
+        n_features=args.features, features=features, seed=args.seed,
+        allow_other_model=args.allow_other_model,
+    )  # fmt: skip
+    print(json.dumps(result.summary(), indent=2) if args.json else result.table())
+    print(f"wrote {path} and labels.json (auto, unverified)", file=sys.stderr)
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .data.probe_tasks import TASKS
+    from .eval.probing import probe, save_probe
+
+    sae, model, tokenizer, _labels = _load_sae_and_model(args)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else TASKS
+    report = probe(sae, model, tokenizer, tasks, per_class=args.per_class, seed=args.seed)
+    path = save_probe(report, args.sae_dir)
+    print(json.dumps(json.loads(path.read_text()), indent=2) if args.json else report.table())
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -333,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help)
         a.add_argument("sae_dir", help="SAE directory")
         a.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
+        a.add_argument(
+            "--allow-other-model",
+            action="store_true",
+            help="use the SAE on a model other than the one it was trained on",
+        )
         return a
 
     f = sub.add_parser("features", help="write the feature browser (a static site)")
@@ -345,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("label", nargs="?", default=None, help="label text")
     lab.add_argument("--note", default="", help="free-text note")
     lab.add_argument("--clear", action="store_true", help="remove the label")
+    lab.add_argument(
+        "--verify", action="store_true", help="record that a person checked the (auto) label"
+    )
     lab.set_defaults(func=_cmd_label)
     st = analysis_parser("steer", "baseline vs steered output of a prompt")
     st.add_argument("--prompt", required=True, help="text to run")
@@ -368,6 +434,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--top", type=int, default=15, help="features to list")
     tr.add_argument("--json", action="store_true", help="print JSON")
     tr.set_defaults(func=_cmd_trace)
+    ai = sub.add_parser("autointerp", help="explain features with an LLM and score the labels")
+    ai.add_argument("sae_dir", help="SAE directory")
+    ai.add_argument("--features", type=int, default=50, help="random live features (50)")
+    ai.add_argument("--ids", default=None, help="these feature ids instead, e.g. 12,40")
+    ai.add_argument("--endpoint", default=None, help="OpenAI-compatible URL, e.g. .../v1")
+    ai.add_argument("--model", default=None, help="with --endpoint: the served model name")
+    ai.add_argument("--subject-model", default=None, help="default: the SAE's model")
+    ai.add_argument("--max-tokens", type=int, default=30_000, help="tokens to scan (30000)")
+    ai.add_argument("--seed", type=int, default=0, help="feature choice and splits (0)")
+    ai.add_argument("--allow-other-model", action="store_true", help="skip the model check")
+    ai.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ai.set_defaults(func=_cmd_autointerp)
+    pr = analysis_parser("probe", "k-sparse probes on SAE latents vs a raw-activation probe")
+    pr.add_argument("--tasks", default=None, help="comma-separated (default: all four)")
+    pr.add_argument("--per-class", type=int, default=200, help="texts per class (200)")
+    pr.add_argument("--seed", type=int, default=0, help="which texts (0)")
+    pr.add_argument("--json", action="store_true", help="print probing.json")
+    pr.set_defaults(func=_cmd_probe)
     h = sub.add_parser("hooks", help="list the hook points of a model")
     h.add_argument(
         "model",

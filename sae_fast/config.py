@@ -299,6 +299,7 @@ class EvalConfig:
     batch_size: int = _opt(16, "windows per forward pass")
     backend: str = _opt("auto", "SAE backend")
     save_sparsity: bool = _opt(True, "write sparsity.safetensors (log10 density) into SAE_DIR")
+    allow_other_model: bool = _opt(False, "use the SAE on a model other than its own")
     json: bool = _opt(False, "print JSON instead of a table")
 
     def evaluate_kwargs(self) -> dict[str, Any]:
@@ -318,6 +319,7 @@ class FeaturesConfig:
     max_tokens: int = _opt(50_000, "tokens to scan")
     top: int = _opt(10, "top contexts per feature")
     width: int = _opt(12, "context tokens either side")
+    allow_other_model: bool = _opt(False, "use the SAE on a model other than its own")
 
 
 @dataclass
@@ -329,3 +331,5 @@ class MonitorConfig:
     model: str | None = _opt(None, "model (default: the SAE's model_name)")
     output: str | None = _opt(None, "alerts JSONL (default: stdout)")
     text_field: str = _opt("text", "text field of the inputs")
+    allow_other_model: bool = _opt(False, "use the SAE on a model other than its own")
+    allow_unverified: bool = _opt(False, "let high/critical rules rely on unverified auto labels")

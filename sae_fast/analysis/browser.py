@@ -83,6 +83,9 @@ def site_data(
             "source": lab.source if lab.label else "none",
             "verified": lab.verified,
             "note": lab.note,
+            "explainer": lab.explainer,
+            "detection": lab.scores.get("detection"),
+            "fuzzing": lab.scores.get("fuzzing"),
             "density": float(density[f]),
             "max": round(float(report.maxima[f]), 5),
             "mean": round(float(mean[f]), 5),
@@ -140,12 +143,15 @@ def build_feature_site(
     n_samples: int = 16,
     width: int = 12,
     backend: str = "auto",
+    allow_other_model: bool = False,
 ) -> Path:
     """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
     from ..data.activations import load_model, select_windows, token_windows
     from ..data.corpus import load_texts
+    from ..data.fingerprint import check_model
     from ..eval.splice import check_sae_widths, splice_hooks
+    from ..eval.sweep import width_provenance
     from ..sae import SparseAutoencoder
     from ..validate import check_int
     from .features import collect_features, token_effects
@@ -159,6 +165,7 @@ def build_feature_site(
     check_int("width", width, 0)
     labels = Labels.load(sae_dir, sae.d_sae)
     net, tokenizer = load_model(model_name)
+    check_model(sae, net, allow_other_model)
     check_sae_widths(net, tokenizer, sae, hook)
     corpus = corpus or meta.get("corpus", "embedded")
     windows = token_windows(
@@ -171,7 +178,7 @@ def build_feature_site(
         kind, where = "transcoder", f"{hook} -> {target_hook}"
     intro = (
         f"{sae.activation} {kind} {sae.d_in} -> {sae.d_sae} at {where} of {model_name}; "
-        f"{report.n_tokens:,} tokens of corpus {corpus}."
+        f"{report.n_tokens:,} tokens of corpus {corpus}. {width_provenance(sae_dir)}."
     )
     data = site_data(report, chosen, tokenizer, labels, token_effects(sae, net), intro)
     return write_site(data, out_dir, f"sae_fast features: {Path(sae_dir).name}")

@@ -70,10 +70,14 @@ class FeatureReport:
         """Feature `f`'s strongest activations, strongest first."""
         return _examples(self.top, f, value_key="key")
 
+    def sample_examples(self, f: int) -> list[Example]:
+        """Feature `f`'s uniformly sampled activations, in their random order."""
+        return _examples(self.sample, f, value_key="value")
+
     def quantile_examples(self, f: int, n: int = 5) -> list[Example]:
         """`n` sampled activations of `f` at evenly spread quantiles (10%..90%) of its
         sampled activation distribution, weakest first; fewer if it fired less often."""
-        got = _examples(self.sample, f, value_key="value")
+        got = self.sample_examples(f)
         got.sort(key=lambda e: (e.value, e.window, e.position))
         if len(got) <= n:
             return got

@@ -4,15 +4,18 @@
                                       "verified": true, "note": ""}}}
 
 `source` is "human", "auto" or "none". Human labels set through `set` / `sae-fast label` are
-verified; labels from an automatic labeller (any callable, `auto_label`) are not until a
-person verifies them, and the browser shows them as unverified. Writes are atomic.
+verified; labels from an automatic labeller (any callable, `auto_label`, or `autointerp`)
+are not until a person verifies them (`verify`, `sae-fast label SAE_DIR F --verify`), and
+the browser shows them as unverified. An auto label also records its `explainer`, its
+`scores` (autointerp: detection, fuzzing) and the `contexts` it was made and scored from.
+Writes are atomic.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,15 @@ class Label:
     source: str = "none"
     verified: bool = False
     note: str = ""
+    explainer: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    contexts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.label, str) or not isinstance(self.note, str):
-            raise ConfigError("label and note must be strings")
+        if not all(isinstance(x, str) for x in (self.label, self.note, self.explainer)):
+            raise ConfigError("label, note and explainer must be strings")
+        if not isinstance(self.scores, dict) or not isinstance(self.contexts, dict):
+            raise ConfigError("scores and contexts must be objects")
         if self.source not in SOURCES:
             raise ConfigError(f"label source must be one of {SOURCES}, got {self.source!r}")
         if not isinstance(self.verified, bool):
@@ -84,12 +92,25 @@ class Labels:
         source: str = "human",
         verified: bool | None = None,
         note: str = "",
+        **extra: Any,
     ) -> Label:
-        """Set a label; human labels are verified unless said otherwise, auto ones not."""
+        """Set a label; human labels are verified unless said otherwise, auto ones not
+        (`extra`: explainer, scores, contexts)."""
         verified = source == "human" if verified is None else verified
-        entry = Label(label, source, verified, note)
+        entry = Label(label, source, verified, note, **extra)
         self.labels[self.check_feature(feature)] = entry
         return entry
+
+    def verify(self, feature: int, note: str = "") -> Label:
+        """Record that a person checked `feature`'s label (ConfigError if it has none)."""
+        lab = self.get(feature)
+        if not lab.label:
+            raise ConfigError(f"feature {feature} has no label to verify")
+        lab.verified = True
+        if note:
+            lab.note = note
+        self.labels[feature] = lab
+        return lab
 
     def remove(self, feature: int) -> None:
         """Drop the label of `feature` (no-op if it has none)."""

@@ -39,10 +39,12 @@ from torch import Tensor, nn
 from ..data.activations import iter_activations, token_windows
 from ..data.corpus import iter_jsonl
 from ..data.filters import TokenFilter
+from ..data.fingerprint import check_model
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
 from ..validate import check_feature_id
 from .generation import Token, stream_tokens
+from .labels import Labels
 
 SEVERITIES = ("low", "medium", "high", "critical")
 COMBINE = ("any", "all", "sum")
@@ -171,6 +173,25 @@ def load_rules(path: str | Path, d_sae: int) -> list[Rule]:
     return parse_rules(data, d_sae)
 
 
+def check_rule_labels(rules: list[Rule], labels: Labels, allow_unverified: bool = False) -> None:
+    """ConfigError if a rule of severity high or critical names a feature whose label is an
+    unverified auto label (an LLM's guess nobody checked), unless `allow_unverified`."""
+    if allow_unverified:
+        return
+    for rule in rules:
+        if SEVERITIES.index(rule.severity) < SEVERITIES.index("high"):
+            continue
+        for f in rule.features:
+            lab = labels.get(f)
+            if lab.source == "auto" and not lab.verified:
+                raise ConfigError(
+                    f"rule {rule.name!r} (severity {rule.severity}) relies on feature {f}, "
+                    f"whose label {lab.label!r} is an unverified auto label: check its "
+                    "contexts and record it with `sae-fast label SAE_DIR "
+                    f"{f} --verify`, or pass --allow-unverified"
+                )
+
+
 class Monitor:
     """Checks texts against rules: `Monitor(sae, rules, model, tokenizer).check(text, id)`."""
 
@@ -182,7 +203,13 @@ class Monitor:
         tokenizer: Any,
         hook: str | None = None,
         context_size: int | None = None,
+        labels: Labels | None = None,
+        allow_unverified: bool = False,
+        allow_other_model: bool = False,
     ) -> None:
+        check_model(sae, model, allow_other_model)
+        if labels is not None:
+            check_rule_labels(rules, labels, allow_unverified)
         self.sae, self.rules, self.model, self.tokenizer = sae, rules, model, tokenizer
         self.hook = sae.require_hook(hook)
         self.context_size = context_size or int(sae.cfg.metadata.get("context_size", 128))

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.activations import pooled_embedding
+from ..data.fingerprint import check_model
 from ..data.hooks import check_width
 from ..errors import ConfigError
 from ..eval.splice import check_target_width, splice_hooks, spliced
@@ -160,11 +161,13 @@ def steer_report(
     temperature: float = 1.0,
     top_tokens: int = 10,
     tokens: list[int] | None = None,
+    allow_other_model: bool = False,
 ) -> SteerReport:
     """Causal LMs: generate from `prompt` without and with `features` steered (greedy, or
     sampled with `seed`: the same seed for both) and measure the features' top tokens (their
     `top_tokens` largest direct logit effects each, or the token ids `tokens`)."""
     check_causal(model, "steering a generation")
+    check_model(sae, model, allow_other_model)
     features = check_features(sae, features)
     if tokens is None:
         effects = token_effects(sae, model, top_tokens, features=list(features))

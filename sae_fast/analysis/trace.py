@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..data.activations import is_causal_lm
+from ..data.fingerprint import check_model
 from ..data.hooks import check_width
 from ..errors import ConfigError
 from ..eval.splice import check_target_width, splice_hooks, spliced
@@ -132,10 +133,12 @@ def trace(
     hook: str | None = None,
     labels: Labels | None = None,
     groups: dict[str, list[int]] | None = None,
+    allow_other_model: bool = False,
 ) -> TraceResult:
     """Attribute the output at `position` of `text` (tokenised with special tokens; negative
     counts from the end) to the SAE features active there (module docstring), and each of
     `groups` (name: feature ids; default: the top 5 features) jointly (`GroupAttribution`)."""
+    check_model(sae, model, allow_other_model)
     hook, target_hook = splice_hooks(sae, hook)
     if not isinstance(text, str) or not text:
         raise ConfigError("text must be a non-empty string")

@@ -33,6 +33,7 @@ from .cache_feed import CacheFeed
 from .collect import SINGLE, Ranks, barrier
 from .corpus import load_texts
 from .filters import TokenFilter
+from .fingerprint import model_fingerprint
 from .hooks import resolve_hook
 from .rows import Rows
 from .store import MANIFEST, ActivationStore, cache_identity, read_manifest, write_cache
@@ -115,6 +116,7 @@ class Source:
     open_seconds: float = 0.0
     token_filter: dict[str, Any] = field(default_factory=dict)
     activations: ActivationBatch | None = None  # in memory, when the run had them
+    fingerprint: dict[str, str] = field(default_factory=dict)  # the model's, when loaded here
 
 
 def run_hooks(cfg: TrainConfig) -> list[str]:
@@ -165,7 +167,10 @@ def open_source(
             buffer_tokens=cfg.buffer_tokens, keep=keep, seed=cfg.seed, part=replica,
             parts=replicas,
         )  # fmt: skip
-        return Source(feed, windows, tokenizer, n_tokens, time.perf_counter() - t0, settings)
+        return Source(
+            feed, windows, tokenizer, n_tokens, time.perf_counter() - t0, settings,
+            fingerprint=model_fingerprint(model),
+        )  # fmt: skip
     identity = cache_identity(cfg, texts, keep)
     cache = Path(cfg.cache)
     barrier(group)  # every rank sees the same cache state
@@ -182,7 +187,10 @@ def open_source(
         cache, manifest, cfg.hook, cfg.target_hook, batch_size=cfg.batch_size,
         buffer_tokens=cfg.buffer_tokens, seed=cfg.seed, replica=replica, replicas=replicas,
     )  # fmt: skip
-    return Source(feed, windows, tokenizer, n_tokens, time.perf_counter() - t0, settings)
+    return Source(
+        feed, windows, tokenizer, n_tokens, time.perf_counter() - t0, settings,
+        fingerprint=model_fingerprint(model),
+    )  # fmt: skip
 
 
 def memory_source(

@@ -29,6 +29,7 @@ from ..data.activations import (
 )
 from ..data.corpus import load_texts
 from ..data.filters import TokenFilter
+from ..data.fingerprint import check_model
 from ..data.hooks import check_width, resolve_hook
 from ..data.store import concat_batches
 from ..errors import ConfigError
@@ -293,6 +294,7 @@ def evaluate(
     error_term: bool = False,
     batch_size: int = 16,
     fidelity: Fidelity | None = None,
+    allow_other_model: bool = False,
 ) -> EvalResult:
     """Evaluate `sae` (a module or an SAE directory). Model, hook, corpus and context size
     default to the SAE's own metadata (a transcoder's target hook is its target_hook_name);
@@ -303,7 +305,9 @@ def evaluate(
     meta = sae.cfg.metadata
     if eval_set is None:
         hook, target_hook = splice_hooks(sae, hook)
-        model = model if isinstance(model, nn.Module) else sae.require_model(model)
+        if not isinstance(model, nn.Module):
+            model, tokenizer = load_model(sae.require_model(model))
+        check_model(sae, model, allow_other_model)
         corpus = corpus or meta.get("corpus", "embedded")
         eval_set = EvalSet.build(
             model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .evaluate import DEFAULT_EVAL_TOKENS, EvalResult, EvalSet, evaluate
 from .metrics import save_sparsity
 
 CSV_FILE, MD_FILE, PNG_FILE = "sweep.csv", "sweep.md", "sweep.png"
+SWEEP_MARK = "sweep.json"  # in each SAE directory a sweep trained
 
 
 @dataclass
@@ -225,6 +227,40 @@ def write_sweep(result: SweepResult, out: Path, cfg: TrainConfig, eval_tokens: i
             tmp.write_text(text)
         result.files[name] = out / name
     result.files[PNG_FILE] = plot_sweep(result.rows, result.chosen, out / PNG_FILE)
+    chosen = result.rows[result.chosen]
+    for i, row in enumerate(result.rows):  # each SAE says which sweep it belongs to
+        mark = {
+            "sweep": str((out / MD_FILE).resolve()),
+            "expansion": row.expansion,
+            "chosen": i == result.chosen,
+            "chosen_expansion": chosen.expansion,
+            "expansions": [r.expansion for r in result.rows],
+            "reason": result.reason,
+        }
+        with atomic_file(Path(row.sae_dir) / SWEEP_MARK) as tmp:
+            tmp.write_text(json.dumps(mark, indent=2) + "\n")
+
+
+def width_provenance(sae_dir: str | Path) -> str:
+    """One line on how the SAE's width was chosen: by a sweep (with its report's path and
+    whether this width was the elbow), or not (antipattern: sizing by intuition)."""
+    path = Path(sae_dir) / SWEEP_MARK
+    if not path.exists():
+        return (
+            "width not chosen by a sweep: run `sae-fast sweep` to pick the dictionary size "
+            "from data rather than by intuition"
+        )
+    try:
+        m = json.loads(path.read_text())
+        widths = ",".join(f"{e}x" for e in m["expansions"])
+        if m["chosen"]:
+            return f"width chosen by a sweep ({widths}; {m['reason']}): {m['sweep']}"
+        return (
+            f"width {m['expansion']}x from a sweep ({widths}) that chose "
+            f"{m['chosen_expansion']}x, not this one: {m['sweep']}"
+        )
+    except (ValueError, KeyError, TypeError):
+        return f"{path} is unreadable: the width's provenance is unknown"
 
 
 def sweep(

@@ -93,6 +93,7 @@ def check_writable(out: Path) -> None:
 def build_sae(
     cfg: TrainConfig, d_in: int, d_out: int, d_sae: int, shard: Shard, device, n_tokens: int,
     token_filter: dict | None = None,
+    fingerprint: dict | None = None,
 ) -> SparseAutoencoder:  # fmt: skip
     """The SAE (or transcoder) a run with `cfg` trains: this shard's latents of `d_sae`."""
     return SparseAutoencoder(
@@ -111,11 +112,13 @@ def build_sae(
         target_hook_name=cfg.target_hook,
         # Read by `evaluate` to hold out the training tokens of the same corpus.
         # `token_filter`: the tokens dropped, applied again by `evaluate`.
+        # `model_fingerprint`: checked by every use on a model (data/fingerprint.py).
         metadata={
             "context_size": cfg.context_size,
             "corpus": cfg.corpus,
             "train_tokens": n_tokens,
             "token_filter": token_filter or {},
+            **({"model_fingerprint": fingerprint} if fingerprint else {}),
         },
     )
 

@@ -95,8 +95,9 @@ class Trainer:
         d_sae = cfg.d_sae or cfg.expansion * d_in
         self.shard = start.shard_of(cfg, d_sae, group)
         self.sae = start.build_sae(
-            cfg, d_in, d_out, d_sae, self.shard, device, source.n_tokens, source.token_filter
-        )
+            cfg, d_in, d_out, d_sae, self.shard, device, source.n_tokens, source.token_filter,
+            source.fingerprint,
+        )  # fmt: skip
         self.scale, self.target_scale = start.init_weights(
             self.sae, cfg, self.shard, sample, group if self.feed.per_replica else None
         )
