@@ -139,6 +139,7 @@ def explain_messages(contexts: list[Context], pieces: TokenPieces) -> Messages:
 def clean_label(text: str, max_words: int = 10) -> str:
     """The first line of an explainer's reply, without quotes, lead-ins or a final stop."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = line.strip(" \"'`*")
     for lead in ("Description:", "Answer:", "The marked words are", "The marked words"):
         if line.lower().startswith(lead.lower()):
             line = line[len(lead) :].strip(" :")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .generation import check_causal, generate
+from .generation import check_causal
 
 Messages = list[dict[str, str]]
 YES, NO = ("Yes", " Yes", "yes", "YES"), ("No", " No", "no", "NO")
@@ -72,10 +72,19 @@ class LocalChat:
             messages, tokenize=False, add_generation_prompt=True
         )
 
+    @torch.no_grad()
     def complete(self, messages: Messages, max_tokens: int = 32) -> str:
-        """Greedy reply (stops at the end-of-turn token)."""
-        text, _ = generate(self.model, self.tokenizer, self._prompt(messages), max_tokens)
-        return text.strip()
+        """Greedy reply (stops at the end-of-turn token): the model's own `generate`, which
+        reads only the last position's logits (`generation.generate` keeps every token's)."""
+        ids = self.tokenizer.encode(self._prompt(messages), add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        x = torch.tensor([ids], device=device)
+        out = self.model.generate(
+            input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens,
+            do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )  # fmt: skip
+        return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
 
     @torch.no_grad()
     def yes_scores(self, conversations: list[Messages]) -> list[float]:
