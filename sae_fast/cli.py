@@ -340,6 +340,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .analysis.exports import export_neuronpedia
+
+    ids = None
+    if args.ids:
+        try:
+            ids = [int(x) for x in args.ids.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--ids expects comma-separated ids, got {args.ids!r}") from None
+    paths = export_neuronpedia(
+        args.sae_dir, args.out, features=ids, model=args.model, max_tokens=args.max_tokens,
+        allow_other_model=args.allow_other_model,
+    )  # fmt: skip
+    print(f"wrote {len(paths)} Neuronpedia / SAEDashboard batch file(s) into {args.out}")
+    return 0
+
+
 def _cmd_hooks(args: argparse.Namespace) -> int:
     from .data.activations import load_model
     from .data.hooks import list_hooks
@@ -452,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="which texts (0)")
     pr.add_argument("--json", action="store_true", help="print probing.json")
     pr.set_defaults(func=_cmd_probe)
+    ex = analysis_parser("export", "write Neuronpedia / SAEDashboard feature JSON")
+    ex.add_argument("--out", required=True, help="output directory (batch-N.json)")
+    ex.add_argument("--ids", default=None, help="feature ids (default: every one that fired)")
+    ex.add_argument("--max-tokens", type=int, default=50_000, help="tokens to scan (50000)")
+    ex.set_defaults(func=_cmd_export)
     h = sub.add_parser("hooks", help="list the hook points of a model")
     h.add_argument(
         "model",

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..data.activations import iter_activations
 from ..data.filters import TokenFilter
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..files import atomic_file
 from ..sae import SparseAutoencoder
 from .browser import TokenPieces
@@ -480,48 +480,40 @@ def autointerp_dir(
     """`sae-fast autointerp`: load the SAE and its model, scan `max_tokens` tokens of the
     corpus after the SAE's training tokens, explain and score, save. `chat` defaults to the
     local SmolLM2-135M-Instruct (the subject model itself when that is the SAE's model)."""
-    from ..data.activations import load_model, select_windows, token_windows
-    from ..data.corpus import load_texts
-    from ..data.fingerprint import check_model
+    from ..data.activations import load_model
     from ..data.smollm2 import NAME as SMOLLM2
     from ..eval.evaluate import default_skip
-    from ..eval.splice import check_sae_widths
-    from ..validate import check_int
-    from .features import collect_features
     from .llm import LocalChat
+    from .scan import scan_corpus
 
-    check_int("max_tokens", max_tokens, 1)
-    sae = SparseAutoencoder.load(sae_dir)
-    if sae.cfg.transcoder:
+    head = SparseAutoencoder.load(sae_dir)
+    if head.cfg.transcoder:
         raise ConfigError("autointerp explains SAE features; this is a transcoder")
-    name = sae.require_model(subject_model)
-    model, tokenizer = load_model(name)
-    check_model(sae, model, allow_other_model)
-    check_sae_widths(model, tokenizer, sae)
-    if chat is None:
-        chat_model, chat_tok = (model, tokenizer) if name == SMOLLM2 else load_model(SMOLLM2)
-        chat = LocalChat(chat_model, chat_tok, name="SmolLM2-135M-Instruct (local)")
-    meta = sae.cfg.metadata
-    corpus = corpus or meta.get("corpus", "embedded")
-    windows = token_windows(
-        tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
-    )
-    chosen, _ = select_windows(tokenizer, windows, max_tokens, default_skip(sae, corpus))
-    if not chosen:  # the corpus is no longer than the training run: reuse it, say so
-        warnings.warn(
-            f"corpus {corpus} has no tokens past the SAE's training run: "
-            "the contexts come from its training text",
-            stacklevel=2,
-        )
-        chosen, _ = select_windows(tokenizer, windows, max_tokens)
-    hook = sae.require_hook(None)
+    corpus = corpus or head.cfg.metadata.get("corpus", "embedded")
+    skip = default_skip(head, corpus)  # held-out text: after the training tokens
     t0 = time.perf_counter()
-    report = collect_features(sae, model, tokenizer, chosen, hook, 16, 16, width, seed=seed)
-    scan = time.perf_counter() - t0
+    kw: dict[str, Any] = dict(
+        model=subject_model, corpus=corpus, text_field=text_field, max_tokens=max_tokens,
+        n_top=16, n_samples=16, width=width, seed=seed, allow_other_model=allow_other_model,
+    )  # fmt: skip
+    try:
+        scan = scan_corpus(sae_dir, skip_tokens=skip, **kw)
+    except DataError:  # the corpus is no longer than the training run: reuse it, say so
+        warnings.warn(f"corpus {corpus} has no tokens past the SAE's training run: "
+                      "the contexts come from its training text", stacklevel=2)  # fmt: skip
+        scan = scan_corpus(sae_dir, **kw)
+    seconds = time.perf_counter() - t0
+    sae, model, tokenizer = scan.sae, scan.model, scan.tokenizer
+    if chat is None:
+        chat_model, chat_tok = (
+            (model, tokenizer) if scan.model_name == SMOLLM2 else load_model(SMOLLM2)
+        )
+        chat = LocalChat(chat_model, chat_tok, name="SmolLM2-135M-Instruct (local)")
     result = autointerp(
-        sae, model, tokenizer, chat, report, chosen, hook, features, n_features, seed=seed
-    )
-    result.seconds = {"scan": scan, **result.seconds}
+        sae, model, tokenizer, chat, scan.report, scan.windows, scan.hook, features,
+        n_features, seed=seed,
+    )  # fmt: skip
+    result.seconds = {"scan": seconds, **result.seconds}
     labels = Labels.load(sae_dir, sae.d_sae)
     path = save_labels(result, labels, sae_dir, f"autointerp on {corpus}")
     return result, path

@@ -147,38 +147,30 @@ def build_feature_site(
 ) -> Path:
     """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
-    from ..data.activations import load_model, select_windows, token_windows
-    from ..data.corpus import load_texts
-    from ..data.fingerprint import check_model
-    from ..eval.splice import check_sae_widths, splice_hooks
     from ..eval.sweep import width_provenance
-    from ..sae import SparseAutoencoder
-    from ..validate import check_int
-    from .features import collect_features, token_effects
+    from .features import token_effects
+    from .scan import scan_corpus
 
-    sae = SparseAutoencoder.load(sae_dir, backend=backend)
-    meta = sae.cfg.metadata
-    model_name, (hook, target_hook) = sae.require_model(model), splice_hooks(sae, hook)
-    check_int("max_tokens", max_tokens, 1)
-    check_int("top", n_top, 1)
-    check_int("samples", n_samples, 0)
-    check_int("width", width, 0)
-    labels = Labels.load(sae_dir, sae.d_sae)
-    net, tokenizer = load_model(model_name)
-    check_model(sae, net, allow_other_model)
-    check_sae_widths(net, tokenizer, sae, hook)
-    corpus = corpus or meta.get("corpus", "embedded")
-    windows = token_windows(
-        tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
+    scan = scan_corpus(
+        sae_dir, model=model, hook=hook, corpus=corpus, text_field=text_field,
+        max_tokens=max_tokens, n_top=n_top, n_samples=n_samples, width=width,
+        backend=backend, allow_other_model=allow_other_model,
+    )  # fmt: skip
+    sae, net, report, hook, target_hook = (
+        scan.sae,
+        scan.model,
+        scan.report,
+        scan.hook,
+        scan.target_hook,
     )
-    chosen, _ = select_windows(tokenizer, windows, max_tokens)
-    report = collect_features(sae, net, tokenizer, chosen, hook, n_top, n_samples, width)
+    labels = Labels.load(sae_dir, sae.d_sae)
     kind, where = "SAE", hook
     if target_hook is not None:  # codes read at the input hook; decoder writes the target's
         kind, where = "transcoder", f"{hook} -> {target_hook}"
     intro = (
-        f"{sae.activation} {kind} {sae.d_in} -> {sae.d_sae} at {where} of {model_name}; "
-        f"{report.n_tokens:,} tokens of corpus {corpus}. {width_provenance(sae_dir)}."
+        f"{sae.activation} {kind} {sae.d_in} -> {sae.d_sae} at {where} of {scan.model_name}; "
+        f"{report.n_tokens:,} tokens of corpus {scan.corpus}. {width_provenance(sae_dir)}."
     )
-    data = site_data(report, chosen, tokenizer, labels, token_effects(sae, net), intro)
+    effects = token_effects(sae, net)
+    data = site_data(report, scan.windows, scan.tokenizer, labels, effects, intro)
     return write_site(data, out_dir, f"sae_fast features: {Path(sae_dir).name}")
