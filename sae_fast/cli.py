@@ -340,6 +340,29 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_absorption(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .eval.absorption import absorption
+    from .files import atomic_file
+
+    sae, model, tokenizer, _labels = _load_sae_and_model(args)
+    report = absorption(sae, model, tokenizer, n_words=args.words, seed=args.seed)
+    data = {
+        "absorption_rate": report.absorption_rate,
+        "absorbed_fraction": report.absorbed_fraction,
+        "main_latent_recall": report.mean_recall,
+        "probe_accuracy": report.probe_accuracy,
+        "letters": [asdict(r) for r in report.letters],
+    }
+    path = os.path.join(args.sae_dir, "absorption.json")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2) if args.json else report.table())
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .analysis.exports import export_neuronpedia
 
@@ -469,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="which texts (0)")
     pr.add_argument("--json", action="store_true", help="print probing.json")
     pr.set_defaults(func=_cmd_probe)
+    ab = analysis_parser("absorption", "first-letter feature absorption (Chanin et al. 2024)")
+    ab.add_argument("--words", type=int, default=1200, help="one-token words to use (1200)")
+    ab.add_argument("--seed", type=int, default=0, help="which words (0)")
+    ab.add_argument("--json", action="store_true", help="print absorption.json")
+    ab.set_defaults(func=_cmd_absorption)
     ex = analysis_parser("export", "write Neuronpedia / SAEDashboard feature JSON")
     ex.add_argument("--out", required=True, help="output directory (batch-N.json)")
     ex.add_argument("--ids", default=None, help="feature ids (default: every one that fired)")

@@ -11,6 +11,7 @@ import torch
 from sae_fast.cli import main
 from sae_fast.data.probe_tasks import TASKS, build_task
 from sae_fast.errors import ConfigError
+from sae_fast.eval.absorption import absorption, first_letter_words
 from sae_fast.eval.probing import fit_logistic, probe, top_k_latents
 
 
@@ -58,3 +59,24 @@ def test_sparse_probing_on_the_sae(smollm2, smol_sae, capsys):
     saved = json.loads((sae_dir / "probing.json").read_text())
     assert saved["tasks"][0]["task"] == "code_vs_docstring" and "mean_k20" in saved
     (sae_dir / "probing.json").unlink()
+
+
+def test_first_letter_absorption(smollm2, smol_sae, capsys):
+    model, tok = smollm2
+    words = first_letter_words(tok, 300)
+    assert len(words) == 300 and all(len(w) >= 3 and w.isalpha() for w, _ in words)
+    assert all(tok.decode([t]) == " " + w for w, t in words[:20])
+    report = absorption(smol_sae.sae, model, tok, n_words=400)
+    assert report.probe_accuracy > 0.15  # 26 letters: chance is about 0.04
+    assert report.scored() and all(0 <= r.main_latent < smol_sae.sae.d_sae for r in report.letters)
+    for r in report.letters:
+        assert 0 <= r.absorbed <= r.n_words and 0 <= r.recall <= 1
+        assert r.absorbed + round(r.recall * r.n_words) <= r.n_words  # absorbed ones did not fire
+    for v in (report.absorption_rate, report.absorbed_fraction, report.mean_recall):
+        assert 0 <= v <= 1
+    sae_dir = smol_sae.sae_dir
+    assert main(["absorption", str(sae_dir), "--words", "200"]) == 0
+    assert "absorption rate" in capsys.readouterr().out
+    saved = json.loads((sae_dir / "absorption.json").read_text())
+    assert {"absorption_rate", "absorbed_fraction", "letters"} <= set(saved)
+    (sae_dir / "absorption.json").unlink()
