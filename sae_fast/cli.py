@@ -129,7 +129,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.quick:  # a benchmark-sized budget: minutes, not tens of minutes
         values.update(max_tokens=20_000, steps=300, checkpoint_every=0)
         eval_tokens = min(eval_tokens, 5_000)
-    result = sweep(TrainConfig(**values), expansions, eval_tokens, downstream=args.downstream)
+    result = sweep(
+        TrainConfig(**values), expansions, eval_tokens, downstream=args.downstream,
+        probe_per_class=args.probe_per_class, autointerp_features=args.autointerp,
+    )  # fmt: skip
     row = result.rows[result.chosen]
     print(f"chosen: {row.expansion}x (d_sae={row.d_sae}): {result.reason}")
     for path in result.files.values():
@@ -425,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark-sized budget: 20k training tokens, 300 steps, <= 5k eval tokens",
     )
+    s.add_argument(
+        "--probe-per-class", type=int, default=60,
+        help="sparse probing of each width, texts per class (0: off) (default: 60)",
+    )  # fmt: skip
+    s.add_argument(
+        "--autointerp", type=int, default=0,
+        help="features of each width to explain and score with the local SmolLM2 (default: 0)",
+    )  # fmt: skip
     s.set_defaults(func=_cmd_sweep)
 
     def analysis_parser(name: str, help: str) -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ class SweepRow:
     train_seconds: float
     eval_seconds: float
     result: EvalResult
+    interp: dict[str, float] = field(default_factory=dict)  # probe_k20, detection, ...
 
     @property
     def fidelity(self) -> float:
@@ -68,6 +69,7 @@ class SweepRow:
             "dense_pct": 100 * r.dense_fraction,
             "downstream_score": r.downstream_score,
             **{k: v for k, v in sorted(r.downstream.items()) if k != "downstream_score"},
+            **self.interp,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
             "sae_dir": self.sae_dir,
@@ -149,6 +151,11 @@ def _csv_text(rows: list[SweepRow], chosen: int) -> str:
 
 def _md_text(result: SweepResult, cfg: TrainConfig, eval_tokens: int) -> str:
     fid = fidelity_name(result.rows[0].result)
+    causal = result.rows[0].result.ce_loss_recovered is not None
+    extra = [(k, title) for k, title in INTERP_COLUMNS if k in result.rows[0].interp]
+    if causal:
+        extra.insert(0, ("kl", "KL (nats)"))
+    heads = "".join(f" {title} |" for _, title in extra)
     lines = [
         f"# Dictionary-size sweep: {cfg.model} @ {cfg.hook}",
         "",
@@ -157,27 +164,54 @@ def _md_text(result: SweepResult, cfg: TrainConfig, eval_tokens: int) -> str:
         f"`{cfg.corpus}` (train s: that shared time), evaluated on the next {eval_tokens:,} "
         "(held out).",
         "",
-        f"| expansion | d_sae | FVU | explained var. | {fid} | dead % | dense % | L0 | train s | |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+        f"| expansion | d_sae | FVU | explained var. | {fid} |{heads} dead % | dense % | L0 "
+        "| train s | |",
+        "|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|:--|",
     ]
     for i, row in enumerate(result.rows):
         r = row.result
         mark = "**chosen**" if i == result.chosen else ""
+        vals = {"kl": r.kl_div, **row.interp}
+        cells = "".join(f" {_cell(vals.get(k))} |" for k, _ in extra)
         lines.append(
             f"| {row.expansion}x | {row.d_sae} | {r.fvu:.4f} | {r.explained_variance:.4f} "
-            f"| {row.fidelity:.4f} | {100 * r.dead_fraction:.2f} | {100 * r.dense_fraction:.2f} "
-            f"| {r.l0:.1f} | {row.train_seconds:.0f} | {mark} |"
+            f"| {row.fidelity:.4f} |{cells} {100 * r.dead_fraction:.2f} "
+            f"| {100 * r.dense_fraction:.2f} | {r.l0:.1f} | {row.train_seconds:.0f} | {mark} |"
         )
     lines += [
         "",
         f"Chosen: **{result.chosen_expansion}x** (d_sae={result.rows[result.chosen].d_sae}); "
         f"{result.reason}. Method: fidelity against log2(d_sae), both scaled to [0, 1]; the "
         "elbow is the width farthest above the chord from the smallest to the largest width.",
+        *(
+            [
+                "",
+                "Interpretability beside reconstruction: sparse probing (mean k=20 accuracy over "
+                "the four offline tasks, and the raw-activation probe's) and autointerp detection "
+                "(mean balanced accuracy of the explanations on held-out contexts, and of shuffled "
+                "labels: the gap is what the labels carry). A width whose reconstruction gains "
+                "come with falling probing or detection scores splits features that mean less.",
+            ]
+            if extra and any(k != "kl" for k, _ in extra)
+            else []
+        ),
         "",
         f"![sweep]({PNG_FILE})",
         "",
     ]
     return "\n".join(lines)
+
+
+INTERP_COLUMNS = (
+    ("probe_k20", "probe k=20"),
+    ("probe_raw", "raw probe"),
+    ("detection", "detection"),
+    ("shuffled_detection", "shuffled"),
+)
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None or v != v else f"{v:.3f}"
 
 
 def plot_sweep(rows: list[SweepRow], chosen: int, path: Path) -> Path:
@@ -197,6 +231,10 @@ def plot_sweep(rows: list[SweepRow], chosen: int, path: Path) -> Path:
     ]
     if causal:  # the causal LM's second headline metric
         panels.insert(2, ("KL to the clean model (nats)", [r.result.kl_div for r in rows]))
+    if "probe_k20" in rows[0].interp:
+        panels.append(("sparse probing, k=20 accuracy", [r.interp["probe_k20"] for r in rows]))
+    if "detection" in rows[0].interp:
+        panels.append(("autointerp detection", [r.interp["detection"] for r in rows]))
     cols = (len(panels) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(4.5 * cols, 6.5), constrained_layout=True)
     for ax in axes.flat[len(panels) :]:
@@ -241,6 +279,27 @@ def write_sweep(result: SweepResult, out: Path, cfg: TrainConfig, eval_tokens: i
             tmp.write_text(json.dumps(mark, indent=2) + "\n")
 
 
+def interpretability(
+    sae, sae_dir, eval_set: EvalSet, probe_per_class: int, n_features: int, max_tokens: int
+) -> dict[str, float]:
+    """A width's interpretability scores for the sweep (see `sweep`)."""
+    out: dict[str, float] = {}
+    if probe_per_class > 0:
+        from .probing import probe
+
+        rep = probe(sae, eval_set.model, eval_set.tokenizer, per_class=probe_per_class, ks=(1, 20))
+        out["probe_k1"] = rep.mean(1)
+        out["probe_k20"] = rep.mean(20)
+        out["probe_raw"] = sum(t.baseline for t in rep.tasks) / len(rep.tasks)
+    if n_features > 0:
+        from ..analysis.autointerp import autointerp_dir
+
+        got, _ = autointerp_dir(sae_dir, n_features=n_features, max_tokens=max_tokens)
+        out["detection"] = got.mean("detection")
+        out["shuffled_detection"] = got.mean("shuffled_detection")
+    return out
+
+
 def width_provenance(sae_dir: str | Path) -> str:
     """One line on how the SAE's width was chosen: by a sweep (with its report's path and
     whether this width was the elbow), or not (antipattern: sizing by intuition)."""
@@ -269,10 +328,14 @@ def sweep(
     eval_tokens: int = DEFAULT_EVAL_TOKENS,
     downstream: bool = True,
     log=print,
+    probe_per_class: int = 0,
+    autointerp_features: int = 0,
 ) -> SweepResult:
     """Train one SAE per expansion (`cfg` otherwise), all together from one pass over the
     data (streamed, or `cfg.cache`), evaluate each on the same held-out tokens, pick the
-    elbow."""
+    elbow. With `probe_per_class` > 0, each width is also probed (`probing.probe`, k=1 and
+    20); with `autointerp_features` > 0, that many features of each width are explained and
+    scored by the local SmolLM2 (`analysis.autointerp`), their labels saved with the SAE."""
     if not expansions:
         raise ConfigError("expansions must list at least one width")
     out = Path(cfg.out)
@@ -308,6 +371,9 @@ def sweep(
         save_sparsity(run.sae_dir, res.density)
         t2 = time.perf_counter()
         row = SweepRow(e, run.sae.d_sae, str(run.sae_dir), train_s, t2 - t1, res)
+        row.interp = interpretability(
+            run.sae, run.sae_dir, eval_set, probe_per_class, autointerp_features, eval_tokens
+        )
         rows.append(row)
         log(
             f"sweep: {e}x (d_sae={row.d_sae}): FVU {res.fvu:.4f}, fidelity {row.fidelity:.4f}, "

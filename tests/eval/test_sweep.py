@@ -14,7 +14,7 @@ import sae_fast
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
 from sae_fast.cli import main
 from sae_fast.eval import EvalSet, evaluate, load_sparsity
-from sae_fast.eval.sweep import parse_expansions, pick_elbow, sweep
+from sae_fast.eval.sweep import parse_expansions, pick_elbow, sweep, width_provenance
 from tests.helpers import SMALL_TRAIN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +25,7 @@ TINY = dict(SMALL_TRAIN, steps=20)
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cfg = TrainConfig(**TINY, out=str(out))
-    return out, sweep(cfg, [3, 1, 2], eval_tokens=800, log=lambda _msg: None)
+    return out, sweep(cfg, [3, 1, 2], eval_tokens=800, log=lambda _msg: None, probe_per_class=12)
 
 
 def test_sweep_writes_csv_markdown_and_plot_with_one_row_per_width(swept):
@@ -55,6 +55,15 @@ def test_sweep_writes_csv_markdown_and_plot_with_one_row_per_width(swept):
     red = (np.abs(img - np.array([214, 39, 40])).sum(-1) < 30).sum()
     assert red > 50  # the chosen width is marked in red
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
+    # interpretability beside reconstruction: probing accuracy per width, in CSV and table
+    for r in rows:
+        assert 0 <= float(r["probe_k20"]) <= 1 and 0 <= float(r["probe_raw"]) <= 1
+    assert "probe k=20" in md and "raw probe" in md and "Interpretability beside" in md
+    # each SAE knows which sweep sized it, and whether it was the one chosen
+    for i, row in enumerate(result.rows):
+        line = width_provenance(row.sae_dir)
+        assert str(out / "sweep.md") in line
+        assert ("width chosen by a sweep" in line) == (i == result.chosen)
 
 
 def test_sweep_trains_every_width_from_one_pass_and_saves_sparsity_and_metadata(swept):
@@ -178,7 +187,9 @@ def test_causal_sweep_picks_by_ce_loss_recovered_and_plots_kl(tmp_path):
                         "downstream_score": ce},
             downstream_score=ce,
         )  # fmt: skip
-        rows.append(SweepRow(2**i, 64 * 2**i, f"x{2**i}", 1.0, 1.0, res))
+        interp = {"probe_k20": 0.7 + i / 20, "detection": 0.6 - i / 50, "shuffled_detection": 0.5}
+        (tmp_path / f"x{2**i}").mkdir()
+        rows.append(SweepRow(2**i, 64 * 2**i, str(tmp_path / f"x{2**i}"), 1.0, 1.0, res, interp))
     assert rows[0].fidelity == 0.80 and fidelity_name(rows[0].result).startswith("CE loss")
     chosen, reason = pick_elbow([r.d_sae for r in rows], [r.fidelity for r in rows])
     assert chosen == 1, reason
@@ -186,6 +197,8 @@ def test_causal_sweep_picks_by_ce_loss_recovered_and_plots_kl(tmp_path):
     write_sweep(result, tmp_path, TrainConfig(), 100)
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     md = (tmp_path / "sweep.md").read_text()
-    assert "CE loss recovered" in md
+    assert "CE loss recovered" in md and "KL (nats)" in md and "detection" in md
+    first = next(line for line in md.splitlines() if line.startswith("| 1x"))
+    assert "| 0.900 |" in first and "| 0.700 |" in first and "| 0.600 |" in first
     with open(tmp_path / "sweep.csv") as fh:
         assert float(next(csv.DictReader(fh))["kl_sae"]) == 0.9
