@@ -44,7 +44,10 @@ def site(minilm_sae, tmp_path_factory):
     rep = collect_features(sae, model, tok, windows, "layers.3.residual", n_top=5, width=6)
     live = int(rep.counts.argmax())
     labels.set(live, EVIL, note="<i>note</i>")
-    labels.set(int(rep.counts.argsort()[-2]), "auto-suggested", source="auto")
+    labels.set(
+        int(rep.counts.argsort()[-2]), "auto-suggested", source="auto", explainer="test-llm",
+        scores={"detection": 0.71, "fuzzing": 0.55},
+    )  # fmt: skip
     labels.save()
     out = tmp_path_factory.mktemp("site")
     assert main(["features", str(sae_dir), "--out", str(out), "--max-tokens", "2500"]) == 0
@@ -150,7 +153,25 @@ def test_page_in_a_real_browser_search_and_highlighting(site):
             lambda d: d.find_element(By.ID, "count").text.startswith("1 of")
         )
         drv.find_elements(By.CSS_SELECTOR, "tr.feat")[0].click()
-        assert "auto · unverified" in drv.find_element(By.ID, "feature").text
+        text = drv.find_element(By.ID, "feature").text
+        assert "auto · unverified · detection 0.7100 · fuzzing 0.5500" in text
+        assert "Explained by test-llm; not checked by a person" in text
+        # scores filter and sort the list; status words search
+        for query, n in (
+            ("detection>0.7", 1),
+            ("detect>0.8", 0),
+            ("fuzz<0.6", 1),
+            ("unverified", 1),
+        ):
+            box = drv.find_element(By.ID, "search")
+            box.clear()
+            box.send_keys(query)
+            assert len(drv.find_elements(By.CSS_SELECTOR, "tr.feat")) == n, query
+        drv.find_element(By.ID, "search").clear()
+        drv.execute_script("document.getElementById('search').dispatchEvent(new Event('input'))")
+        drv.find_element(By.CSS_SELECTOR, 'th[data-key="detection"]').click()
+        top = drv.find_elements(By.CSS_SELECTOR, "tr.feat")[0]
+        assert top.text.split()[-1] == "0.7100"  # the scored feature first
         drv.get(path.resolve().as_uri() + f"#f={live}")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         drv.save_screenshot(str(ARTIFACTS / "feature-browser.png"))
