@@ -305,6 +305,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_ids(text: str | None) -> list[int] | None:
+    """`--ids 12,40` -> [12, 40] (None when not given); ConfigError on anything else."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--ids expects comma-separated ids, got {text!r}") from None
+
+
 def _cmd_autointerp(args: argparse.Namespace) -> int:
     from .analysis.autointerp import autointerp_dir
     from .analysis.llm import HTTPChat
@@ -314,12 +324,7 @@ def _cmd_autointerp(args: argparse.Namespace) -> int:
         chat = HTTPChat(args.endpoint, args.model or "")
     elif args.model:
         raise ConfigError("--model names the served model of --endpoint; give --endpoint too")
-    features = None
-    if args.ids:
-        try:
-            features = [int(x) for x in args.ids.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--ids expects comma-separated ids, got {args.ids!r}") from None
+    features = _parse_ids(args.ids)
     result, path = autointerp_dir(
         args.sae_dir, chat, subject_model=args.subject_model, max_tokens=args.max_tokens,
         n_features=args.features, features=features, seed=args.seed,
@@ -369,12 +374,7 @@ def _cmd_absorption(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .analysis.exports import export_neuronpedia
 
-    ids = None
-    if args.ids:
-        try:
-            ids = [int(x) for x in args.ids.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--ids expects comma-separated ids, got {args.ids!r}") from None
+    ids = _parse_ids(args.ids)
     paths = export_neuronpedia(
         args.sae_dir, args.out, features=ids, model=args.model, max_tokens=args.max_tokens,
         allow_other_model=args.allow_other_model,
