@@ -147,7 +147,7 @@ def build_feature_site(
 ) -> Path:
     """Load the SAE and its model, run one pass over `max_tokens` tokens of the corpus
     (default: the SAE's training corpus), and write the browser into `out_dir`."""
-    from ..eval.sweep import width_provenance
+    from ..eval.sweep import sweep_report, width_provenance
     from .features import token_effects
     from .scan import scan_corpus
 
@@ -173,4 +173,7 @@ def build_feature_site(
     )
     effects = token_effects(sae, net)
     data = site_data(report, scan.windows, scan.tokenizer, labels, effects, intro)
+    swept = sweep_report(sae_dir)
+    if swept is not None:
+        data["sweep_report"] = swept.resolve().as_uri()
     return write_site(data, out_dir, f"sae_fast features: {Path(sae_dir).name}")

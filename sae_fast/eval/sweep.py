@@ -300,6 +300,16 @@ def interpretability(
     return out
 
 
+def sweep_report(sae_dir: str | Path) -> Path | None:
+    """The report (sweep.md) of the sweep that trained this SAE, if one did and it exists."""
+    path = Path(sae_dir) / SWEEP_MARK
+    try:
+        report = Path(json.loads(path.read_text())["sweep"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return report if report.exists() else None
+
+
 def width_provenance(sae_dir: str | Path) -> str:
     """One line on how the SAE's width was chosen: by a sweep (with its report's path and
     whether this width was the elbow), or not (antipattern: sizing by intuition)."""

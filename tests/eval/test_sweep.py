@@ -12,6 +12,7 @@ import pytest
 
 import sae_fast
 from sae_fast import ConfigError, SparseAutoencoder, TrainConfig
+from sae_fast.analysis.browser import build_feature_site
 from sae_fast.cli import main
 from sae_fast.eval import EvalSet, evaluate, load_sparsity
 from sae_fast.eval.sweep import parse_expansions, pick_elbow, sweep, width_provenance
@@ -64,6 +65,8 @@ def test_sweep_writes_csv_markdown_and_plot_with_one_row_per_width(swept):
         line = width_provenance(row.sae_dir)
         assert str(out / "sweep.md") in line
         assert ("width chosen by a sweep" in line) == (i == result.chosen)
+    page = build_feature_site(result.rows[0].sae_dir, out / "site", max_tokens=300).read_text()
+    assert (out / "sweep.md").resolve().as_uri() in page  # the browser links the sweep
 
 
 def test_sweep_trains_every_width_from_one_pass_and_saves_sparsity_and_metadata(swept):
