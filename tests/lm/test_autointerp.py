@@ -116,3 +116,19 @@ def test_cli_autointerp_writes_labels(smol_sae, scan, capsys):
     assert any(labels.get(f).source == "auto" for f in ids)
     assert main(["autointerp", str(sae_dir), "--model", "x"]) == 2  # --model needs --endpoint
     (sae_dir / "labels.json").unlink()
+
+
+def test_sweep_interpretability_scores_a_width(smollm2, smol_sae):
+    """The sweep's per-width scores: probing and autointerp detection (with its control)."""
+    from sae_fast.eval.evaluate import EvalSet
+    from sae_fast.eval.sweep import interpretability
+
+    model, tok = smollm2
+    eval_set = EvalSet.build(model, HOOK, max_tokens=200, tokenizer=tok)
+    got = interpretability(smol_sae.sae, smol_sae.sae_dir, eval_set, 8, 2, 6000)
+    assert set(got) == {"probe_k1", "probe_k20", "probe_raw", "detection", "shuffled_detection"}
+    assert all(0.0 <= v <= 1.0 for v in got.values())
+    labels = Labels.load(smol_sae.sae_dir, smol_sae.sae.d_sae)
+    assert sum(lab.source == "auto" for lab in labels.labels.values()) == 2
+    (smol_sae.sae_dir / "labels.json").unlink()
+    (smol_sae.sae_dir / "autointerp.json").unlink()
