@@ -76,11 +76,8 @@ class Context:
 
 def context_of(ex: Example, windows: Sequence[Sequence[int]], width: int) -> Context:
     """The context of a collected example, cut to its window's ends."""
-    window = windows[ex.window]
-    lo, hi = max(0, ex.position - width), min(len(window), ex.position + width + 1)
-    off = lo - (ex.position - width)
-    acts = ex.context_acts[off : off + hi - lo]
-    return Context(ex.window, ex.position, list(window[lo:hi]), list(acts), ex.position - lo)
+    ids, acts, centre = ex.span(windows, width)
+    return Context(ex.window, ex.position, ids, acts, centre)
 
 
 def render(ctx: Context, pieces: TokenPieces, marks: Sequence[int] = ()) -> str:

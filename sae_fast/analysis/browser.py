@@ -41,18 +41,15 @@ class TokenPieces:
 
 
 def _context(ex: Example, windows: list[list[int]], width: int, used: set[int]) -> dict:
-    window = windows[ex.window]
-    lo, hi = max(0, ex.position - width), min(len(window), ex.position + width + 1)
-    ids = window[lo:hi]
+    ids, acts, centre = ex.span(windows, width)
     used.update(ids)
-    acts = ex.context_acts[lo - (ex.position - width) : hi - (ex.position - width)]
     return {
         "v": round(ex.value, 4),
         "w": ex.window,
         "p": ex.position,
         "t": ids,
         "a": [round(a, 4) for a in acts],
-        "c": ex.position - lo,
+        "c": centre,
     }
 
 

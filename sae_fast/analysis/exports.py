@@ -36,13 +36,11 @@ from .features import ACT_EDGES, Example, FeatureReport
 
 def _example(ex: Example, windows, width: int, pieces: TokenPieces) -> dict[str, Any]:
     """tokens, values and the index of the token the example was kept for."""
-    window = windows[ex.window]
-    lo, hi = max(0, ex.position - width), min(len(window), ex.position + width + 1)
-    off = lo - (ex.position - width)
+    ids, acts, centre = ex.span(windows, width)
     return {
-        "tokens": [pieces(t) for t in window[lo:hi]],
-        "values": [round(float(a), 4) for a in ex.context_acts[off : off + hi - lo]],
-        "qualifying_token_index": ex.position - lo,
+        "tokens": [pieces(t) for t in ids],
+        "values": [round(float(a), 4) for a in acts],
+        "qualifying_token_index": centre,
     }
 
 

@@ -41,6 +41,14 @@ class Example:
     position: int
     context_acts: list[float]  # positions position-width .. position+width (0 off-window)
 
+    def span(self, windows, width: int) -> tuple[list[int], list[float], int]:
+        """The context cut to its window's ends: token ids, the feature's activation on each,
+        and the index of the kept token among them (`width` is the report's)."""
+        window = windows[self.window]
+        lo, hi = max(0, self.position - width), min(len(window), self.position + width + 1)
+        off = lo - (self.position - width)
+        return list(window[lo:hi]), list(self.context_acts[off : off + hi - lo]), self.position - lo
+
 
 @dataclass
 class FeatureReport:

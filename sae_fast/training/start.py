@@ -14,6 +14,7 @@ from torch import Tensor
 from .. import architectures
 from ..config import TrainConfig
 from ..data.feeds import SAMPLE_ROWS  # rows that set the scales and b_dec
+from ..data.fingerprint import FINGERPRINT_KEY
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError
 from ..sae import SparseAutoencoder
@@ -118,7 +119,7 @@ def build_sae(
             "corpus": cfg.corpus,
             "train_tokens": n_tokens,
             "token_filter": token_filter or {},
-            **({"model_fingerprint": fingerprint} if fingerprint else {}),
+            **({FINGERPRINT_KEY: fingerprint} if fingerprint else {}),
         },
     )
 
