@@ -10,6 +10,7 @@ import torch
 
 from . import architectures
 from .errors import ConfigError
+from .input_norm import check_steps
 from .validate import check_int, train_field
 
 BACKENDS = ("auto", "triton", "native", "torch")
@@ -66,6 +67,9 @@ class SAEConfig:
     d_out: int | None = None  # None: d_in
     skip: bool = False
     target_hook_name: str | None = None
+    # runtime input normalisation steps (sae_fast.input_norm): SAELens's
+    # constant_norm_rescale / layer_norm, TransformerLens's centring ("center")
+    input_norm: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +84,12 @@ class SAEConfig:
         self.activation = arch.name  # a SAELens name or alias becomes ours
         self._validate_transcoder()
         arch.validate(self)
+        self.input_norm = check_steps(self.input_norm)
+        if self.transcoder and "center" in self.input_norm:
+            raise ConfigError(
+                "input_norm 'center' (TransformerLens's centred residual stream) is for SAEs: "
+                "a transcoder's output lives at another hook, whose mean it cannot know"
+            )
         self.dtype = dtype_name(dtype_from_name(self.dtype))
         for name in ("model_name", "hook_name", "target_hook_name"):
             value = getattr(self, name)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from . import architectures
 from .config import SAEConfig, dtype_from_name
 from .errors import ConfigError
+from .input_norm import State, denormalise, normalise
 from .ops.dispatch import check_backend_name, get_backend, resolve_backend
 from .output import SAEOutput
 
@@ -51,6 +52,7 @@ class SparseAutoencoder(nn.Module):
         d_out: int | None = None,
         skip: bool = False,
         target_hook_name: str | None = None,
+        input_norm: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         torch_dtype = dtype_from_name(dtype)
@@ -59,7 +61,7 @@ class SparseAutoencoder(nn.Module):
             dtype=str(torch_dtype).removeprefix("torch."),
             model_name=model_name, hook_name=hook_name, metadata=dict(metadata or {}),
             options=dict(options or {}), transcoder=transcoder, d_out=d_out, skip=skip,
-            target_hook_name=target_hook_name,
+            target_hook_name=target_hook_name, input_norm=tuple(input_norm),
         )  # fmt: skip
         self.backend = check_backend_name(backend)
         device = torch.device(device)
@@ -195,7 +197,10 @@ class SparseAutoencoder(nn.Module):
         """Encode and decode `x [..., d_in]` (a skip transcoder adds `x @ W_skip.T` to the
         output); see SAEOutput for what is returned."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        out = self.arch.forward(self, x2, self.ops())
+        xn, state = normalise(x2, self.cfg.input_norm)
+        out = self.arch.forward(self, xn, self.ops())
+        if state and not self.cfg.transcoder:
+            out.reconstruction = denormalise(out.reconstruction, state)
         skip = self.skip_output(x2)
         if skip is not None:
             out.reconstruction = out.reconstruction + skip
@@ -210,23 +215,47 @@ class SparseAutoencoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Dense codes `[..., d_sae]`."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        return self.arch.encode(self, x2, self.ops()).reshape(*lead, self.d_sae)
+        xn, _ = normalise(x2, self.cfg.input_norm)
+        return self.arch.encode(self, xn, self.ops()).reshape(*lead, self.d_sae)
 
     def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`(values, indices)`, each `[..., k]` for topk; for dense codes each row's
         non-zeros, zero-padded to the batch's largest L0."""
         x2, lead = self._flatten(x, self.d_in, "x")
-        values, indices = self.arch.encode_sparse(self, x2, self.ops())
+        xn, _ = normalise(x2, self.cfg.input_norm)
+        values, indices = self.arch.encode_sparse(self, xn, self.ops())
         return values.reshape(*lead, -1), indices.reshape(*lead, -1)
 
-    def decode(self, acts: Tensor) -> Tensor:
+    def decode(self, acts: Tensor, like: Tensor | None = None) -> Tensor:
         """Output `[..., d_out]` from dense codes `[..., d_sae]` (without a skip term, which
-        needs the input: as SAELens's decode)."""
+        needs the input: as SAELens's decode). An SAE with a runtime input normalisation
+        denormalises by the statistics of its input `like` (the x that was encoded)."""
         a2, lead = self._flatten(acts, self.d_sae, "acts")
-        return self.ops().decode_dense(a2, self.W_dec, self.b_dec).reshape(*lead, self.d_out)
+        recon = self.ops().decode_dense(a2, self.W_dec, self.b_dec)
+        return self._denormalise(recon, like, a2.shape[0]).reshape(*lead, self.d_out)
 
-    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
-        """Output `[..., d_out]` from a sparse code `values, indices [..., k]` (no skip term)."""
+    def input_state(self, x: Tensor) -> State:
+        """What the runtime input normalisation keeps of 2-D `x` to undo itself (empty when
+        the SAE has none); `sae_fast.input_norm.output_scale` reads it."""
+        return normalise(self._flatten(x, self.d_in, "x")[0], self.cfg.input_norm)[1]
+
+    def _denormalise(self, recon: Tensor, like: Tensor | None, rows: int) -> Tensor:
+        if not self.cfg.input_norm or self.cfg.transcoder:
+            return recon
+        if like is None:
+            raise ValueError(
+                f"this SAE normalises its input at run time ({', '.join(self.cfg.input_norm)}): "
+                "its output is mapped back by the input's own statistics; pass "
+                "decode(acts, like=x) with the x that was encoded, or use forward(x)"
+            )
+        state = self.input_state(like)
+        if state[0][1].shape[0] != rows:
+            raise ValueError(f"like has {state[0][1].shape[0]} rows, the code has {rows}")
+        return denormalise(recon, state)
+
+    def decode_sparse(self, values: Tensor, indices: Tensor, like: Tensor | None = None) -> Tensor:
+        """Output `[..., d_out]` from a sparse code `values, indices [..., k]` (no skip term;
+        `like` as in `decode`)."""
         if not isinstance(indices, Tensor) or indices.dtype != torch.int64:
             got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
             raise TypeError(f"indices must be an int64 tensor, got {got}")
@@ -246,7 +275,7 @@ class SparseAutoencoder(nn.Module):
         if lo < 0 or hi >= self.d_sae:
             raise IndexError(f"indices must be in [0, {self.d_sae}), got range [{lo}, {hi}]")
         recon = self.ops().decode_sparse(v2, i2, self.W_dec, self.b_dec)
-        return recon.reshape(*lead, self.d_out)
+        return self._denormalise(recon, like, v2.shape[0]).reshape(*lead, self.d_out)
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float, target_scale: float | None = None) -> None:
@@ -254,6 +283,11 @@ class SparseAutoencoder(nn.Module):
         default `scale`) read `x` and predict `y` themselves, with the same code: the
         pre-activations `(s x - b_dec) @ W_enc` equal `(x - b_dec / s) @ (s W_enc)`, and the
         output is divided by the target's scale. In place; exact up to rounding."""
+        if self.cfg.input_norm:
+            raise ConfigError(
+                f"this SAE normalises its input at run time ({', '.join(self.cfg.input_norm)}): "
+                "an input scale is normalised away, there is nothing to fold"
+            )
         out_scale = scale if target_scale is None else target_scale
         if not self.cfg.transcoder and out_scale != scale:
             raise ConfigError("an SAE's input is its target: it has one scale")
@@ -281,6 +315,23 @@ class SparseAutoencoder(nn.Module):
         return _FORMAT["load"](path, device=device, dtype=dtype, backend=backend)
 
     @classmethod
+    def from_pretrained(
+        cls,
+        release: str,
+        sae_id: str | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        backend: str = "auto",
+    ) -> SparseAutoencoder:
+        """A pretrained SAE: a SAELens registry release and its `sae_id`, or a Hugging Face
+        repo id with an optional folder, downloaded through huggingface_hub (its cache
+        serves offline, with HF_HUB_OFFLINE=1). See `sae_fast.formats.pretrained`."""
+        if "pretrained" not in _FORMAT:
+            raise ConfigError("no pretrained-release loader is registered (import sae_fast)")
+        return _FORMAT["pretrained"](release, sae_id, device=device, dtype=dtype, backend=backend)
+
+    @classmethod
     def from_config(cls, cfg: SAEConfig, **kwargs: Any) -> SparseAutoencoder:
         """Build (freshly initialised) from a config."""
         if not isinstance(cfg, SAEConfig):
@@ -299,6 +350,13 @@ def _unit_rows(rows: int, width: int, device: torch.device) -> Tensor:
 _FORMAT: dict[str, Callable[..., Any]] = {}
 
 
-def use_format(save: Callable[..., Path], load: Callable[..., SparseAutoencoder]) -> None:
-    """Make `save` and `load` what `SparseAutoencoder.save` and `.load` call."""
+def use_format(
+    save: Callable[..., Path],
+    load: Callable[..., SparseAutoencoder],
+    pretrained: Callable[..., SparseAutoencoder] | None = None,
+) -> None:
+    """Make `save`, `load` and `pretrained` what `SparseAutoencoder.save`, `.load` and
+    `.from_pretrained` call."""
     _FORMAT.update(save=save, load=load)
+    if pretrained is not None:
+        _FORMAT["pretrained"] = pretrained

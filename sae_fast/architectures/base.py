@@ -57,6 +57,8 @@ class Architecture:
     latent_params: ClassVar[tuple[str, ...]] = ()  # its per-latent parameters ([d_sae] each)
     saelens_tensor_names: ClassVar[dict[str, str]] = {}  # ours -> SAELens's, where they differ
     option_names: ClassVar[tuple[str, ...]] = ()  # the cfg.options keys it reads
+    # SAELens's cfg of it may set rescale_acts_by_decoder_norm (folded on load)
+    saelens_rescales: ClassVar[bool] = False
     # its training settings: dataclasses whose fields TrainConfig (and `sae-fast train`) take
     train_configs: ClassVar[tuple[type, ...]] = ()
 

@@ -31,6 +31,7 @@ class BatchTopK(Architecture):
         "k x batch largest activations over the batch; a threshold at inference"
     )
     uses_k: ClassVar[bool] = True
+    saelens_rescales: ClassVar[bool] = True
     batch_wide: ClassVar[bool] = True
     train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining,)
 

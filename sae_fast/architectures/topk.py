@@ -22,6 +22,7 @@ class TopK(Architecture):
     saelens_name: ClassVar[str] = "topk"
     summary: ClassVar[str] = "k largest pre-activations per token (sparse code)"
     uses_k: ClassVar[bool] = True
+    saelens_rescales: ClassVar[bool] = True
     train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining,)
 
     @classmethod

@@ -15,10 +15,12 @@ Transcoders of the other architectures are written under the same pattern
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .. import architectures
 from .._version import __version__
@@ -34,10 +36,26 @@ from ..files import (
 )
 from ..sae import SparseAutoencoder
 from ._io import build_sae, cfg_get
+from .saelens_folds import (
+    check_finetuning_scale,
+    fold_decoder_norm,
+    fold_scale,
+    fold_whitening,
+    normalisation,
+    scaling_factor,
+    whitening,
+)
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
+# cfg keys SAELens keeps under "metadata" (its loaders' LLM_METADATA_KEYS)
+LLM_METADATA_KEYS = frozenset(
+    "model_name hook_name model_class_name hook_head_index model_from_pretrained_kwargs "
+    "prepend_bos exclude_special_tokens neuronpedia_id context_size seqpos_slice "
+    "dataset_path sae_lens_version sae_lens_training_version hook_name_out "
+    "hook_head_index_out hf_hook_name hf_hook_name_out".split()
+)
 
 
 def holds(path: Path) -> bool:
@@ -64,6 +82,15 @@ def split_transcoder(architecture: str) -> tuple[str, bool, bool]:
     return architecture, False, False
 
 
+def _saved_normalisation(steps: tuple[str, ...]) -> str:
+    """SAELens's `normalize_activations` for sae_fast's runtime steps ("center" is
+    TransformerLens's processing, recorded in the metadata, not a SAELens mode)."""
+    modes = [s for s in steps if s != "center"]
+    if len(modes) > 1:
+        raise ConfigError(f"SAELens runs one input normalisation, this SAE has {modes}")
+    return modes[0] if modes else "none"
+
+
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write `sae` to directory `path` (atomically: temp dir, then rename)."""
     cfg = sae.cfg
@@ -82,7 +109,7 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
         "dtype": dtype_name(sae.dtype),
         "device": "cpu",
         "apply_b_dec_to_input": not cfg.transcoder,
-        "normalize_activations": "none",
+        "normalize_activations": _saved_normalisation(cfg.input_norm),
         "reshape_activations": "none",
         "metadata": meta,
         "sae_fast": {"version": __version__, "activation": cfg.activation},
@@ -101,8 +128,43 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     return Path(path)
 
 
-def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float | None]:
-    """SAELens cfg dict -> (SAEConfig, apply_b_dec_to_input, batchtopk_threshold)."""
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`raw` with SAELens-style `config_overrides` applied (metadata keys into metadata)."""
+    if not overrides:
+        return raw
+    out = dict(raw)
+    meta = dict(out.get("metadata") or {})
+    for key, value in overrides.items():
+        if key in LLM_METADATA_KEYS and "metadata" in out:
+            meta[key] = value
+        else:
+            out[key] = value
+    if "metadata" in out:
+        out["metadata"] = meta
+    return out
+
+
+@dataclass
+class _Folds:
+    """What the loader does to the tensors beyond renaming them (saelens_folds)."""
+
+    apply_b_dec: bool
+    rescale: bool
+    normalisation: str
+
+
+def _pre_6(raw: dict[str, Any]) -> dict[str, Any]:
+    """A pre-6.0 SAELens cfg (flat keys) in the 6.x form, as SAELens's loader reads it."""
+    out = {{"hook_point": "hook_name", "hook_point_head_index": "hook_head_index"}.get(k, k): v
+           for k, v in raw.items()}  # fmt: skip
+    if "metadata" not in out:
+        out["metadata"] = {k: out[k] for k in LLM_METADATA_KEYS if k in out}
+    return out
+
+
+def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, _Folds, float | None]:
+    """SAELens cfg dict -> (SAEConfig, the folds to apply, batchtopk_threshold)."""
+    raw = _pre_6(raw)
     arch = cfg_get(raw, "architecture", str, where, default="standard")
     arch, transcoder, skip = split_transcoder(arch)
     d_in = cfg_get(raw, "d_in", int, where)
@@ -116,20 +178,22 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
     apply_b_dec = cfg_get(raw, "apply_b_dec_to_input", bool, where, default=not transcoder)
     if transcoder and apply_b_dec:
         raise FormatError(f"{where}: a transcoder cannot have apply_b_dec_to_input=true")
-    norm = cfg_get(raw, "normalize_activations", str, where, default="none")
-    if norm != "none":
+    norm = normalisation(raw, where)
+    if transcoder and norm == "covariance_whitening":
         raise FormatError(
-            f"{where}: normalize_activations={norm!r} is not supported; "
-            "fold the normalisation into the weights before exporting"
+            f"{where}: normalize_activations='covariance_whitening' on a transcoder: its "
+            "output is not in the whitened space, so the whitening cannot be undone there"
         )
     reshape = cfg_get(raw, "reshape_activations", str, where, default="none")
     if reshape != "none":
-        raise FormatError(f"{where}: reshape_activations={reshape!r} is not supported")
-    if cfg_get(raw, "rescale_acts_by_decoder_norm", bool, where, default=False):
-        raise FormatError(f"{where}: rescale_acts_by_decoder_norm=true is not supported")
+        raise FormatError(
+            f"{where}: reshape_activations={reshape!r} (per-head hook_z activations) is not "
+            "supported: sae_fast hooks whole-width activations"
+        )
+    rescale = cfg_get(raw, "rescale_acts_by_decoder_norm", bool, where, default=False)
 
     # Older SAELens: architecture "standard" + activation_fn_str "topk" + kwargs {"k": ..}.
-    act_fn = cfg_get(raw, "activation_fn_str", str, where, default="relu")
+    act_fn = raw.get("activation_fn_str", raw.get("activation_fn", "relu"))
     if arch == "standard" and act_fn == "topk":
         arch = "topk"
         kwargs = cfg_get(raw, "activation_fn_kwargs", dict, where, default={})
@@ -147,18 +211,20 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
         ) from None
     fields = architecture.from_saelens(raw, where)
 
-    meta = raw.get("metadata", raw.get("meta", {})) or {}
+    meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise ConfigError(f"{where}: 'metadata' must be an object, got {type(meta).__name__}")
     model_name = meta.get("model_name", raw.get("model_name"))
-    hook_name = meta.get("hook_name", raw.get("hook_name"))
+    hook_name = ours.get("hook_name", meta.get("hook_name", raw.get("hook_name")))
     hook_out = meta.get("hook_name_out", raw.get("hook_name_out")) if transcoder else None
+    hook_out = ours.get("hook_name_out", hook_out) if transcoder else None
     named = ("model_name", "hook_name", "hook_name_out")
     extra = {k2: v for k2, v in meta.items() if k2 not in named}
     options = fields.pop("options", ours.get("options", {}))
     thr = ours.get("batchtopk_threshold")
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
         raise ConfigError(f"{where}: sae_fast.batchtopk_threshold must be a number")
+    steps = [norm] if norm in ("constant_norm_rescale", "layer_norm") else []
     try:
         cfg = SAEConfig(
             d_in=d_in,
@@ -174,10 +240,39 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, bool, float 
             d_out=d_out,
             skip=skip,
             target_hook_name=hook_out if isinstance(hook_out, str) and hook_out else None,
+            input_norm=tuple(steps),
         )
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
-    return cfg, apply_b_dec, None if thr is None else float(thr)
+    folds = _Folds(apply_b_dec, rescale and architecture.saelens_rescales, norm)
+    return cfg, folds, None if thr is None else float(thr)
+
+
+def _apply_folds(
+    tensors: dict[str, Tensor],
+    cfg: SAEConfig,
+    folds: _Folds,
+    path: Path,
+    norm_scaling_factor: float | None,
+    where: str,
+) -> None:
+    """The folds of `folds` on the sae_fast-named `tensors`, in place (module docstring of
+    saelens_folds: decoder norms, the input bias, then the input normalisation)."""
+    check_finetuning_scale(tensors, where)
+    if not {"W_enc", "b_enc", "W_dec", "b_dec"} <= set(tensors):
+        return  # build_sae names what is missing
+    if not folds.apply_b_dec and not cfg.transcoder:
+        architectures.get(cfg.activation).fold_input_bias(tensors)
+    # SAELens's order: its from_pretrained folds the scale into the raw weights and then
+    # rescales by the norms of the scaled decoder (the codes shrink by the factor); its
+    # TopK whitening fold folds the norms first. Both are matched exactly.
+    if folds.normalisation == "expected_average_only_in":
+        fold_scale(tensors, scaling_factor(path, norm_scaling_factor, where))
+    if folds.rescale:
+        fold_decoder_norm(tensors)
+    if folds.normalisation == "covariance_whitening":
+        fold_whitening(tensors, *whitening(path, cfg.d_in, where))
+    # float64 where folded: build_sae's cast to the SAE's dtype is the one rounding
 
 
 def load_saelens(
@@ -186,15 +281,19 @@ def load_saelens(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str | None = None,
     backend: str = "auto",
+    cfg_overrides: dict[str, Any] | None = None,
+    norm_scaling_factor: float | None = None,
 ) -> SparseAutoencoder:
-    """Load a directory written by sae_fast or SAELens."""
+    """Load a directory written by sae_fast or SAELens. `cfg_overrides` are merged into
+    its cfg.json as SAELens's registry `config_overrides` are (metadata keys into
+    metadata); `norm_scaling_factor` is the registry's factor of an
+    `expected_average_only_in` SAE, folded into the weights."""
     path = require_dir(path)
-    cfg, apply_b_dec, thr = _parse_cfg(read_json(path / CFG_FILENAME), str(path / CFG_FILENAME))
+    raw = with_overrides(read_json(path / CFG_FILENAME), cfg_overrides)
+    cfg, folds, thr = _parse_cfg(raw, str(path / CFG_FILENAME))
     tensors = read_safetensors(path / WEIGHTS_FILENAME)
-    arch = architectures.get(cfg.activation)
-    tensors = arch.tensors_from_saelens(tensors)
-    if not apply_b_dec and not cfg.transcoder and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
-        arch.fold_input_bias(tensors)
+    tensors = architectures.get(cfg.activation).tensors_from_saelens(tensors)
+    _apply_folds(tensors, cfg, folds, path, norm_scaling_factor, str(path / WEIGHTS_FILENAME))
     return build_sae(
         cfg,
         tensors,
