@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import architectures
 from .config import SAEConfig, dtype_from_name
 from .errors import ConfigError
-from .input_norm import State, denormalise, normalise
+from .input_norm import State, denormalise, normalise, output_scale
 from .ops.dispatch import check_backend_name, get_backend, resolve_backend
 from .output import SAEOutput
 
@@ -238,6 +238,14 @@ class SparseAutoencoder(nn.Module):
         """What the runtime input normalisation keeps of 2-D `x` to undo itself (empty when
         the SAE has none); `sae_fast.input_norm.output_scale` reads it."""
         return normalise(self._flatten(x, self.d_in, "x")[0], self.cfg.input_norm)[1]
+
+    def decoder_scale(self, x: Tensor) -> Tensor | None:
+        """`[B, 1]`: what one unit of a code moves the output along its decoder row, for the
+        rows of 2-D `x` (None: 1; only a per-row runtime normalisation of an SAE's input
+        rescales its output). Steering and attribution scale decoder rows by it."""
+        if not self.cfg.input_norm or self.cfg.transcoder:
+            return None
+        return output_scale(self.input_state(x))
 
     def _denormalise(self, recon: Tensor, like: Tensor | None, rows: int) -> Tensor:
         if not self.cfg.input_norm or self.cfg.transcoder:

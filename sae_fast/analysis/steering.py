@@ -65,11 +65,14 @@ def steering_delta(
     ids = torch.tensor(list(features), device=sae.device)
     target = torch.tensor(list(features.values()), device=sae.device, dtype=sae.dtype)
     W = sae.W_dec[ids]  # [m, d_out]
+    scale = sae.decoder_scale(x)  # [n, 1] under a per-row input normalisation, else None
     if mode == "add":
-        return (target @ W).expand(x.shape[0], -1)
-    acts = sae.encode(x)[:, ids]  # [n, m]
-    new = torch.zeros_like(acts) if mode == "ablate" else target.expand_as(acts)
-    return (new - acts) @ W
+        delta = (target @ W).expand(x.shape[0], -1)
+    else:
+        acts = sae.encode(x)[:, ids]  # [n, m]
+        new = torch.zeros_like(acts) if mode == "ablate" else target.expand_as(acts)
+        delta = (new - acts) @ W
+    return delta if scale is None else delta * scale
 
 
 @contextlib.contextmanager

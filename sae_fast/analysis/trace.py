@@ -170,7 +170,9 @@ def trace(
         vals, idx = vals[0], idx[0]
         keep = vals != 0
         vals, idx = vals[keep], idx[keep]
-        recon = sae.decode_sparse(vals.unsqueeze(0), idx.unsqueeze(0))[0]
+        recon = sae.decode_sparse(vals.unsqueeze(0), idx.unsqueeze(0), like=x.unsqueeze(0))[0]
+        scale = sae.decoder_scale(x.unsqueeze(0))  # a per-row input normalisation's, or None
+        unit = 1.0 if scale is None else float(scale)
         skip = sae.skip_output(x.unsqueeze(0))
         if skip is not None:
             skip = skip[0]
@@ -199,10 +201,13 @@ def trace(
         output = f"{v} · {v}̂/||{v}̂|| (activation along its reconstruction)"
         value = float(y @ g)
     with torch.no_grad():
-        attr = vals * (sae.W_dec[idx] @ g)
+        attr = vals * (sae.W_dec[idx] @ g) * unit
         err = float((y - recon) @ g)
-        bias = float(sae.b_dec @ g)
         skip_attr = 0.0 if skip is None else float(skip @ g)
+        if scale is None:
+            bias = float(sae.b_dec @ g)
+        else:  # the denormalised b_dec plus what the normalisation adds back (its mean)
+            bias = float(recon @ g) - float(attr.sum()) - skip_attr
     labels = labels or Labels(sae.d_sae)
     feats = []
     for f, a, s in zip(idx.tolist(), vals.tolist(), attr.tolist(), strict=True):
@@ -223,7 +228,7 @@ def trace(
         if not on:
             return value
         a = torch.tensor([active[f] for f in on], device=sae.device, dtype=sae.dtype)
-        delta = a @ sae.W_dec[torch.tensor(on, device=sae.device)]
+        delta = a @ sae.W_dec[torch.tensor(on, device=sae.device)] * unit
         if not causal:  # the output is linear in the activation: m = y · g
             return float((y - delta) @ g)
 

@@ -85,6 +85,11 @@ class SAEBenchSAE(nn.Module):
         super().__init__()
         if sae.cfg.transcoder:
             raise ConfigError("SAEBench evaluates SAEs; this is a transcoder")
+        if sae.cfg.input_norm:
+            raise ConfigError(
+                f"this SAE normalises its input at run time ({', '.join(sae.cfg.input_norm)}) "
+                "and SAEBench's decode(f) has no input to denormalise by"
+            )
         self.sae = sae
         layer, hook_name = transformer_lens_hook(sae.require_hook(None))
         with torch.no_grad():
