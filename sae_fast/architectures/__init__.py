@@ -8,6 +8,7 @@ its module, its tests, and one line in `_ARCHITECTURES` below.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .abstopk import AbsTopK
 from .base import Architecture
 from .batchtopk import BatchTopK
 from .gated import Gated
@@ -23,6 +24,7 @@ _ARCHITECTURES: tuple[type[Architecture], ...] = (
     JumpReLU,
     Gated,
     MatryoshkaBatchTopK,
+    AbsTopK,
 )
 
 REGISTRY: dict[str, type[Architecture]] = {a.name: a for a in _ARCHITECTURES}

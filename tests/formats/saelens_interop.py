@@ -45,6 +45,7 @@ OURS = {
     "matryoshka_batchtopk": dict(
         activation="matryoshka_batchtopk", k=3, options={"matryoshka_widths": [4, 8]}
     ),
+    "abstopk": dict(activation="abstopk", k=3),
     "transcoder": dict(activation="relu", transcoder=True, d_out=D_OUT),
     "skip_transcoder": dict(activation="relu", transcoder=True, d_out=D_OUT, skip=True),
     "jumprelu_transcoder": dict(activation="jumprelu", transcoder=True, d_out=D_OUT),
@@ -63,6 +64,7 @@ THEIRS = {
     "skip_transcoder": dict(d_out=D_OUT),
     "jumprelu_transcoder": dict(d_out=D_OUT),
     "jumprelu_skip_transcoder": dict(d_out=D_OUT),
+    "abstopk": dict(k=3),
 }
 
 
@@ -127,6 +129,7 @@ OPTIONS = {
         dict(normalize_activations="covariance_whitening"),
         "whitened",
     ),
+    "abstopk_rescale": ("abstopk", dict(k=3, rescale_acts_by_decoder_norm=True), "model"),
 }
 SCALE = 0.37  # the checkpoints' expected_average_only_in factor
 
