@@ -49,6 +49,11 @@ from .saelens_folds import (
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
+# SAELens inference architectures sae_fast does not run, and why
+UNSUPPORTED = {
+    "temporal": " (its code attends over the context's earlier tokens: not a per-token SAE)",
+    "matching_pursuit": " (its encoder is an iterative greedy pursuit on the decoder)",
+}
 # cfg keys SAELens keeps under "metadata" (its loaders' LLM_METADATA_KEYS)
 LLM_METADATA_KEYS = frozenset(
     "model_name hook_name model_class_name hook_head_index model_from_pretrained_kwargs "
@@ -205,8 +210,9 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, _Folds, floa
     try:
         architecture = architectures.get(arch)
     except ConfigError:
+        why = UNSUPPORTED.get(arch, "")
         raise FormatError(
-            f"{where}: architecture {arch!r} is not supported; sae_fast loads "
+            f"{where}: architecture {arch!r} is not supported{why}; sae_fast loads "
             f"{sorted(architectures.names())} (SAELens 'standard' is relu)"
         ) from None
     fields = architecture.from_saelens(raw, where)
