@@ -123,7 +123,8 @@ def test_cli_train_hooks_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / "tc" / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "topk_skip_transcoder"
-    assert cfg["metadata"]["hook_name_out"] == "layers.1.mlp_out"
+    assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"  # SAELens's name
+    assert cfg["sae_fast"]["hook_name_out"] == "layers.1.mlp_out"
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):

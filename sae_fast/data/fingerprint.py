@@ -100,9 +100,13 @@ def mismatch(recorded: dict[str, Any] | None, model: nn.Module) -> str | None:
 
 def check_model(sae: Any, model: nn.Module, allow_other_model: bool = False) -> None:
     """ConfigError if `sae` was trained on another model than `model` (by fingerprint),
-    unless `allow_other_model`."""
+    unless `allow_other_model`; then matches an SAE trained on TransformerLens activations
+    to `model`'s (sae_fast.formats.transformer_lens.bind)."""
     why = mismatch(sae.cfg.metadata.get(FINGERPRINT_KEY), model)
     if why is None or allow_other_model:
+        from ..formats.transformer_lens import bind
+
+        bind(sae, model)  # an SAE of TransformerLens activations reads them from `model`
         return
     raise ConfigError(
         f"this SAE was trained on another model ({why}; trained on "

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..sae import SparseAutoencoder
-
-_TL = {"residual": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
+from .transformer_lens import hook_to_transformer_lens
 
 
 @dataclass
@@ -68,14 +67,16 @@ class SAEBenchConfig:
 
 
 def transformer_lens_hook(hook: str) -> tuple[int, str]:
-    """(layer, TransformerLens hook name) of a sae_fast hook point."""
-    if hook == "embeddings":
-        return 0, "blocks.0.hook_resid_pre"
-    m = re.fullmatch(r"layers\.(\d+)\.(residual|mlp_out|attn_out)", hook)
-    if m is None:
+    """(layer, TransformerLens hook name) of a sae_fast hook point (the one mapping:
+    sae_fast.formats.transformer_lens)."""
+    try:
+        name = hook_to_transformer_lens(hook)
+    except ConfigError as err:
+        raise ConfigError(f"hook {hook!r} has no TransformerLens name SAEBench can hook") from err
+    if name.endswith("mlp.hook_in"):  # SAELens's HookedSAETransformer has it, SAEBench's model not
         raise ConfigError(f"hook {hook!r} has no TransformerLens name SAEBench can hook")
-    layer = int(m.group(1))
-    return layer, f"blocks.{layer}.{_TL[m.group(2)]}"
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return (int(m.group(1)) if m else 0), name
 
 
 class SAEBenchSAE(nn.Module):

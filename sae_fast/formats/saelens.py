@@ -45,6 +45,13 @@ from .saelens_folds import (
     scaling_factor,
     whitening,
 )
+from .transformer_lens import (
+    TL_HOOK_KEY,
+    TL_HOOK_OUT_KEY,
+    hook_from_transformer_lens,
+    hook_to_transformer_lens,
+    is_transformer_lens_name,
+)
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -96,13 +103,43 @@ def _saved_normalisation(steps: tuple[str, ...]) -> str:
     return modes[0] if modes else "none"
 
 
+def _tl_name(hook: str | None, original: str | None) -> str | None:
+    """The TransformerLens name SAELens reads for sae_fast hook `hook`: the name the SAE came
+    with when it still names that hook, else the mapped one, else `hook` as it is."""
+    if hook is None:
+        return None
+    if original is not None and _from_tl(original) == hook:
+        return original
+    try:
+        return hook_to_transformer_lens(hook)
+    except ConfigError:
+        return hook
+
+
+def _from_tl(name: str) -> str | None:
+    """sae_fast's hook for TransformerLens hook `name` (None: no equivalent here)."""
+    try:
+        return hook_from_transformer_lens(name)
+    except ConfigError:
+        return None
+
+
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write `sae` to directory `path` (atomically: temp dir, then rename)."""
     cfg = sae.cfg
-    meta: dict[str, Any] = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
+    meta: dict[str, Any] = dict(cfg.metadata)
+    native = TL_HOOK_KEY not in meta  # trained on Hugging Face activations: no processing
+    meta.pop(TL_HOOK_KEY, None)
+    meta.pop(TL_HOOK_OUT_KEY, None)
+    meta["model_name"] = cfg.model_name
+    meta["hook_name"] = _tl_name(cfg.hook_name, cfg.metadata.get(TL_HOOK_KEY))
     if cfg.transcoder:
-        meta["hook_name_out"] = cfg.target_hook_name
-    meta.update(cfg.metadata)
+        meta["hook_name_out"] = _tl_name(cfg.target_hook_name, cfg.metadata.get(TL_HOOK_OUT_KEY))
+    added = []  # metadata written for SAELens's sake only, dropped again on load
+    if native and "model_from_pretrained_kwargs" not in meta:
+        # SAELens loads the model as sae_fast read it: no weight processing
+        meta["model_from_pretrained_kwargs"] = {"center_writing_weights": False}
+        added.append("model_from_pretrained_kwargs")
     architecture = sae.arch.saelens_architecture(sae)
     if cfg.transcoder:
         architecture = transcoder_architecture(architecture, cfg.skip)
@@ -117,8 +154,20 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
         "normalize_activations": _saved_normalisation(cfg.input_norm),
         "reshape_activations": "none",
         "metadata": meta,
-        "sae_fast": {"version": __version__, "activation": cfg.activation},
+        "sae_fast": {
+            "version": __version__,
+            "activation": cfg.activation,
+            "hook_name": cfg.hook_name,
+        },
     }
+    if cfg.transcoder:
+        out["sae_fast"]["hook_name_out"] = cfg.target_hook_name
+    if added:
+        out["sae_fast"]["added_metadata"] = added
+    if not native:
+        out["metadata"][TL_HOOK_KEY] = meta["hook_name"]
+        if cfg.transcoder:
+            out["metadata"][TL_HOOK_OUT_KEY] = meta["hook_name_out"]
     if cfg.options:
         out["sae_fast"]["options"] = cfg.options
     if cfg.k is not None:
@@ -225,7 +274,21 @@ def _parse_cfg(raw: dict[str, Any], where: str) -> tuple[SAEConfig, _Folds, floa
     hook_out = meta.get("hook_name_out", raw.get("hook_name_out")) if transcoder else None
     hook_out = ours.get("hook_name_out", hook_out) if transcoder else None
     named = ("model_name", "hook_name", "hook_name_out")
-    extra = {k2: v for k2, v in meta.items() if k2 not in named}
+    added = ours.get("added_metadata", [])
+    extra = {k2: v for k2, v in meta.items() if k2 not in named and k2 not in added}
+    # a TransformerLens name (SAELens's): read at sae_fast's equivalent hook, remembered so
+    # that the activations are matched to it (transformer_lens.bind) and saving writes it
+    for key, name, ours_key in ((TL_HOOK_KEY, hook_name, "hook_name"),
+                                (TL_HOOK_OUT_KEY, hook_out, "hook_name_out")):  # fmt: skip
+        if ours_key in ours or not isinstance(name, str) or not is_transformer_lens_name(name):
+            continue
+        mapped = _from_tl(name)
+        if mapped is not None:
+            extra.setdefault(key, name)
+            if key == TL_HOOK_KEY:
+                hook_name = mapped
+            else:
+                hook_out = mapped
     options = fields.pop("options", ours.get("options", {}))
     thr = ours.get("batchtopk_threshold")
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):

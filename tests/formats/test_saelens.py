@@ -59,7 +59,10 @@ def test_saelens_key_and_shape_contract(tmp_path, activation):
     assert cfg["architecture"] == ARCH[activation]
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (7, 13, "float32")
     assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
-    assert cfg["metadata"]["hook_name"] == "layers.1.residual"
+    # SAELens's TransformerLens name (HF activations: no processing), and ours
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == {"center_writing_weights": False}
+    assert cfg["sae_fast"]["hook_name"] == "layers.1.residual"
     assert cfg["metadata"]["context_size"] == 128
     assert cfg.get("k") == (3 if activation in ("topk", "batchtopk") else None)
     with safe_open(str(tmp_path / "sae" / "sae_weights.safetensors"), "pt") as f:
@@ -128,7 +131,9 @@ def test_loads_a_saelens_v6_directory_with_same_outputs(tmp_path, arch, apply_b_
         cfg["k"] = 4
     _write_saelens_dir(tmp_path / "d", cfg, t)
     sae = SparseAutoencoder.load(tmp_path / "d", dtype=torch.float64)
-    assert sae.cfg.hook_name == "blocks.3.hook_resid_post" and sae.cfg.model_name == "gpt2"
+    # SAELens's TransformerLens name read at sae_fast's hook, and kept for saving
+    assert sae.cfg.hook_name == "layers.3.residual" and sae.cfg.model_name == "gpt2"
+    assert sae.cfg.metadata["transformer_lens_hook_name"] == "blocks.3.hook_resid_post"
     x = torch.randn(9, 6)
     want = _saelens_forward({k: v.double() for k, v in t.items()}, x.double(), arch, 4, apply_b_dec)
     assert_close(sae(x.double()).reconstruction, want, f"{arch} recon", rtol=1e-9, atol=1e-9)
@@ -149,7 +154,7 @@ def test_loads_older_saelens_topk_config(tmp_path):
     _write_saelens_dir(tmp_path / "d", cfg, t)
     sae = SparseAutoencoder.load(tmp_path / "d")
     assert sae.activation == "topk" and sae.k == 3
-    assert sae.cfg.hook_name == "blocks.0.hook_resid_pre"
+    assert sae.cfg.hook_name == "embeddings"
     x = torch.randn(5, 6)
     assert_close(
         sae(x).reconstruction, _saelens_forward(t, x, "topk", 3), "recon", rtol=1e-5, atol=1e-5
