@@ -1,6 +1,9 @@
 """`sae-fast`: the command line. Subcommands: `train`, `eval`, `sweep`, `features`, `label`,
 `steer`, `monitor`, `trace`, `hooks`.
 
+Every command that takes an SAE directory also takes a pretrained SAE: `release/sae_id`
+of SAELens's registry, or a Hugging Face `org/name[/folder]` (an existing directory wins).
+
 Expected errors (bad flags, missing files, unknown hooks) print one line `error: ...` and
 exit with status 2; Ctrl-C during training saves a checkpoint and exits with 130.
 """
@@ -19,6 +22,11 @@ from .errors import ConfigError, SAEFastError
 
 # `sae-fast train` flags beyond TrainConfig's fields: which SAEs one pass trains
 PLAN_FLAGS = ("hooks", "expansions")
+# the positional SAE argument of every analysis command
+SAE_HELP = (
+    "SAE directory (sae_fast, SAELens, sparsify, dictionary_learning), or a pretrained SAE: "
+    "RELEASE/SAE_ID of SAELens's registry or a Hugging Face ORG/NAME[/FOLDER]"
+)
 
 
 def _parse_optional(kind):
@@ -353,6 +361,7 @@ def _cmd_absorption(args: argparse.Namespace) -> int:
 
     from .eval.absorption import absorption
     from .files import atomic_file
+    from .formats.pretrained import sae_directory
 
     sae, model, tokenizer, _labels = _load_sae_and_model(args)
     report = absorption(sae, model, tokenizer, n_words=args.words, seed=args.seed)
@@ -363,7 +372,7 @@ def _cmd_absorption(args: argparse.Namespace) -> int:
         "probe_accuracy": report.probe_accuracy,
         "letters": [asdict(r) for r in report.letters],
     }
-    path = os.path.join(args.sae_dir, "absorption.json")
+    path = sae_directory(args.sae_dir) / "absorption.json"
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2) if args.json else report.table())
@@ -408,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expansions", default=None, help="several widths on each hook, e.g. 8,16,32")
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained SAE (metrics table, --json)")
-    e.add_argument("sae_dir", help="SAE directory (sae_fast, SAELens, sparsify, ...)")
+    e.add_argument("sae_dir", help=SAE_HELP)
     add_config_flags(e, EvalConfig)
     e.set_defaults(func=_cmd_eval)
     s = sub.add_parser(
@@ -440,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def analysis_parser(name: str, help: str) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help)
-        a.add_argument("sae_dir", help="SAE directory")
+        a.add_argument("sae_dir", help=SAE_HELP)
         a.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
         a.add_argument(
             "--allow-other-model",
@@ -450,11 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         return a
 
     f = sub.add_parser("features", help="write the feature browser (a static site)")
-    f.add_argument("sae_dir", help="SAE directory")
+    f.add_argument("sae_dir", help=SAE_HELP)
     add_config_flags(f, FeaturesConfig)
     f.set_defaults(func=_cmd_features)
     lab = sub.add_parser("label", help="set (or --clear) a human label of a feature")
-    lab.add_argument("sae_dir", help="SAE directory")
+    lab.add_argument("sae_dir", help=SAE_HELP)
     lab.add_argument("feature", type=int, help="feature id")
     lab.add_argument("label", nargs="?", default=None, help="label text")
     lab.add_argument("--note", default="", help="free-text note")
@@ -475,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     st.set_defaults(func=_cmd_steer)
     mo = sub.add_parser("monitor", help="check JSONL inputs against feature rules")
-    mo.add_argument("sae_dir", help="SAE directory")
+    mo.add_argument("sae_dir", help=SAE_HELP)
     add_config_flags(mo, MonitorConfig)
     mo.set_defaults(func=_cmd_monitor)
     tr = analysis_parser("trace", "features active at a token and their contributions")
@@ -486,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="print JSON")
     tr.set_defaults(func=_cmd_trace)
     ai = sub.add_parser("autointerp", help="explain features with an LLM and score the labels")
-    ai.add_argument("sae_dir", help="SAE directory")
+    ai.add_argument("sae_dir", help=SAE_HELP)
     ai.add_argument("--features", type=int, default=50, help="random live features (50)")
     ai.add_argument("--ids", default=None, help="these feature ids instead, e.g. 12,40")
     ai.add_argument("--endpoint", default=None, help="OpenAI-compatible URL, e.g. .../v1")

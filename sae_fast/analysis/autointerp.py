@@ -433,7 +433,11 @@ def autointerp(
 def save_labels(
     result: AutoInterpResult, labels: Labels, sae_dir: str | Path, source_note: str = ""
 ) -> Path:
-    """Write the labels (auto, unverified; human ones kept) and `autointerp.json`."""
+    """Write the labels (auto, unverified; human ones kept) and `autointerp.json` into
+    `sae_dir` (a pretrained spec: its Hugging Face cache folder)."""
+    from ..formats.pretrained import sae_directory
+
+    sae_dir = sae_directory(sae_dir)
     for s in result.features:
         if labels.get(s.feature).source == "human":
             result.kept_human.append(s.feature)

@@ -64,8 +64,11 @@ class Labels:
 
     @classmethod
     def load(cls, sae_dir: str | Path, d_sae: int) -> Labels:
-        """Labels from `sae_dir/labels.json` (none if the file does not exist)."""
-        path = Path(sae_dir) / LABELS_FILE
+        """Labels from `sae_dir/labels.json` (none if the file does not exist); a pretrained
+        spec's labels live in its Hugging Face cache folder."""
+        from ..formats.pretrained import sae_directory
+
+        path = sae_directory(sae_dir) / LABELS_FILE
         if not path.exists():
             return cls(d_sae, path=path)
         data = read_json(path)

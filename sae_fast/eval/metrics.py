@@ -181,10 +181,12 @@ def log_density(density: Tensor) -> Tensor:
 
 def save_sparsity(sae_dir: str | Path, density: Tensor) -> Path:
     """Write `sparsity.safetensors` ({"sparsity": log10 density}) into `sae_dir`,
-    through a temp file and a rename."""
+    through a temp file and a rename (a pretrained spec: its Hugging Face cache folder)."""
     from safetensors.torch import save_file
 
-    path = Path(sae_dir) / SPARSITY_FILE
+    from ..formats.pretrained import sae_directory
+
+    path = sae_directory(sae_dir) / SPARSITY_FILE
     with atomic_file(path) as tmp:
         save_file({SPARSITY_KEY: log_density(density).contiguous()}, str(tmp))
     return path
@@ -192,7 +194,9 @@ def save_sparsity(sae_dir: str | Path, density: Tensor) -> Path:
 
 def load_sparsity(sae_dir: str | Path) -> Tensor:
     """Feature densities (not logs) from `sae_dir`'s `sparsity.safetensors`."""
-    tensors = read_safetensors(Path(sae_dir) / SPARSITY_FILE)
+    from ..formats.pretrained import sae_directory
+
+    tensors = read_safetensors(sae_directory(sae_dir) / SPARSITY_FILE)
     if SPARSITY_KEY not in tensors:
         raise FormatError(f"{sae_dir}/{SPARSITY_FILE} has no {SPARSITY_KEY!r} tensor")
     dens = torch.pow(10.0, tensors[SPARSITY_KEY].double()) - 1e-10

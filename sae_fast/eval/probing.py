@@ -182,8 +182,11 @@ def probe(
 
 
 def save_probe(report: ProbeReport, sae_dir: str | Path) -> Path:
-    """Write `probing.json` into the SAE directory (atomically)."""
-    path = Path(sae_dir) / PROBE_FILE
+    """Write `probing.json` into the SAE directory (atomically; a pretrained spec: its
+    Hugging Face cache folder)."""
+    from ..formats.pretrained import sae_directory
+
+    path = sae_directory(sae_dir) / PROBE_FILE
     data = {
         "mean_k20": report.mean(),
         "within_5_points": report.within(),

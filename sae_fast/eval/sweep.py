@@ -302,7 +302,9 @@ def interpretability(
 
 def sweep_report(sae_dir: str | Path) -> Path | None:
     """The report (sweep.md) of the sweep that trained this SAE, if one did and it exists."""
-    path = Path(sae_dir) / SWEEP_MARK
+    from ..formats.pretrained import sae_directory
+
+    path = sae_directory(sae_dir) / SWEEP_MARK
     try:
         report = Path(json.loads(path.read_text())["sweep"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -313,7 +315,9 @@ def sweep_report(sae_dir: str | Path) -> Path | None:
 def width_provenance(sae_dir: str | Path) -> str:
     """One line on how the SAE's width was chosen: by a sweep (with its report's path and
     whether this width was the elbow), or not (antipattern: sizing by intuition)."""
-    path = Path(sae_dir) / SWEEP_MARK
+    from ..formats.pretrained import sae_directory
+
+    path = sae_directory(sae_dir) / SWEEP_MARK
     if not path.exists():
         return (
             "width not chosen by a sweep: run `sae-fast sweep` to pick the dictionary size "

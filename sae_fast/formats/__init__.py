@@ -1,8 +1,9 @@
 """SAE file formats: the native (SAELens) format and importers for sparsify and
 dictionary_learning. `load_any` picks the format by asking each, in `FORMATS` order,
-whether the directory holds its files. Importing this package gives
-`SparseAutoencoder.save` and `.load` their format (formats depend on the SAE module,
-never the reverse)."""
+whether the directory holds its files; a name that is no local path but a pretrained spec
+(`release/sae_id`, `org/name[/folder]`) loads through `pretrained`. Importing this package
+gives `SparseAutoencoder.save`, `.load` and `.from_pretrained` their format (formats depend
+on the SAE module, never the reverse)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from pathlib import Path
 import torch
 
 from .. import sae as sae_module
-from ..errors import FormatError
+from ..errors import ConfigError, FormatError
 from ..files import atomic_directory, atomic_file, require_dir
 from ..sae import SparseAutoencoder
-from . import dictionary_learning, saelens, sparsify
+from . import dictionary_learning, pretrained, saelens, sparsify
 from .dictionary_learning import load_dictionary_learning
+from .pretrained import load_pretrained, pretrained_dir, sae_directory
 from .saelens import load_saelens, save_saelens
 from .sparsify import load_sparsify
 
@@ -33,8 +35,11 @@ __all__ = [
     "atomic_file",
     "load_any",
     "load_dictionary_learning",
+    "load_pretrained",
     "load_saelens",
     "load_sparsify",
+    "pretrained_dir",
+    "sae_directory",
     "save_saelens",
 ]
 
@@ -46,7 +51,18 @@ def load_any(
     dtype: torch.dtype | str | None = None,
     backend: str = "auto",
 ) -> SparseAutoencoder:
-    """Load an SAE directory in any supported layout, chosen by the files it holds."""
+    """Load an SAE directory in any supported layout, chosen by the files it holds; a
+    pretrained spec that is no local path (see `pretrained.is_pretrained_spec`) is
+    downloaded (or found in the Hugging Face cache) and loaded."""
+    if pretrained.is_pretrained_spec(path):
+        try:
+            return load_pretrained(str(path), device=device, dtype=dtype, backend=backend)
+        except (ConfigError, FormatError) as err:
+            if str(path).split("/")[0] in pretrained.read_registry():
+                raise  # a release: the message names it
+            raise type(err)(
+                f"SAE directory {path} does not exist, and as a Hugging Face repo: {err}"
+            ) from err
     path = require_dir(path)
     for _name, holds, load in FORMATS:
         if holds(path):
@@ -57,4 +73,4 @@ def load_any(
     )
 
 
-sae_module.use_format(save_saelens, load_any)
+sae_module.use_format(save_saelens, load_any, load_pretrained)

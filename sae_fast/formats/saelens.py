@@ -195,6 +195,10 @@ def with_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dic
             out[key] = value
     if "metadata" in out:
         out["metadata"] = meta
+    ours = out.get("sae_fast")
+    if isinstance(ours, dict) and ours.get("added_metadata"):  # an override is not our default
+        added = [k for k in ours["added_metadata"] if k not in overrides]
+        out["sae_fast"] = {**ours, "added_metadata": added}
     return out
 
 

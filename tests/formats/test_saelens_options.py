@@ -218,3 +218,11 @@ def test_older_files_and_refusals(tmp_path):
     _saelens_dir(tmp_path / "tw", wh, {})
     with pytest.raises(FormatError, match="covariance_whitening' on a transcoder"):
         load_saelens(tmp_path / "tw")
+
+
+def test_registry_overrides_win_over_what_sae_fast_added(tmp_path):
+    path = _rand_sae("relu", hook_name="layers.1.residual").save(tmp_path / "ours")
+    assert load_saelens(path).cfg.metadata == {}  # our no-processing default dropped again
+    kwargs = {"center_writing_weights": True}
+    sae = load_saelens(path, cfg_overrides={"model_from_pretrained_kwargs": kwargs})
+    assert sae.cfg.metadata["model_from_pretrained_kwargs"] == kwargs
