@@ -167,3 +167,22 @@ def backend_device(backend: str) -> str:
     from tests.conftest import DEVICE
 
     return "cpu" if backend == "native" else DEVICE
+
+
+def logit_gradient(model, ids, pos: int, tid: int, hook: str, width: int, eps: float = 1e-2):
+    """d logit[pos, tid] / d activation[pos] at `hook`, by central differences (a check on
+    attributions that does not share their autograd path)."""
+    from sae_fast.data.hooks import patch
+
+    def logit_with(delta):
+        def add(a):
+            a = a.clone()
+            a[0, pos] += delta
+            return a
+
+        with patch(model, hook, add), torch.no_grad():
+            return float(model(input_ids=ids).logits[0, pos, tid])
+
+    return torch.tensor(
+        [(logit_with(eps * e) - logit_with(-eps * e)) / (2 * eps) for e in torch.eye(width)]
+    )

@@ -10,7 +10,8 @@ import torch
 
 from sae_fast import SparseAutoencoder, steer, trace
 from sae_fast.data.activations import load_model
-from sae_fast.data.hooks import capture, patch, run_to_hook
+from sae_fast.data.hooks import capture, run_to_hook
+from tests.helpers import logit_gradient
 
 
 def _layer_norm_twin(path) -> SparseAutoencoder:
@@ -49,19 +50,7 @@ def test_trace_attributions_sum_to_the_output_under_layer_norm(gpt2_sae, gpt2_di
     with capture(model, "layers.0.residual") as box, torch.no_grad():
         x = run_to_hook(model, box, input_ids=ids)[0, pos]
 
-    def logit_with(delta):
-        def add(a):
-            a = a.clone()
-            a[0, pos] += delta
-            return a
-
-        with patch(model, "layers.0.residual", add), torch.no_grad():
-            return float(model(input_ids=ids).logits[0, pos, tid])
-
-    eps = 1e-2
-    g = torch.tensor(
-        [(logit_with(eps * e) - logit_with(-eps * e)) / (2 * eps) for e in torch.eye(32)]
-    )
+    g = logit_gradient(model, ids, pos, tid, "layers.0.residual", 32)
     assert res.total == pytest.approx(float(x @ g), rel=2e-2, abs=2e-3)
     top = res.features[0]
     std = float(x.std())  # the scale of this row under layer_norm

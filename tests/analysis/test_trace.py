@@ -12,7 +12,8 @@ from sae_fast import ConfigError, SparseAutoencoder, trace
 from sae_fast.analysis.labels import Labels
 from sae_fast.cli import main
 from sae_fast.data.activations import load_model
-from sae_fast.data.hooks import capture, patch, run_to_hook
+from sae_fast.data.hooks import capture, run_to_hook
+from tests.helpers import logit_gradient
 
 
 def test_causal_trace_sums_to_gradient_dot_activation(gpt2_sae, gpt2_dir):
@@ -28,19 +29,7 @@ def test_causal_trace_sums_to_gradient_dot_activation(gpt2_sae, gpt2_dir):
     tid = int(logits.argmax())
     assert res.output_value == pytest.approx(float(logits[tid]), rel=1e-5)
 
-    def logit_with(delta):
-        def add(a):
-            a = a.clone()
-            a[0, pos] += delta
-            return a
-
-        with patch(model, "layers.0.residual", add), torch.no_grad():
-            return float(model(input_ids=ids).logits[0, pos, tid])
-
-    eps = 1e-2
-    g = torch.tensor(
-        [(logit_with(eps * e) - logit_with(-eps * e)) / (2 * eps) for e in torch.eye(32)]
-    )
+    g = logit_gradient(model, ids, pos, tid, "layers.0.residual", 32)
     assert res.total == pytest.approx(float(x @ g), rel=2e-2, abs=2e-3)
     assert len(res.features) == int((sae.encode(x.unsqueeze(0)) != 0).sum())
     top = res.features[0]

@@ -185,19 +185,10 @@ def write_ours(root: Path) -> None:
 def saelens_step(root: Path) -> None:
     """SAELens loads every one of ours and checks the outputs; then writes its own."""
     import sae_lens
-    from sae_lens import SAE
     from sae_lens.registry import get_sae_class
 
     for case_dir in sorted((root / "ours").iterdir()):
-        sae = SAE.load_from_disk(str(case_dir))
-        io = load_file(str(case_dir / "io.safetensors"))
-        with torch.no_grad():
-            acts = sae.encode(io["x"])
-            errs = [
-                _check(f"{case_dir.name} encode", acts, io["acts"]),
-                _check(f"{case_dir.name} decode", sae.decode(io["acts"]), io["decoded"]),
-                _check(f"{case_dir.name} forward", sae(io["x"]), io["out"]),
-            ]
+        sae, errs = _saelens_checks(case_dir)
         print(f"saelens loads ours  {case_dir.name:26s} {type(sae).__name__:24s} "
               f"max err {max(errs):.2g}")  # fmt: skip
     for seed, (arch, kwargs) in enumerate(THEIRS.items()):
@@ -271,20 +262,26 @@ def _write_option_case(path: Path, arch: str, kwargs: dict, how: str, seed: int)
         _write_io(path, x, acts, decoded, reference(x))
 
 
-def saelens_back_step(root: Path) -> None:
-    """SAELens loads every SAE sae_fast saved again (root/back) and checks the outputs."""
+def _saelens_checks(case_dir: Path):
+    """SAELens loads `case_dir` and recomputes its io: (the SAE, each check's error). The
+    decode follows the encode, as SAELens's runtime normalisations need."""
     from sae_lens import SAE
 
+    sae = SAE.load_from_disk(str(case_dir))
+    io = load_file(str(case_dir / "io.safetensors"))
+    with torch.no_grad():
+        acts = sae.encode(io["x"])
+        return sae, [
+            _check(f"{case_dir.name} encode", acts, io["acts"]),
+            _check(f"{case_dir.name} decode", sae.decode(acts), io["decoded"]),
+            _check(f"{case_dir.name} forward", sae(io["x"]), io["out"]),
+        ]
+
+
+def saelens_back_step(root: Path) -> None:
+    """SAELens loads every SAE sae_fast saved again (root/back) and checks the outputs."""
     for case_dir in sorted((root / "back").iterdir()):
-        sae = SAE.load_from_disk(str(case_dir))
-        io = load_file(str(case_dir / "io.safetensors"))
-        with torch.no_grad():
-            acts = sae.encode(io["x"])
-            errs = [
-                _check(f"{case_dir.name} encode", acts, io["acts"]),
-                _check(f"{case_dir.name} decode", sae.decode(acts), io["decoded"]),
-                _check(f"{case_dir.name} forward", sae(io["x"]), io["out"]),
-            ]
+        sae, errs = _saelens_checks(case_dir)
         print(f"saelens loads back {case_dir.name:32s} {type(sae).__name__:24s} "
               f"max err {max(errs):.2g}")  # fmt: skip
 
