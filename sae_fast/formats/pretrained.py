@@ -9,7 +9,8 @@ is a repo id, the sae_id its (optional) folder. One string holds both for the CL
 
 Files come through `huggingface_hub.hf_hub_download` (the optional `sae_fast[hub]`
 dependency), so its cache serves offline with `HF_HUB_OFFLINE=1`. The folder is read as
-SAELens's format (`conversion_func` null), sparsify's or dictionary_learning's; a plain repo's
+SAELens's format (`conversion_func` null), sparsify's, dictionary_learning's or Gemma Scope's
+(gemma_2, gemma_3: sae_fast.formats.gemma_scope); a plain repo's
 layout is told by the files it holds. Other conversions are refused by name.
 """
 
@@ -28,8 +29,9 @@ import torch
 
 from ..errors import ConfigError, FormatError
 from ..sae import SparseAutoencoder
+from . import gemma_scope
 from .dictionary_learning import load_dictionary_learning
-from .saelens import load_saelens
+from .saelens import from_saelens_parts, load_saelens, with_overrides
 from .sparsify import load_sparsify
 
 REGISTRY_ENV = "SAE_FAST_SAELENS_REGISTRY"
@@ -40,10 +42,13 @@ LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sae_lens": (("cfg.json", "sae_weights.safetensors"), ("sparsity.safetensors",)),
     "sparsify": (("cfg.json", "sae.safetensors"), ()),
     "dictionary_learning_1": (("config.json", "ae.pt"), ()),
+    "gemma_2": (gemma_scope.GEMMA_2_FILES, ()),
+    "gemma_3": (gemma_scope.GEMMA_3_FILES, ("config.json",)),
 }
 # a registry's `conversion_func` -> our layout (null is SAELens's own format)
 CONVERSIONS = {None: "sae_lens", "sae_lens": "sae_lens", "sparsify": "sparsify",
-               "dictionary_learning_1": "dictionary_learning_1"}  # fmt: skip
+               "dictionary_learning_1": "dictionary_learning_1", "gemma_2": "gemma_2",
+               "gemma_3": "gemma_3"}  # fmt: skip
 # Hugging Face's repo-id rule: `org/name`, letters, digits, `-_.`, no `--` or `..`
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
@@ -462,6 +467,10 @@ def load_pretrained(
     """Load a pretrained SAE (`SparseAutoencoder.from_pretrained`): a registry release and
     sae_id, or a Hugging Face repo id and folder; see `resolve`."""
     target = resolve(release, sae_id, registry=registry)
+    if target.layout == "gemma_2":  # its cfg is in its names: refused before downloading
+        gemma_scope.gemma_2_cfg(target.repo_id, target.folder)
+    elif target.layout == "gemma_3":
+        gemma_scope.check_gemma_3(target.repo_id, target.folder)
     folder, layout = download(target, cache_dir=cache_dir)
     kw: dict[str, Any] = dict(device=device, dtype=dtype, backend=backend)
     if layout == "sae_lens":
@@ -469,6 +478,15 @@ def load_pretrained(
             folder, **kw, cfg_overrides=target.overrides or None,
             norm_scaling_factor=target.norm_scaling_factor,
         )  # fmt: skip
+    elif layout in ("gemma_2", "gemma_3"):  # Gemma Scope: a SAELens cfg from the names
+        if layout == "gemma_2":
+            raw = gemma_scope.gemma_2_cfg(target.repo_id, target.folder)
+            tensors = gemma_scope.read_gemma_2(folder)
+        else:
+            raw = gemma_scope.gemma_3_cfg(target.repo_id, folder, target.folder)
+            tensors = gemma_scope.read_gemma_3(folder)
+        raw = with_overrides(raw, target.overrides or None)
+        sae = from_saelens_parts(raw, tensors, folder, **kw, where=(target.describe(),) * 2)
     else:
         load = load_sparsify if layout == "sparsify" else load_dictionary_learning
         sae = _with_overrides(load(folder, **kw), target.overrides)

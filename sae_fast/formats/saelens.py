@@ -363,10 +363,30 @@ def load_saelens(
     `expected_average_only_in` SAE, folded into the weights."""
     path = require_dir(path)
     raw = with_overrides(read_json(path / CFG_FILENAME), cfg_overrides)
-    cfg, folds, thr = _parse_cfg(raw, str(path / CFG_FILENAME))
     tensors = read_safetensors(path / WEIGHTS_FILENAME)
+    return from_saelens_parts(
+        raw, tensors, path, device=device, dtype=dtype, backend=backend,
+        norm_scaling_factor=norm_scaling_factor,
+        where=(str(path / CFG_FILENAME), str(path / WEIGHTS_FILENAME)),
+    )  # fmt: skip
+
+
+def from_saelens_parts(
+    raw: dict[str, Any],
+    tensors: dict[str, Tensor],
+    path: Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    backend: str = "auto",
+    norm_scaling_factor: float | None = None,
+    where: tuple[str, str] = ("cfg", "weights"),
+) -> SparseAutoencoder:
+    """An SAE from a SAELens cfg dict and its SAELens-named tensors (what SAELens's
+    converters of other layouts produce); `path` holds any checkpoint statistics."""
+    cfg, folds, thr = _parse_cfg(raw, where[0])
     tensors = architectures.get(cfg.activation).tensors_from_saelens(tensors)
-    _apply_folds(tensors, cfg, folds, path, norm_scaling_factor, str(path / WEIGHTS_FILENAME))
+    _apply_folds(tensors, cfg, folds, path, norm_scaling_factor, where[1])
     return build_sae(
         cfg,
         tensors,
@@ -374,5 +394,5 @@ def load_saelens(
         dtype=dtype,
         backend=backend,
         batchtopk_threshold=thr,
-        where=str(path / WEIGHTS_FILENAME),
+        where=where[1],
     )

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from sae_fast import ConfigError, FormatError, SparseAutoencoder
 from sae_fast.analysis.labels import Labels
@@ -55,12 +57,28 @@ test-dl:
   saes:
   - id: blocks.3.hook_resid_post__trainer_0
     path: resid_post_layer_3/trainer_0
+test-llama:
+  repo_id: fnlp/Llama-Scope
+  conversion_func: llama_scope
+  saes:
+  - id: l0r_8x
+    path: L0R-8x
 test-gemma:
   repo_id: google/gemma-scope-2b-pt-res
   conversion_func: gemma_2
   saes:
-  - id: layer_0/width_16k/average_l0_105
-    path: layer_0/width_16k/average_l0_105
+  - id: layer_1/width_16k/average_l0_105
+    path: layer_1/width_16k/average_l0_105
+  - id: embedding/width_4k/average_l0_6
+    path: embedding/width_4k/average_l0_6
+test-gemma3:
+  repo_id: google/gemma-scope-2-270m-pt
+  conversion_func: gemma_3
+  saes:
+  - id: resid_post/layer_2_width_16k_l0_small
+    path: resid_post/layer_2_width_16k_l0_small
+  - id: mlp_out/layer_2_width_16k_l0_small
+    path: mlp_out/layer_2_width_16k_l0_small
 """
 
 
@@ -238,8 +256,59 @@ def test_converted_releases_and_detected_layouts(hub, tmp_path, layout):
 
 
 def test_unsupported_conversion_names_the_release_and_the_function(hub):
-    with pytest.raises(FormatError, match=r"test-gemma.*'gemma_2'.*sparsify"):
-        SparseAutoencoder.from_pretrained("test-gemma", "layer_0/width_16k/average_l0_105")
+    with pytest.raises(FormatError, match=r"test-llama.*'llama_scope'.*sparsify"):
+        SparseAutoencoder.from_pretrained("test-llama", "l0r_8x")
+
+
+def _gemma_params(d_in: int, d_sae: int, prefix: str = "W_") -> dict[str, np.ndarray]:
+    g = np.random.default_rng(0)
+    return {f"{prefix}enc": g.normal(size=(d_in, d_sae)).astype(np.float32),
+            f"{prefix}dec": g.normal(size=(d_sae, d_in)).astype(np.float32),
+            "b_enc": g.normal(size=d_sae).astype(np.float32) * 0.1,
+            "b_dec": g.normal(size=d_in).astype(np.float32),
+            "threshold": np.abs(g.normal(size=d_sae)).astype(np.float32)}  # fmt: skip
+
+
+def _jumprelu(p: dict[str, np.ndarray], x: torch.Tensor) -> torch.Tensor:
+    """Gemma Scope's JumpReLU written out: it does not centre its input."""
+    t = {k.lower(): torch.from_numpy(v).double() for k, v in p.items()}
+    pre = x @ t["w_enc"] + t["b_enc"]
+    return (pre * (pre > t["threshold"])) @ t["w_dec"] + t["b_dec"]
+
+
+def test_gemma_scope_releases_load_as_jumprelu(hub, tmp_path):
+    folder = "layer_1/width_16k/average_l0_105"
+    params = _gemma_params(2304, 16384)
+    buf = io.BytesIO()
+    np.savez(buf, **params)
+    cache_files(hub, "google/gemma-scope-2b-pt-res", {f"{folder}/params.npz": buf.getvalue()})
+    sae = SparseAutoencoder.from_pretrained("test-gemma", folder, backend="torch", dtype="float64")
+    assert (sae.activation, sae.d_in, sae.d_sae) == ("jumprelu", 2304, 16384)
+    assert sae.cfg.model_name == "google/gemma-2-2b" and sae.cfg.hook_name == "layers.1.residual"
+    x = torch.randn(3, 2304, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae(x).reconstruction, _jumprelu(params, x), rtol=1e-4, atol=1e-3
+        )
+    with pytest.raises(FormatError, match="embedding SAEs were trained"):
+        SparseAutoencoder.from_pretrained("test-gemma", "embedding/width_4k/average_l0_6")
+    # Gemma Scope 2 (Gemma 3): safetensors with lower-case names, widths from the weights
+    params3 = _gemma_params(640, 96, prefix="w_")
+    data = save(
+        {k: torch.from_numpy(v) for k, v in params3.items()}  # bytes, as the hub stores them
+    )
+    name = "resid_post/layer_2_width_16k_l0_small"
+    cache_files(hub, "google/gemma-scope-2-270m-pt", {f"{name}/params.safetensors": data})
+    sae3 = SparseAutoencoder.from_pretrained("test-gemma3", name, backend="torch", dtype="float64")
+    assert (sae3.d_in, sae3.d_sae, sae3.cfg.hook_name) == (640, 96, "layers.2.residual")
+    assert sae3.cfg.model_name == "google/gemma-3-270m-pt"
+    x3 = torch.randn(3, 640, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae3(x3).reconstruction, _jumprelu(params3, x3), rtol=1e-4, atol=1e-3
+        )
+    with pytest.raises(FormatError, match="normalises its MLP's output"):
+        SparseAutoencoder.from_pretrained("test-gemma3", "mlp_out/layer_2_width_16k_l0_small")
 
 
 def test_unknown_releases_and_sae_ids(hub):
@@ -339,8 +408,12 @@ def test_sae_lens_own_registry_resolves_and_loads_offline(hub, tmp_path):
     assert same_outputs(sae, got) and got.cfg.metadata["neuronpedia_id"] == "gpt2-small/8-res-jb"
     spec = "gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"  # an id with slashes
     assert pretrained.split_spec(spec, registry=registry)[1] == "layer_12/width_16k/average_l0_82"
-    with pytest.raises(FormatError, match=r"gemma-scope-2b-pt-res.*'gemma_2'"):
-        pretrained.resolve(spec, registry=registry)
+    assert pretrained.resolve(spec, registry=registry).layout == "gemma_2"  # Gemma Scope
+    llama = next(r for r, v in pretrained.read_registry(registry).items()
+                 if v.conversion_func == "llama_scope")  # fmt: skip
+    with pytest.raises(FormatError, match=r"'llama_scope'"):
+        pretrained.resolve(llama, next(iter(pretrained.read_registry(registry)[llama].paths)),
+                           registry=registry)  # fmt: skip
 
 
 def test_cli_commands_take_a_release_spec(hub, tmp_path, capsys):
