@@ -22,6 +22,7 @@ from sae_fast.analysis.labels import Labels
 from sae_fast.cli import main
 from sae_fast.eval.metrics import load_sparsity, save_sparsity
 from sae_fast.formats import pretrained
+from sae_fast.formats.transformer_lens import activation_transform
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -401,11 +402,23 @@ def test_sae_lens_own_registry_resolves_and_loads_offline(hub, tmp_path):
     )  # fmt: skip
     assert target.overrides["neuronpedia_id"] == "gpt2-small/8-res-jb"
     sae = make_sae(768, 64, model_name="gpt2", hook_name="blocks.8.hook_resid_pre")
-    cache_sae(hub, tmp_path, sae, target.repo_id, target.folder)
+    saved = sae.save(tmp_path / "jb")
+    cfg = json.loads((saved / "cfg.json").read_text())  # as SAELens wrote it: no sae_fast part
+    del cfg["sae_fast"]
+    cfg["metadata"].pop("model_from_pretrained_kwargs")
+    (saved / "cfg.json").write_text(json.dumps(cfg))
+    cache_dir_files(hub, target.repo_id, target.folder, saved)
     got = pretrained.load_pretrained(
         "gpt2-small-res-jb/blocks.8.hook_resid_pre", registry=registry, cache_dir=hub
     )
     assert same_outputs(sae, got) and got.cfg.metadata["neuronpedia_id"] == "gpt2-small/8-res-jb"
+    # the registry says TransformerLens centred GPT-2's writing weights for these SAEs: the
+    # SAE reads layers.7.residual, centred as TransformerLens's blocks.8.hook_resid_pre was
+    meta = got.cfg.metadata
+    assert meta["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
+    assert got.cfg.hook_name == "layers.7.residual"
+    assert meta["transformer_lens_hook_name"] == "blocks.8.hook_resid_pre"
+    assert activation_transform(meta, "blocks.8.hook_resid_pre", "gpt2").kind == "center"
     spec = "gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"  # an id with slashes
     assert pretrained.split_spec(spec, registry=registry)[1] == "layer_12/width_16k/average_l0_82"
     assert pretrained.resolve(spec, registry=registry).layout == "gemma_2"  # Gemma Scope
