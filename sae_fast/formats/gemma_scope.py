@@ -105,9 +105,11 @@ def check_gemma_3(repo_id: str, name: str, where: str = "Gemma Scope 2") -> None
         raise FormatError(f"{where}: {repo_id}/{name}: not a residual-stream SAE (resid_post)")
 
 
-def gemma_3_cfg(repo_id: str, folder: Path, name: str) -> dict[str, Any]:
+def gemma_3_cfg(
+    repo_id: str, folder: Path, name: str, tensors: dict[str, Tensor]
+) -> dict[str, Any]:
     """The SAELens cfg of a Gemma Scope 2 (Gemma 3) SAE in `folder` (`name`: its repo
-    folder), its widths read from the weights."""
+    folder), its widths those of its `tensors` (read_gemma_3)."""
     where = str(folder)
     check_gemma_3(repo_id, name, where)
     model = repo_id.replace("gemma-scope-2", "gemma-3")
@@ -119,7 +121,9 @@ def gemma_3_cfg(repo_id: str, folder: Path, name: str) -> dict[str, Any]:
             raise FormatError(f"{config}: architecture {arch!r} is not jump_relu")
         model = str(raw.get("model_name", model))
         model = (model if "google" in model else "google/" + model).replace("-v3", "-3")
-    w_enc = read_gemma_3(folder)["W_enc"]
+    if "W_enc" not in tensors:
+        raise FormatError(f"{folder / GEMMA_3_FILES[0]} has no w_enc (has {sorted(tensors)})")
+    w_enc = tensors["W_enc"]
     return _cfg(int(w_enc.shape[0]), int(w_enc.shape[1]), model, _layer(name, where))
 
 
@@ -127,3 +131,20 @@ def read_gemma_3(folder: Path) -> dict[str, Tensor]:
     """SAELens-named tensors of `folder/params.safetensors`."""
     tensors = read_safetensors(folder / GEMMA_3_FILES[0])
     return {("W_" + k[2:] if k.startswith("w_") else k): t for k, t in tensors.items()}
+
+
+def check(layout: str, repo_id: str, name: str) -> None:
+    """FormatError, before any download, for a Gemma Scope SAE sae_fast cannot read
+    (`layout`: the registry's conversion, gemma_2 or gemma_3)."""
+    if layout == "gemma_2":
+        gemma_2_cfg(repo_id, name)
+    else:
+        check_gemma_3(repo_id, name)
+
+
+def read(layout: str, repo_id: str, name: str, folder: Path) -> tuple[dict[str, Any], dict]:
+    """(SAELens cfg, SAELens-named tensors) of the downloaded Gemma Scope SAE in `folder`."""
+    if layout == "gemma_2":
+        return gemma_2_cfg(repo_id, name), read_gemma_2(folder)
+    tensors = read_gemma_3(folder)
+    return gemma_3_cfg(repo_id, folder, name, tensors), tensors

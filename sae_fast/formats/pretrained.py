@@ -49,6 +49,7 @@ LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 CONVERSIONS = {None: "sae_lens", "sae_lens": "sae_lens", "sparsify": "sparsify",
                "dictionary_learning_1": "dictionary_learning_1", "gemma_2": "gemma_2",
                "gemma_3": "gemma_3"}  # fmt: skip
+GEMMA = ("gemma_2", "gemma_3")  # the layouts gemma_scope reads
 # Hugging Face's repo-id rule: `org/name`, letters, digits, `-_.`, no `--` or `..`
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
@@ -467,10 +468,8 @@ def load_pretrained(
     """Load a pretrained SAE (`SparseAutoencoder.from_pretrained`): a registry release and
     sae_id, or a Hugging Face repo id and folder; see `resolve`."""
     target = resolve(release, sae_id, registry=registry)
-    if target.layout == "gemma_2":  # its cfg is in its names: refused before downloading
-        gemma_scope.gemma_2_cfg(target.repo_id, target.folder)
-    elif target.layout == "gemma_3":
-        gemma_scope.check_gemma_3(target.repo_id, target.folder)
+    if target.layout in GEMMA:  # what it holds is in its names: refused before downloading
+        gemma_scope.check(target.layout, target.repo_id, target.folder)
     folder, layout = download(target, cache_dir=cache_dir)
     kw: dict[str, Any] = dict(device=device, dtype=dtype, backend=backend)
     if layout == "sae_lens":
@@ -478,13 +477,8 @@ def load_pretrained(
             folder, **kw, cfg_overrides=target.overrides or None,
             norm_scaling_factor=target.norm_scaling_factor,
         )  # fmt: skip
-    elif layout in ("gemma_2", "gemma_3"):  # Gemma Scope: a SAELens cfg from the names
-        if layout == "gemma_2":
-            raw = gemma_scope.gemma_2_cfg(target.repo_id, target.folder)
-            tensors = gemma_scope.read_gemma_2(folder)
-        else:
-            raw = gemma_scope.gemma_3_cfg(target.repo_id, folder, target.folder)
-            tensors = gemma_scope.read_gemma_3(folder)
+    elif layout in GEMMA:  # Gemma Scope: a SAELens cfg from the names
+        raw, tensors = gemma_scope.read(layout, target.repo_id, target.folder, folder)
         raw = with_overrides(raw, target.overrides or None)
         sae = from_saelens_parts(raw, tensors, folder, **kw, where=(target.describe(),) * 2)
     else:

@@ -289,7 +289,7 @@ def test_gemma_scope_releases_load_as_jumprelu(hub, tmp_path):
     x = torch.randn(3, 2304, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(
-            sae(x).reconstruction, _jumprelu(params, x), rtol=1e-4, atol=1e-3
+            sae(x).reconstruction, _jumprelu(params, x), rtol=1e-9, atol=1e-9
         )
     with pytest.raises(FormatError, match="embedding SAEs were trained"):
         SparseAutoencoder.from_pretrained("test-gemma", "embedding/width_4k/average_l0_6")
@@ -306,7 +306,7 @@ def test_gemma_scope_releases_load_as_jumprelu(hub, tmp_path):
     x3 = torch.randn(3, 640, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(
-            sae3(x3).reconstruction, _jumprelu(params3, x3), rtol=1e-4, atol=1e-3
+            sae3(x3).reconstruction, _jumprelu(params3, x3), rtol=1e-9, atol=1e-9
         )
     with pytest.raises(FormatError, match="normalises its MLP's output"):
         SparseAutoencoder.from_pretrained("test-gemma3", "mlp_out/layer_2_width_16k_l0_small")
