@@ -1,5 +1,5 @@
-"""`sae-fast`: the command line. Subcommands: `train`, `eval`, `sweep`, `features`, `label`,
-`steer`, `monitor`, `trace`, `hooks`.
+"""`sae-fast`: the command line. Subcommands: `collect`, `train`, `eval`, `sweep`, `features`,
+`label`, `steer`, `monitor`, `trace`, `hooks`.
 
 Every command that takes an SAE directory also takes a pretrained SAE: `release/sae_id`
 of SAELens's registry, or a Hugging Face `org/name[/folder]` (an existing directory wins).
@@ -22,6 +22,12 @@ from .errors import ConfigError, SAEFastError
 
 # `sae-fast train` flags beyond TrainConfig's fields: which SAEs one pass trains
 PLAN_FLAGS = ("hooks", "expansions")
+# `sae-fast collect` flags: the TrainConfig fields that decide which activations a cache holds
+COLLECT_FLAGS = (
+    "model", "hook", "target_hook", "corpus", "text_field", "context_size", "max_tokens",
+    "eval_tokens", "cache", "cache_dtype", "model_dtype", "drop_first", "max_norm_ratio",
+    "device",
+)  # fmt: skip
 # the positional SAE argument of every analysis command
 SAE_HELP = (
     "SAE directory (sae_fast, SAELens, sparsify, dictionary_learning), or a pretrained SAE: "
@@ -38,12 +44,19 @@ def _parse_optional(kind):
 
 
 def add_config_flags(
-    p: argparse.ArgumentParser, config: type, lists: tuple[str, ...] = (), **defaults: Any
+    p: argparse.ArgumentParser,
+    config: type,
+    lists: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    **defaults: Any,
 ) -> None:
-    """One flag per field of the dataclass `config`, with its type, default (or
-    `defaults`) and help; a field without a default is a required flag. The int fields
-    named in `lists` take comma-separated values (one SAE per value)."""
+    """One flag per field of the dataclass `config` (or of those named in `only`), with its
+    type, default (or `defaults`; `dataclasses.MISSING` makes it required) and help; a field
+    without a default is a required flag. The int fields named in `lists` take
+    comma-separated values (one SAE per value)."""
     for f in dataclasses.fields(config):
+        if only is not None and f.name not in only:
+            continue
         if f.name in lists:
             p.add_argument(
                 "--" + f.name.replace("_", "-"),
@@ -74,9 +87,13 @@ def add_config_flags(
 
 def config_from(args: argparse.Namespace, config: type, **values: Any) -> Any:
     """The `config` dataclass built from the parsed flags `add_config_flags` made (and
-    `values`, which take precedence)."""
+    `values`, which take precedence; a field without a flag keeps its default)."""
     return config(
-        **{f.name: values.get(f.name, getattr(args, f.name)) for f in dataclasses.fields(config)}
+        **{
+            f.name: values.get(f.name, getattr(args, f.name))
+            for f in dataclasses.fields(config)
+            if f.name in values or hasattr(args, f.name)
+        }
     )
 
 
@@ -91,6 +108,39 @@ def timing_line(t: dict[str, float], metrics: dict[str, float]) -> str:
     )
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from .data.feeds import collect_cache
+    from .data.store import read_manifest
+    from .training.start import train_device
+
+    cfg = config_from(args, TrainConfig)
+    path = collect_cache(cfg, device=train_device(cfg.device))
+    m = read_manifest(path)
+    print(
+        f"wrote {path}: {m['n_tokens']:,} activation rows of {m['hook']} from "
+        f"{m['corpus_tokens']:,} corpus tokens ({cfg.max_tokens:,} for training + "
+        f"{cfg.eval_tokens:,} held out asked); train on it with --cache {path} and any "
+        "--max-tokens up to what it holds"
+    )
+    return 0
+
+
+def summary_line(result: Any) -> str:
+    """The end-of-run line of one SAE: its held-out metrics when it had held-out rows."""
+    m = result.metrics
+    if "heldout_fvu" in m:
+        shown = (
+            f"held-out ({int(m['heldout_tokens']):,} tokens) FVU {m['heldout_fvu']:.3f}, "
+            f"L0 {m['heldout_l0']:.1f}, dead {m['heldout_dead_pct']:.1f}%"
+        )
+    else:
+        shown = (
+            f"no held-out slice; last training batch FVU {m.get('fvu', float('nan')):.3f}, "
+            f"L0 {m.get('l0', float('nan')):.1f}"
+        )
+    return f"saved {result.sae_dir}: {shown}; dead in training {m.get('dead_pct', 0.0):.1f}%"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.multi import parse_hooks, parse_list, plan, train_many
 
@@ -101,11 +151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     expansions = parse_list(args.expansions, "--expansions")
     results = train_many(plan(cfg, hooks, expansions, ks if len(ks) > 1 else None))
     for result in results:
-        m = result.metrics
-        print(
-            f"saved {result.sae_dir}: FVU {m.get('fvu', float('nan')):.3f}, "
-            f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead_pct', float('nan')):.1f}%"
-        )
+        print(summary_line(result))
     print(timing_line(results[0].timings, results[0].metrics))
     return 0
 
@@ -406,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The `sae-fast` argument parser."""
     p = argparse.ArgumentParser(prog="sae-fast", description="Sparse autoencoders, fast.")
     sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser(
+        "collect", help="write an activation cache (training + held-out tokens) and stop"
+    )
+    add_config_flags(c, TrainConfig, only=COLLECT_FLAGS, cache=dataclasses.MISSING)
+    c.set_defaults(func=_cmd_collect)
     t = sub.add_parser("train", help="train SAEs on a transformer's activations")
     add_config_flags(t, TrainConfig, lists=("k",))
     t.add_argument(
@@ -425,7 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_flags(s, TrainConfig, out="runs/sweep")
     s.add_argument("--expansions", default="4,8,16,32", help="d_sae / d_in values (4,8,16,32)")
-    s.add_argument("--eval-tokens", type=int, default=20_000, help="held-out tokens to evaluate")
     s.add_argument(
         "--downstream",
         action=argparse.BooleanOptionalAction,

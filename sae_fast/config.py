@@ -178,13 +178,28 @@ class _RunSettings:
     expansion: int = _opt(8, "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: int | None = _opt(None, "dictionary size; overrides --expansion")
     k: int = _opt(32, "active latents per token (topk) / per token on average (batchtopk)")
-    steps: int = _opt(1500, "optimizer steps")
+    steps: int = _opt(1500, "optimizer steps (tokens trained = steps x batch_size)")
     batch_size: int = _opt(1024, "tokens per step")
-    lr: float = _opt(4e-4, "peak Adam learning rate")
-    warmup_steps: int = _opt(50, "linear LR warmup")
-    decay_start: float = _opt(0.8, "fraction of steps after which the LR decays linearly to 0")
+    lr: float | None = _opt(
+        None, "peak Adam learning rate (default: the recipe's rule of batch size and width, "
+        "README 'Training recipe')",
+    )  # fmt: skip
+    warmup_tokens: int | None = _opt(
+        None, "tokens of linear LR warmup (default: 51,200, at most 5% of the run)"
+    )
+    decay_start: float = _opt(0.8, "fraction of the run after which the LR decays linearly to 0")
     grad_clip: float | None = _opt(1.0, "max global grad norm (None: off)")
     dead_after_tokens: int = _opt(200_000, "a latent is dead after this many tokens without firing")
+    eval_tokens: int = _opt(
+        16_384, "held-out tokens (the text after the training tokens), never trained on; 0: none"
+    )
+    eval_every: int = _opt(
+        250_000, "tokens between held-out evaluations (metrics.jsonl, progress bar); 0: at the end"
+    )
+    repeat_data: bool = _opt(
+        True, "when steps x batch_size exceeds the training tokens, repeat them (epochs, in "
+        "metrics.jsonl); --no-repeat-data stops with an error instead",
+    )  # fmt: skip
     normalize_activations: bool = _opt(True, "scale inputs to mean norm sqrt(d_in); folded on save")
     autocast_bf16: bool = _opt(False, "bf16 autocast for the forward pass")
     backend: str = _opt("auto", "backend")
@@ -228,9 +243,9 @@ class TrainConfig(*reversed(architectures.train_configs()), _RunSettings):
             ("max_tokens", 1),
             ("expansion", 1),
             ("k", 1),
-            ("steps", 0),
             ("batch_size", 1),
-            ("warmup_steps", 0),
+            ("eval_tokens", 0),
+            ("eval_every", 0),
             ("dead_after_tokens", 1),
             ("checkpoint_every", 0),
             ("log_every", 1),
@@ -239,11 +254,20 @@ class TrainConfig(*reversed(architectures.train_configs()), _RunSettings):
             ("buffer_tokens", 2),
         ):
             check_int(name, getattr(self, name), minimum)
+        if isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps == 0:
+            raise ConfigError(
+                "steps is 0: a run with no training step saves an untrained SAE; to write an "
+                "activation cache and stop, use `sae-fast collect` (collect_cache in Python)"
+            )
+        check_int("steps", self.steps, 1)
         self._validate_data()
+        if self.warmup_tokens is not None:
+            check_int("warmup_tokens", self.warmup_tokens, 0)
         if self.d_sae is not None:
             check_int("d_sae", self.d_sae, 1)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr < 0:
-            raise ConfigError(f"lr must be a number >= 0, got {self.lr!r}")
+        lr = self.lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0):
+            raise ConfigError(f"lr must be a number >= 0 (or None: the recipe's), got {lr!r}")
         for settings in architectures.train_configs():
             settings.check(self)
         if not 0.0 <= self.decay_start <= 1.0:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .cli import timing_line
+from .cli import summary_line, timing_line
 from .config import TrainConfig
 from .data.synthetic import ToySuperposition, recovered_fraction
 from .sae import SparseAutoencoder
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         f"of {cfg.hook} in {time.perf_counter() - t0:.0f}s (backend {sae.active_backend})"
     )
     print(timing_line(result.timings, m))
-    print(f"last batch: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead latents {m['dead_pct']:.1f}%")
+    print(summary_line(result))
     # One more pass over the training windows: densities and each feature's top tokens.
     model, tokenizer = load_model(cfg.model)
     report = collect_features(
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in shown.tolist():
         print(f"\nfeature {f} (fires on {density[f]:.2%} of tokens):")
         for ex in report.top_examples(f):
-            text = render_context(result.tokenizer, result.windows[ex.window], ex.position)
+            text = render_context(tokenizer, result.windows[ex.window], ex.position)
             print(f"  {ex.value:6.2f}  {text}")
     print(f"\nsaved the SAE to {result.sae_dir}")
     return 0

@@ -9,6 +9,7 @@ from torch import Tensor
 # distributed tests build on (each sets its own steps and sizes on top).
 SMALL_TRAIN = dict(
     max_tokens=3000,
+    eval_tokens=1024,
     context_size=64,
     batch_size=256,
     k=8,

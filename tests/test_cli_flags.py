@@ -45,3 +45,15 @@ def test_monitor_needs_its_rules_and_inputs(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["monitor", "d"])
     assert "--rules, --input" in capsys.readouterr().err
+
+
+def test_collect_takes_the_data_flags_only_and_requires_the_cache():
+    from sae_fast.cli import COLLECT_FLAGS
+
+    sub = _subparser("collect")
+    dests = {a.dest for a in sub._actions if a.option_strings and a.dest != "help"}
+    assert dests == set(COLLECT_FLAGS) and "steps" not in dests and "lr" not in dests
+    assert next(a for a in sub._actions if a.dest == "cache").required
+    args = build_parser().parse_args(["collect", "--cache", "c", "--max-tokens", "9"])
+    cfg = config_from(args, TrainConfig)
+    assert cfg.cache == "c" and cfg.max_tokens == 9 and cfg.steps == TrainConfig().steps

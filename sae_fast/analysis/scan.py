@@ -47,7 +47,7 @@ def scan_corpus(
 ) -> Scan:
     """Scan `max_tokens` tokens of `corpus` (default: the SAE's training corpus) after its
     first `skip_tokens` with the SAE at `hook` (default: its own) on `model` (its own)."""
-    from ..data.activations import load_model, select_windows, token_windows
+    from ..data.activations import iter_token_windows, load_model, select_windows
     from ..data.corpus import load_texts
     from ..data.fingerprint import check_model
     from ..eval.splice import check_sae_widths, splice_hooks
@@ -64,7 +64,7 @@ def scan_corpus(
     check_model(sae, net, allow_other_model)
     check_sae_widths(net, tokenizer, sae, hook)
     corpus = corpus or meta.get("corpus", "embedded")
-    windows = token_windows(
+    windows = iter_token_windows(
         tokenizer, load_texts(corpus, text_field), int(meta.get("context_size", 128))
     )
     chosen, _ = select_windows(tokenizer, windows, max_tokens, skip_tokens)

@@ -9,7 +9,7 @@ no special tokens) are kept with their token ids and (window, position) for late
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,37 +122,39 @@ def special_frame(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def token_windows(tokenizer, texts: list[str], context_size: int) -> list[list[int]]:
-    """Token-id windows of at most `context_size` tokens, special tokens included."""
+def iter_token_windows(tokenizer, texts: Iterable[str], context_size: int) -> Iterator[list[int]]:
+    """Token-id windows of at most `context_size` tokens, special tokens included, each
+    text tokenised only when its windows are reached (a prefix of a large corpus is cheap)."""
     if context_size < 4:
         raise ConfigError(f"context_size must be >= 4, got {context_size}")
     prefix, suffix = special_frame(tokenizer)
     body = context_size - len(prefix) - len(suffix)
-    windows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         for start in range(0, len(ids), body):
             chunk = ids[start : start + body]
             if chunk:
-                windows.append(prefix + chunk + suffix)
-    return windows
+                yield prefix + chunk + suffix
+
+
+def token_windows(tokenizer, texts: list[str], context_size: int) -> list[list[int]]:
+    """Every window of `iter_token_windows`, as a list."""
+    return list(iter_token_windows(tokenizer, texts, context_size))
 
 
 def select_windows(
-    tokenizer, windows: list[list[int]], max_tokens: int, skip_tokens: int = 0
+    tokenizer, windows: Iterable[list[int]], max_tokens: int, skip_tokens: int = 0
 ) -> tuple[list[list[int]], int]:
     """The windows after the first `skip_tokens` real (non-special) tokens, skipping whole
-    windows, up to at least `max_tokens` real tokens; and how many tokens were skipped."""
+    windows, up to at least `max_tokens` real tokens; and how many tokens were skipped.
+    `windows` is read only as far as needed."""
     prefix, suffix = special_frame(tokenizer)
     frame = len(prefix) + len(suffix)
-    skipped, start = 0, len(windows)
-    for i, w in enumerate(windows):
-        if skipped >= skip_tokens:
-            start = i
-            break
-        skipped += len(w) - frame
-    chosen, n = [], 0
-    for w in windows[start:]:
+    skipped, chosen, n = 0, [], 0
+    for w in windows:
+        if skipped < skip_tokens:
+            skipped += len(w) - frame
+            continue
         if n >= max_tokens:
             break
         chosen.append(w)

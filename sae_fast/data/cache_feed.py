@@ -32,7 +32,8 @@ _FIELDS = ("tokens", "window", "position")
 
 class CacheFeed:
     """Batches of this replica's share of `batch_size` rows from the cache at `path`
-    (`manifest` already checked by `store.read_manifest`), at `hook` (and `target_hook`)."""
+    (`manifest` already checked by `store.read_manifest`), at `hook` (and `target_hook`),
+    from its first `rows` rows (default: all)."""
 
     per_replica = False  # every replica computes the same global batch and keeps its share
 
@@ -49,15 +50,22 @@ class CacheFeed:
         replica: int = 0,
         replicas: int = 1,
         background: bool = True,
+        rows: int | None = None,
     ) -> None:
         check_buffer(buffer_tokens, batch_size // replicas)
         self.path = Path(path)
         self.hook, self.target_hook = hook, target_hook
         self.manifest = manifest
         self.files = [self.path / s["file"] for s in manifest["shards"]]
-        self.sizes = [int(s["n_tokens"]) for s in manifest["shards"]]
+        self.stored = [int(s["n_tokens"]) for s in manifest["shards"]]
+        self.sizes, left = [], sum(self.stored) if rows is None else rows
+        for n in self.stored:  # the first `rows` rows only (a smaller run's prefix)
+            if left <= 0:
+                break
+            self.sizes.append(min(n, left))
+            left -= n
         self.n_tokens = sum(self.sizes)
-        self.first_row = [sum(self.sizes[:s]) for s in range(len(self.sizes))]
+        self.first_row = [sum(self.stored[:s]) for s in range(len(self.stored))]
         self.batch_size, self.seed = batch_size, seed
         self.replica, self.replicas = replica, replicas
         self.n_groups = max(1, math.ceil(self.n_tokens / (buffer_tokens // 2)))
@@ -101,9 +109,9 @@ class CacheFeed:
                 n = h.get_slice("tokens").get_shape()[0]
         except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
             raise FormatError(f"cache shard {f} is missing or corrupt: {err}") from err
-        if n != self.sizes[s]:
+        if n != self.stored[s]:
             raise FormatError(
-                f"cache shard {f} holds {n} tokens, the manifest says {self.sizes[s]}"
+                f"cache shard {f} holds {n} tokens, the manifest says {self.stored[s]}"
             )
         first = self.first_row[s] + lo
         return Rows(acts, *meta, index=torch.arange(first, first + hi - lo))
@@ -126,6 +134,15 @@ class CacheFeed:
         return self._groups[index]
 
     # ------------------------------------------------------------------ the feed
+    def read(self, lo: int, hi: int) -> Rows:
+        """Rows [lo, hi) of the cache in file order (any rows, not only the served ones)."""
+        parts = []
+        for s, first in enumerate(self.first_row):
+            a, b = max(lo, first), min(hi, first + self.stored[s])
+            if a < b:
+                parts.append(self._read(s, a - first, b - first))
+        return Rows.cat(parts)
+
     def sample(self) -> Rows:
         """The cache's first rows in file order (for the input scale and b_dec)."""
         return self._read(0, 0, min(self.sizes[0], 65536))
@@ -163,8 +180,8 @@ class CacheFeed:
             )
 
     def counts(self) -> dict[str, int]:
-        """The token filter's counts when the cache was written (else the token count)."""
-        return {"tokens_kept": self.n_tokens, **self.manifest.get("filter_counts", {})}
+        """The token filter's counts when the cache was written, and the rows served."""
+        return {**self.manifest.get("filter_counts", {}), "tokens_kept": self.n_tokens}
 
     def close(self) -> None:
         """Stop the reader thread."""

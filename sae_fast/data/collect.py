@@ -7,7 +7,6 @@ would collect)."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -18,14 +17,14 @@ from .activations import (
     ActivationBatch,
     is_causal_lm,
     iter_activations,
+    iter_token_windows,
     load_model,
     select_windows,
-    token_windows,
 )
 from .corpus import load_texts
 from .filters import TokenFilter
 from .hooks import resolve_hook
-from .store import cache_identity, concat_batches, read_cache, write_cache
+from .store import concat_batches, read_cache
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -70,32 +69,30 @@ def collect(
     resolve_hook(model, cfg.hook)  # fail before tokenising the corpus
     if cfg.target_hook is not None:
         resolve_hook(model, cfg.target_hook)
+    if cfg.cache is not None:  # written first if absent; its training rows, in order
+        from .feeds import open_source
+
+        source = open_source(cfg, group)
+        source.feed.close()
+        rows = source.feed.n_tokens  # type: ignore[attr-defined]
+        return read_cache(cfg.cache, rows=rows), source.windows, tokenizer
     texts = load_texts(cfg.corpus, cfg.text_field)
-    windows = token_windows(tokenizer, texts, cfg.context_size)
+    windows, _ = select_windows(
+        tokenizer, iter_token_windows(tokenizer, texts, cfg.context_size), cfg.max_tokens
+    )
     keep = TokenFilter.for_model(is_causal_lm(model), cfg.drop_first, cfg.max_norm_ratio)
-    identity = cache_identity(cfg, texts, keep)
-    cache = None if cfg.cache is None else Path(cfg.cache)
-    barrier(group)  # every rank sees the same cache state
-    if cache is not None and (cache / "manifest.json").exists():
-        return read_cache(cache, identity), windows, tokenizer
-    if group.world == 1:  # streamed into the cache, if any
-        acts = iter_activations(
-            model, tokenizer, windows, cfg.hook, max_tokens=cfg.max_tokens,
-            target_hook=cfg.target_hook, keep=keep,
-        )  # fmt: skip
+    # whole windows, as the stream and the cache read them
+    if group.world == 1:
+        acts = list(
+            iter_activations(
+                model, tokenizer, windows, cfg.hook, target_hook=cfg.target_hook, keep=keep
+            )
+        )
     else:  # the same batches, on every rank: all of them stop here if there are none
         acts = collect_shares(
-            model, tokenizer, windows, cfg.hook, cfg.max_tokens, group,
+            model, tokenizer, windows, cfg.hook, sum(len(w) for w in windows), group,
             target_hook=cfg.target_hook, keep=keep,
         )  # fmt: skip
-        if not acts:
-            raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
-    if cache is not None:
-        if group.is_main:
-            write_cache(cache, acts, identity)
-        barrier(group)
-        return read_cache(cache, identity), windows, tokenizer
-    acts = list(acts)
     if not acts:
         raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
     return concat_batches(acts), windows, tokenizer

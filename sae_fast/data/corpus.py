@@ -1,8 +1,12 @@
 """Text corpora: the embedded one (ships with CPython), text files, JSONL, HF datasets dirs.
 
-The embedded corpus is real English: the language-reference topics of `pydoc_data.topics`
-plus the docstrings of a fixed list of standard-library modules (imported without side
-effects), so `sae-fast train` works offline on any machine.
+The embedded corpus ships with CPython, so `sae-fast train` works offline on any machine. It
+has two named parts, prose first:
+- `embedded:prose`: real English, the language-reference topics of `pydoc_data.topics` plus
+  the docstrings of a fixed list of standard-library modules (imported without side effects);
+- `embedded:code`: the standard library's own `.py` sources (about 1,800 files, 31.5 MB on
+  CPython 3.11), one document per file, in sorted path order.
+`embedded` is both, prose then code (the first 211k tokens are the prose, as before).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import sysconfig
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 from ..errors import ConfigError, FormatError
 
 EMBEDDED = "embedded"
+EMBEDDED_PARTS = ("prose", "code")  # `embedded:<part>`; `embedded` is all of them, in order
 
 # Imported only for their docstrings; none has import-time side effects.
 _STDLIB_MODULES = (
@@ -51,8 +57,7 @@ def _docstrings(module_name: str) -> list[str]:
     return [d for d in docs if len(d) > 40]
 
 
-def embedded_texts() -> list[str]:
-    """The embedded corpus as a list of documents (deterministic order)."""
+def _prose() -> list[str]:
     from pydoc_data.topics import topics
 
     texts = [topics[k] for k in sorted(topics)]
@@ -61,11 +66,36 @@ def embedded_texts() -> list[str]:
     return texts
 
 
+def stdlib_sources() -> list[Path]:
+    """The standard library's `.py` files (installed packages left out), in sorted order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = (p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _code() -> list[str]:
+    return [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_sources()]
+
+
+def embedded_texts(part: str | None = None) -> list[str]:
+    """The embedded corpus (`part`: "prose" or "code"; None: both, prose first) as a list
+    of documents, in a deterministic order."""
+    parts = {"prose": _prose, "code": _code}
+    if part is not None and part not in parts:
+        raise ConfigError(
+            f"unknown embedded corpus part {part!r}; expected one of "
+            + ", ".join(f"{EMBEDDED}:{p}" for p in EMBEDDED_PARTS)
+        )
+    return [t for name in ([part] if part else EMBEDDED_PARTS) for t in parts[name]()]
+
+
 def load_texts(source: str | Path, text_field: str = "text") -> list[str]:
-    """Documents from `"embedded"`, a .txt/.md file, a directory of them, a .jsonl file
-    (field `text_field`), or a directory saved by `datasets.Dataset.save_to_disk`."""
-    if str(source) == EMBEDDED:
-        texts = embedded_texts()
+    """Documents from `"embedded"` (or its part `"embedded:prose"` / `"embedded:code"`), a
+    .txt/.md file, a directory of them, a .jsonl file (field `text_field`), or a directory
+    saved by `datasets.Dataset.save_to_disk`."""
+    name, colon, part = str(source).partition(":")
+    if name == EMBEDDED and (colon or str(source) == EMBEDDED):
+        texts = embedded_texts(part or None)
     else:
         path = Path(source)
         if not path.exists():

@@ -2,8 +2,12 @@
 
 Cache layout (a directory): `shard_00000.safetensors`, ... each holding `acts [n, d]`,
 `tokens`, `window`, `position` (and, for a transcoder's (input, target) pairs, `target
-[n, d_out]`), plus `manifest.json` (model, hook, target hook, dtype, d_model, d_target,
-token count, context size, corpus hash, shard list, complete flag). Each shard is written to a
+[n, d_out]`), `windows.safetensors` (the token ids of its windows, so that a run it serves
+needs neither the model nor the tokenizer), plus `manifest.json` (model, hook, target hook,
+dtype, d_model, d_target, rows kept, corpus tokens collected and asked for, context size,
+corpus hash, the model's fingerprint, shard list, complete flag). A cache serves every run
+of the same identity that asks for at most its corpus tokens: the first windows, as a run
+without the cache would read them (`prefix_rows`). Each shard is written to a
 temp file and renamed, then the manifest is rewritten (temp + rename), so an interrupted
 write leaves only complete shards and a manifest that says it is incomplete; such a cache,
 or one whose manifest does not match the request, is refused with a clear message.
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -31,9 +35,8 @@ from .activations import ActivationBatch
 
 MANIFEST = "manifest.json"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-IDENTITY_KEYS = (
-    "model", "hook", "target_hook", "context_size", "corpus_hash", "max_tokens", "token_filter",
-)  # fmt: skip
+IDENTITY_KEYS = ("model", "hook", "target_hook", "context_size", "corpus_hash", "token_filter")
+WINDOWS = "windows.safetensors"
 
 
 def cache_identity(cfg: Any, texts: list[str], keep: Any) -> dict[str, Any]:
@@ -47,9 +50,49 @@ def cache_identity(cfg: Any, texts: list[str], keep: Any) -> dict[str, Any]:
         "target_hook": cfg.target_hook,
         "context_size": cfg.context_size,
         "corpus_hash": corpus_hash(texts),
-        "max_tokens": cfg.max_tokens,
         "token_filter": keep.identity(),
     }
+
+
+def write_windows(path: Path, windows: list[list[int]]) -> None:
+    """The token ids of `windows` as `path/windows.safetensors` (flat ids and lengths)."""
+    ids = torch.tensor([t for w in windows for t in w], dtype=torch.int64)
+    lengths = torch.tensor([len(w) for w in windows], dtype=torch.int64)
+    with atomic_file(path / WINDOWS) as tmp:
+        save_file({"ids": ids, "lengths": lengths}, str(tmp))
+
+
+def read_windows(path: str | Path) -> list[list[int]]:
+    """The windows `write_windows` stored in the cache at `path`."""
+    f = Path(path) / WINDOWS
+    try:
+        t = load_file(str(f))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise FormatError(f"cache windows file {f} is missing or corrupt: {err}") from err
+    ids = t["ids"].tolist()
+    out, at = [], 0
+    for n in t["lengths"].tolist():
+        out.append(ids[at : at + n])
+        at += n
+    return out
+
+
+def prefix_rows(path: str | Path, manifest: dict[str, Any], n_windows: int) -> int:
+    """How many of the cache's rows (in order) come from its first `n_windows` windows."""
+    path = Path(path)
+    rows = 0
+    for shard in manifest["shards"]:
+        f = path / shard["file"]
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                window = h.get_slice("window")[:]
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
+            raise FormatError(f"cache shard {f} is missing or corrupt: {err}") from err
+        below = int((window < n_windows).sum())
+        rows += below
+        if below < len(window):
+            break
+    return rows
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -79,12 +122,15 @@ def write_cache(
     shard_tokens: int = 65536,
     dtype: str = "float32",
     counts: Callable[[], dict[str, int]] | None = None,
+    windows: list[list[int]] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Stream `batches` into a cache at `path`, activations stored as `dtype` (float32,
     bfloat16 or float16); `identity` must hold IDENTITY_KEYS; `counts()`, if given, is stored
-    as the manifest's "filter_counts" once the cache is complete. A write that fails (a full
-    disk) leaves the shards written so far and a manifest marked incomplete, and raises a
-    DataError saying what was kept."""
+    as the manifest's "filter_counts" once the cache is complete; `windows` (the token ids
+    the batches come from) go to windows.safetensors and `info` into the manifest. A write
+    that fails (a full disk) leaves the shards written so far and a manifest marked
+    incomplete, and raises a DataError saying what was kept."""
     path = Path(path)
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
@@ -97,7 +143,8 @@ def write_cache(
         raise FileExistsError(f"{path} already holds an activation cache")
     manifest: dict[str, Any] = {
         **identity,
-        "version": 1,
+        **(info or {}),
+        "version": 2,
         "complete": False,
         "n_tokens": 0,
         "d_model": None,
@@ -147,6 +194,8 @@ def write_cache(
         pending, n_pending = [], 0
 
     _write_json_atomic(path / MANIFEST, manifest)
+    if windows is not None:
+        write_windows(path, windows)
     for batch in batches:
         pending.append(batch)
         n_pending += len(batch.tokens)
@@ -197,13 +246,19 @@ def read_manifest(path: str | Path, identity: dict[str, Any] | None = None) -> d
     return manifest
 
 
-def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> ActivationBatch:
-    """Load a complete cache into memory (float32); FormatError if incomplete/corrupt,
-    ConfigError on mismatch (`cache_feed.CacheFeed` reads one larger than RAM)."""
+def read_cache(
+    path: str | Path, identity: dict[str, Any] | None = None, rows: int | None = None
+) -> ActivationBatch:
+    """Load a complete cache (its first `rows` rows, if given) into memory (float32);
+    FormatError if incomplete/corrupt, ConfigError on mismatch (`cache_feed.CacheFeed`
+    reads one larger than RAM)."""
     path = Path(path)
     manifest = read_manifest(path, identity)
-    parts = []
+    parts, seen = [], 0
     for shard in manifest["shards"]:
+        if rows is not None and seen >= rows:
+            break
+        seen += shard["n_tokens"]
         f = path / shard["file"]
         try:
             t = load_file(str(f))
@@ -227,7 +282,8 @@ def read_cache(path: str | Path, identity: dict[str, Any] | None = None) -> Acti
                 None if target is None else target.float(),
             )
         )  # fmt: skip
-    return concat_batches(parts)
+    whole = concat_batches(parts)
+    return whole if rows is None or rows >= len(whole.tokens) else whole.rows(slice(0, rows))
 
 
 class ActivationStore:

@@ -23,9 +23,9 @@ from torch import nn
 from ..data.activations import (
     ActivationBatch,
     iter_activations,
+    iter_token_windows,
     load_model,
     select_windows,
-    token_windows,
 )
 from ..data.corpus import load_texts
 from ..data.filters import TokenFilter
@@ -88,7 +88,7 @@ class EvalSet:
                     f"target_hook is the input hook {hook!r}: a transcoder predicts another "
                     "hook (leave target_hook unset for an SAE)"
                 )
-        windows = token_windows(tokenizer, load_texts(corpus, text_field), context_size)
+        windows = iter_token_windows(tokenizer, load_texts(corpus, text_field), context_size)
         chosen, seen = select_windows(tokenizer, windows, max_tokens, skip_tokens)
         if not chosen:
             raise ConfigError(

@@ -155,16 +155,6 @@ def init_weights(
     return scale, target_scale
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """The learning-rate multiplier at `step`: linear warmup, then linear decay to 0 from
-    `decay_start * steps`."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    decay_from = int(cfg.decay_start * cfg.steps)
-    if step < decay_from or cfg.steps <= decay_from:
-        return warm
-    return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
-
-
 def shard_of(cfg: TrainConfig, d_sae: int, group: distributed.Group) -> Shard:
     """This rank's latents of a `d_sae` dictionary; ConfigError when it does not split."""
     shards = group.shards

@@ -31,7 +31,7 @@ from ..data.collect import collect  # noqa: F401  (re-exported: tests and benchm
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_json
 from ..sae import SparseAutoencoder
-from . import checkpoint, distributed, losses, sharded, start
+from . import checkpoint, distributed, heldout, losses, recipe, sharded, start
 from .basic import normalize_decoder_rows, project_decoder_grad
 
 
@@ -103,14 +103,35 @@ class Trainer:
         )
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
+        self.peak_lr = recipe.peak_lr(cfg, d_sae)
         self.opt = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True
+            self.sae.parameters(), lr=self.peak_lr, betas=(0.9, 0.999), fused=True
         )
         self.step = 0
+        self.check_tokens()
         self.since_fired = torch.zeros(self.shard.size, dtype=torch.int64, device=self.device)
         if resume is not None:
             checkpoint.load(self, resume)
         self.metrics_path = self.out / "metrics.jsonl"
+
+    def check_tokens(self) -> None:
+        """With `--no-repeat-data`, ConfigError when the run's steps would repeat tokens."""
+        cfg = self.cfg
+        available = getattr(self.feed, "n_tokens", self.source.n_tokens)
+        asked = cfg.steps * cfg.batch_size
+        if not cfg.repeat_data and asked > available:
+            raise ConfigError(
+                f"{cfg.steps:,} steps x {cfg.batch_size:,} tokens = {asked:,} tokens, more than "
+                f"the {available:,} training tokens this run has; with --no-repeat-data the "
+                f"run stops here: use at most --steps {available // cfg.batch_size}, more "
+                "--max-tokens (a larger corpus), or --repeat-data to train on them in epochs"
+            )
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the training tokens so far (above 1: tokens seen again)."""
+        available = getattr(self.feed, "n_tokens", self.source.n_tokens)
+        return self.step * self.cfg.batch_size / max(available, 1)
 
     @property
     def windows(self) -> Any:
@@ -151,7 +172,7 @@ class Trainer:
         y = x if cfg.target_hook is None else rows.acts[cfg.target_hook].to(self.device)
         if cfg.target_hook is not None:
             y = y * self.target_scale
-        lr = cfg.lr * start.lr_factor(self.step, cfg)
+        lr = self.peak_lr * recipe.lr_factor(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
@@ -174,6 +195,7 @@ class Trainer:
             loss=float(loss.detach()),
             lr=lr,
             step=self.step,
+            epochs=self.epochs,
             dead_pct=100.0
             * self.shard.total(float((self.since_fired >= cfg.dead_after_tokens).sum()))
             / self.shard.d_sae,
@@ -235,6 +257,29 @@ class Trainer:
         )
 
 
+def progress_fields(
+    first: dict[str, float], held: dict[str, float], tok_s: float, n_saes: int
+) -> dict[str, str]:
+    """The progress bar's fields: throughput, the training batch's loss, FVU and L0, and the
+    latest held-out metrics, each labelled (`heldout_*`) once there are some."""
+    fields = {
+        "tok_s": f"{tok_s:,.0f}",
+        "loss": f"{first['loss']:.3f}",
+        "train_fvu": f"{first['fvu']:.3f}",
+        "l0": f"{first['l0']:.1f}",
+        "dead": f"{first['dead_pct']:.1f}%",
+    }
+    if held:
+        fields.update(
+            heldout_fvu=f"{held['heldout_fvu']:.3f}",
+            heldout_l0=f"{held['heldout_l0']:.1f}",
+            heldout_dead=f"{held['heldout_dead_pct']:.1f}%",
+        )
+    if n_saes > 1:
+        fields["saes"] = str(n_saes)
+    return fields
+
+
 def run_together(trainers: list[Trainer]) -> list[TrainResult]:
     """Train `trainers` (one feed: each step's rows are drawn once and every SAE trains on
     them) in lockstep to their `cfg.steps`, each logging, checkpointing and saving into its
@@ -256,6 +301,9 @@ def run_together(trainers: list[Trainer]) -> list[TrainResult]:
     distributed.barrier(lead.group)
     logs: list[dict[str, float]] = [{} for _ in trainers]
     t0, tokens0 = time.perf_counter(), lead.step * lead.cfg.batch_size
+    batch, eval_every = lead.cfg.batch_size, lead.cfg.eval_every
+    held: list[dict[str, float]] = [{} for _ in trainers]
+    shown: dict[str, float] = {}  # the bar's latest held-out metrics (of the first SAE)
     try:
         with contextlib.ExitStack() as files:
             metrics = [
@@ -266,22 +314,24 @@ def run_together(trainers: list[Trainer]) -> list[TrainResult]:
                 step = lead.step
                 if bar is not None:
                     bar.update(1)
-                if main and (step % lead.cfg.log_every == 0 or step == steps):
+                # held-out metrics every `eval_every` tokens, and after the last step
+                crossed = (
+                    eval_every and (step * batch) // eval_every > ((step - 1) * batch) // eval_every
+                )
+                if step == steps or crossed:
+                    held = [heldout.evaluate(t) for t in trainers]
+                    for lg, h in zip(logs, held, strict=True):
+                        lg.update(h)
+                    shown = held[0]
+                if main and (step % lead.cfg.log_every == 0 or step == steps or held[0]):
                     tok_s = (step * lead.cfg.batch_size - tokens0) / max(
                         time.perf_counter() - t0, 1e-9
                     )
                     for t, f, lg in zip(trainers, metrics, logs, strict=True):
                         t.log(f, lg, tok_s)
                     if bar is not None:
-                        first = logs[0]
-                        bar.set_postfix(
-                            tok_s=f"{tok_s:,.0f}",
-                            loss=f"{first['loss']:.3f}",
-                            fvu=f"{first['fvu']:.3f}",
-                            l0=f"{first['l0']:.1f}",
-                            dead=f"{first['dead_pct']:.1f}%",
-                            **({"saes": len(trainers)} if len(trainers) > 1 else {}),
-                        )
+                        bar.set_postfix(progress_fields(logs[0], shown, tok_s, len(trainers)))
+                held = [{} for _ in trainers]
                 every = lead.cfg.checkpoint_every
                 if every and step % every == 0:
                     for t in trainers:

@@ -19,7 +19,7 @@ from sae_fast.analysis.features import collect_features
 from sae_fast.analysis.labels import Labels
 from sae_fast.analysis.llm import HTTPChat, LocalChat
 from sae_fast.cli import main
-from sae_fast.data.activations import select_windows, token_windows
+from sae_fast.data.activations import iter_token_windows, select_windows
 from sae_fast.data.corpus import load_texts
 from sae_fast.errors import ConfigError
 
@@ -42,7 +42,7 @@ def test_scores_and_label_cleaning():
 def scan(smollm2, smol_sae):
     model, tok = smollm2
     sae = smol_sae.sae
-    windows = token_windows(tok, load_texts("embedded"), 128)
+    windows = iter_token_windows(tok, load_texts("embedded"), 128)
     chosen, _ = select_windows(tok, windows, 8_000, sae.cfg.metadata["train_tokens"])
     return chosen, collect_features(sae, model, tok, chosen, HOOK, 16, 16, 8)
 

@@ -20,7 +20,8 @@ def test_a_checkpoint_of_before_resumes_like_an_uninterrupted_run(tmp_path, acti
     ckpt = FIXTURES / activation
     old = SparseAutoencoder.load(ckpt / "sae")
     assert old.activation == activation
-    cfg = dict(activation=activation, steps=4, checkpoint_every=2)
+    # the recipe those checkpoints were trained with: lr 4e-4, 50 steps of warmup
+    cfg = dict(activation=activation, steps=4, checkpoint_every=2, lr=4e-4, warmup_tokens=50 * 128)
     resumed = synthetic_trainer(tmp_path / "resumed", resume=str(ckpt), **cfg)
     assert resumed.step == 2
     if activation == "batchtopk":  # from the old trainer_state.json, into the buffer

@@ -1,0 +1,49 @@
+"""The recipe's learning rate and schedule (training/recipe.py): the rule of batch size and
+width, an explicit --lr winning, and warmup and decay in tokens, the same at any batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sae_fast import TrainConfig
+from sae_fast.training import recipe
+
+
+def test_the_default_lr_follows_the_written_rule_and_an_explicit_lr_wins():
+    base = recipe.peak_lr(TrainConfig(batch_size=recipe.REF_BATCH), recipe.REF_WIDTH)
+    assert base == pytest.approx(recipe.BASE_LR)
+    for batch, width in ((4096, 3072), (8192, 12288), (512, 24576)):
+        want = (
+            recipe.BASE_LR
+            * (batch / recipe.REF_BATCH) ** recipe.BATCH_POWER
+            * (recipe.REF_WIDTH / width) ** recipe.WIDTH_POWER
+        )
+        assert recipe.peak_lr(TrainConfig(batch_size=batch), width) == pytest.approx(want)
+    assert recipe.peak_lr(TrainConfig(batch_size=4096), 3072) > base  # larger batches, larger steps
+    assert recipe.peak_lr(TrainConfig(batch_size=8192, lr=1e-3), 99) == 1e-3
+
+
+def test_warmup_and_decay_are_counted_in_tokens():
+    def curve(batch: int) -> list[float]:
+        cfg = TrainConfig(batch_size=batch, steps=2_048_000 // batch)  # 51,200 by default
+        return [recipe.lr_factor(s, cfg) for s in range(cfg.steps)]
+
+    small, large = curve(1024), curve(8192)
+    # after equal tokens the factor is the same: exactly in the warmup, within one step of
+    # the larger batch (1/50 of the decay) after it
+    for tokens in (8192, 49_152):
+        assert math.isclose(small[tokens // 1024 - 1], large[tokens // 8192 - 1])
+    for tokens in (1_024_000, 1_802_240, 2_039_808):
+        assert abs(small[tokens // 1024 - 1] - large[tokens // 8192 - 1]) <= 1 / 50 + 1e-9
+    assert small[48] < 1.0 == small[49] and large[5] < 1.0 == large[6]  # 51,200 tokens
+    assert small[-1] < 0.01 and large[-1] < 0.05
+
+
+def test_a_short_run_warms_up_over_at_most_a_twentieth_of_its_tokens():
+    cfg = TrainConfig(batch_size=256, steps=40)  # 10,240 tokens
+    factors = [recipe.lr_factor(s, cfg) for s in range(cfg.steps)]
+    assert factors[0] == pytest.approx(0.5) and factors[1] == 1.0  # 512 = 5% of the run
+    cfg = TrainConfig(batch_size=256, steps=40, warmup_tokens=2560)  # explicit: as given
+    assert recipe.lr_factor(8, cfg) < 1.0 == recipe.lr_factor(9, cfg)
