@@ -3,6 +3,7 @@
     python -m benchmarks run --device cpu --suite all
     python -m benchmarks run --device cuda --suite kernels,train,peers
     python -m benchmarks run --preset small --suite kernels,train,memory --out /tmp/b  # smoke
+    python -m benchmarks recipe --tokens 204800 --batches 1024,4096 --expansions 8  # recipes
 
 Suites: kernels (each op vs the reference and the dense form), train (the training step
 against the encoder GEMM, the dense reference and torch.compile of it, at the preset's
@@ -12,6 +13,10 @@ e2e (`sae-fast train` throughput on the embedded default); all = every one (peer
 its environment exists). Every result is checked against the reference before it is
 timed. Writes `<out>/<device>-<date>.csv` row by row as the suites go (a failure keeps the
 rows before it), then `.md` and `.png` at the end.
+
+`recipe` (benchmarks/recipe.py, its own flags: `python -m benchmarks recipe --help`) compares
+the training recipes of sae_fast, sparsify and SAELens at equal tokens: held-out FVU, L0 and
+dead latents of TopK SAEs each library trains with its own trainer and defaults.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--no-compile", action="store_true", help="leave out torch.compile(dense)")
     r.add_argument("--no-sweep", action="store_true", help="only the preset's shape")
     r.add_argument("--out", type=Path, default=RESULTS)
+    # `recipe` is parsed by benchmarks/recipe.py (main() hands it over before this parser)
+    sub.add_parser("recipe", help="training recipes at equal tokens (own flags: recipe --help)")
     c = sub.add_parser("train-child", help=argparse.SUPPRESS)  # the peer environment's side
     c.add_argument("spec")
     return p.parse_args(argv)
@@ -190,6 +197,11 @@ def _write(
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
     """Entry point of `python -m benchmarks`."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "recipe":
+        from . import recipe
+
+        return recipe.main(args[1:])
     a = _parse(argv)
     if a.command == "train-child":
         _train_child(a.spec)
