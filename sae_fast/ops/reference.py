@@ -168,6 +168,8 @@ def decode_dense(acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
 
 def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
     """Sparse decode `recon[b] = sum_j v[b, j] * W_dec[i[b, j]] + b_dec` (differentiable)."""
+    if indices.shape[-1] == 0:  # no active latent (a feature shard without AuxK candidates)
+        return values.new_zeros(indices.shape[0], W_dec.shape[1]) + b_dec
     # embedding_bag is the gather-and-sum written once by torch, with a sparse backward.
     out = torch.nn.functional.embedding_bag(
         indices, W_dec, per_sample_weights=values, mode="sum"

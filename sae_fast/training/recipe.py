@@ -1,18 +1,28 @@
 """The training recipe: the peak learning rate a run uses when `--lr` is not given, and its
 schedule, counted in tokens so that it means the same at any batch size.
 
-    lr = BASE_LR * (batch_size / REF_BATCH) ** BATCH_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
+    lr = BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
 
-Adam's step size is set by its normalised update, not by the gradient's size, so a batch
-b times larger, whose gradient noise is sqrt(b) times smaller, takes steps up to sqrt(b)
-times longer at equal stability. The constants are chosen by measurement (README,
-"Training recipe"; `python -m benchmarks recipe`): held-out FVU of TopK SAEs on MiniLM's
-residual stream at equal tokens across batch 1024-8192 and widths 8x-32x.
+with `steps` held within [MIN_STEPS, REF_STEPS]. At equal tokens (steps = tokens / batch)
+that is lr proportional to batch_size ** 0.4: a batch b times larger has sqrt(b) times less
+gradient noise, and Adam's normalised step may grow by up to as much. At equal batch a
+longer run gets a lower rate, down to BASE_LR from REF_STEPS on (not measured beyond).
+
+Measured (README "Training recipe"; benchmarks/results/recipe-choice-cpu-2026-12-04.md):
+TopK k=32 SAEs on MiniLM's layers.3 residual stream, held-out FVU and dead latents at equal
+tokens. Raising the rate lowers held-out FVU until latents start to die; the highest rate
+that keeps dead latents (active on no held-out row) under 1% fell with the run's steps,
+about as steps ** -0.4, whatever the batch: ~6e-4 at 2,000 steps, ~1e-3 at 500 (batch 1024
+with 512k tokens and batch 4096 with 2M alike), ~1.3e-3 at 250, ~1.8e-3 at 125, above
+2.3e-3 at 62. The rule sits just below that line. A stronger AuxK term or a shorter dead
+window did not let a higher rate keep its latents alive. At 32x (batch 4096, 2M tokens)
+the rule's rate gave a lower held-out FVU than half of it (0.086 against 0.103), so the
+rate does not scale with the width (WIDTH_POWER 0); there both leave many latents rare
+enough to fire on none of 41k held-out rows (28.5% and 14.7%).
 
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
-short run); the decay
-starts after `decay_start` of the run's tokens; the dead-latent window (`dead_after_tokens`)
-counts tokens too.
+short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
+(`dead_after_tokens`) counts tokens too.
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
-BASE_LR = 4e-4  # at REF_BATCH tokens per step and REF_WIDTH latents
-REF_BATCH = 1024
-BATCH_POWER = 0.5
+BASE_LR = 5.66e-4  # at REF_STEPS steps (and more) and REF_WIDTH latents
+REF_STEPS = 2000
+STEPS_POWER = 0.4
+MIN_STEPS = 60  # shorter runs take the rate of this many steps (the shortest measured: 62)
 REF_WIDTH = 3072
 WIDTH_POWER = 0.0
 WARMUP_TOKENS = 51_200  # the default warmup...
@@ -32,12 +43,12 @@ WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
 
 
 def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
-    """`cfg.lr` when given, else the rule of the module docstring for `cfg.batch_size` and
-    a `d_sae`-latent dictionary."""
+    """`cfg.lr` when given, else the rule of the module docstring for a run of `cfg.steps`
+    steps of `cfg.batch_size` tokens on a `d_sae`-latent dictionary."""
     if cfg.lr is not None:
         return float(cfg.lr)
-    batch = (cfg.batch_size / REF_BATCH) ** BATCH_POWER
-    return BASE_LR * batch * (REF_WIDTH / d_sae) ** WIDTH_POWER
+    steps = min(max(cfg.steps, MIN_STEPS), REF_STEPS)
+    return BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -228,3 +228,14 @@ def test_topk_backward_catches_a_wrong_formula():
     assert_close(explicit.b_dec, leaves["b_dec"].grad, "b_dec", rtol=1e-10, atol=1e-12)
     with pytest.raises(AssertionError, match=r"\[b_dec\]"):
         assert_close(wrong, leaves["b_dec"].grad, "b_dec", rtol=1e-10, atol=1e-12)
+
+
+def test_decode_sparse_of_no_latent_is_the_bias_and_backpropagates():
+    """A feature shard can hold none of a step's AuxK winners: a zero-width sparse code."""
+    W = torch.randn(6, 4, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    v = torch.zeros(3, 0, requires_grad=True)
+    out = ref.decode_sparse(v, torch.zeros(3, 0, dtype=torch.int64), W, b)
+    assert torch.equal(out, b.detach().expand(3, 4))
+    out.sum().backward()
+    assert torch.equal(b.grad, torch.full((4,), 3.0)) and W.grad is None

@@ -26,6 +26,9 @@ BASE = dict(
     log_every=2,
     dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
     seed=3,
+    # the rate these equivalence tests were tuned at: the recipe's (2.3e-3 for 8 steps)
+    # grows the float-order differences between ranks past their tolerance in 8 steps
+    lr=4e-4,
 )
 
 

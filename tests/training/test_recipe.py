@@ -12,16 +12,24 @@ from sae_fast.training import recipe
 
 
 def test_the_default_lr_follows_the_written_rule_and_an_explicit_lr_wins():
-    base = recipe.peak_lr(TrainConfig(batch_size=recipe.REF_BATCH), recipe.REF_WIDTH)
-    assert base == pytest.approx(recipe.BASE_LR)
-    for batch, width in ((4096, 3072), (8192, 12288), (512, 24576)):
+    def lr(batch: int, steps: int, width: int = recipe.REF_WIDTH) -> float:
+        return recipe.peak_lr(TrainConfig(batch_size=batch, steps=steps), width)
+
+    assert lr(1024, recipe.REF_STEPS) == pytest.approx(recipe.BASE_LR)
+    for steps, width in ((500, 3072), (250, 12288), (1000, 24576)):
         want = (
             recipe.BASE_LR
-            * (batch / recipe.REF_BATCH) ** recipe.BATCH_POWER
+            * (recipe.REF_STEPS / steps) ** recipe.STEPS_POWER
             * (recipe.REF_WIDTH / width) ** recipe.WIDTH_POWER
         )
-        assert recipe.peak_lr(TrainConfig(batch_size=batch), width) == pytest.approx(want)
-    assert recipe.peak_lr(TrainConfig(batch_size=4096), 3072) > base  # larger batches, larger steps
+        assert lr(4096, steps, width) == pytest.approx(want)
+    # at equal tokens the rate grows as a power of the batch size
+    p = recipe.STEPS_POWER
+    assert lr(4096, 500) == pytest.approx(4**p * lr(1024, 2000)) and 0 < p <= 0.5
+    assert lr(8192, 250) == pytest.approx(8**p * lr(1024, 2000))
+    # outside the measured steps it is held at the ends of the range
+    assert lr(1024, 100_000) == lr(1024, recipe.REF_STEPS)
+    assert lr(1024, 10) == lr(1024, recipe.MIN_STEPS)
     assert recipe.peak_lr(TrainConfig(batch_size=8192, lr=1e-3), 99) == 1e-3
 
 
