@@ -79,6 +79,30 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in _causal_lm_classes()
 
 
+def _model_path(name: str) -> str | Path:
+    """Where `load_model` reads model `name` from (the embedded ones: offline)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
+    if name == EMBEDDED_MODEL:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return embedded_model_dir()
+    if name == smollm2.NAME:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return smollm2.model_dir()
+    return name
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model `name` (as `load_model` names it), without the model."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(_model_path(name))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load model {name!r} (its tokenizer): {err}") from err
+
+
 def load_model(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, object]:
@@ -87,20 +111,11 @@ def load_model(
 
     Causal LMs (by their config's `architectures`) load with their LM head, so that
     downstream evaluation, steering and tracing can read logits; others load bare."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
-    if name == EMBEDDED_MODEL:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        path: str | Path = embedded_model_dir()
-    elif name == smollm2.NAME:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        path = smollm2.model_dir()
-    else:
-        path = name
+    path = _model_path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(name)
         loader = (
             AutoModelForCausalLM
             if is_causal_config(AutoConfig.from_pretrained(path))

@@ -140,6 +140,11 @@ class Trainer:
 
     @property
     def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded alone, when a cache served the run)."""
+        if self.source.tokenizer is None:
+            from ..data.activations import load_tokenizer
+
+            self.source.tokenizer = load_tokenizer(self.cfg.model)
         return self.source.tokenizer
 
     # ------------------------------------------------------------------ one step

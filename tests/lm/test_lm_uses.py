@@ -46,6 +46,7 @@ def picks(smol_sae):
     """Features whose top contexts agree on a next word, from the training cache."""
     sae = smol_sae.sae
     acts = read_cache(smol_sae.sae_dir.parent / "activations")
+    acts = acts.rows(acts.window < len(smol_sae.windows))  # the training rows, not held out
     report = feature_report(sae, acts.chunks(4096), n_top=8, n_samples=0, width=0)
     tok = smol_sae.tokenizer
     ranked = next_token_features(report, smol_sae.windows)
