@@ -138,7 +138,8 @@ def summary_line(result: Any) -> str:
             f"no held-out slice; last training batch FVU {m.get('fvu', float('nan')):.3f}, "
             f"L0 {m.get('l0', float('nan')):.1f}"
         )
-    return f"saved {result.sae_dir}: {shown}; dead in training {m.get('dead_pct', 0.0):.1f}%"
+    dead = m.get("dead_pct", 0.0)
+    return f"saved {result.sae_dir}: {shown}; dead latents in training {dead:.1f}%"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

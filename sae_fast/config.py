@@ -185,7 +185,7 @@ class _RunSettings:
         "README 'Training recipe')",
     )  # fmt: skip
     warmup_tokens: int | None = _opt(
-        None, "tokens of linear LR warmup (default: 51,200, at most 5% of the run)"
+        None, "tokens of linear LR warmup (default: 51,200, at most 5%% of the run)"
     )
     decay_start: float = _opt(0.8, "fraction of the run after which the LR decays linearly to 0")
     grad_clip: float | None = _opt(1.0, "max global grad norm (None: off)")

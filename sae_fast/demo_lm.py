@@ -70,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
     # 2. features from their top contexts (read back from the cache, no model pass)
     acts = read_cache(cfg.cache)
+    acts = acts.rows(acts.window < len(windows))  # its training rows (held-out ones follow)
     report = feature_report(sae, acts.chunks(8192), n_top=8, n_samples=0, width=0)
     # prefer features that predict a whole word (" version") over word pieces ("ITE"),
     # whitespace or punctuation
