@@ -90,8 +90,7 @@ def collect(
         )
     else:  # the same batches, on every rank: all of them stop here if there are none
         acts = collect_shares(
-            model, tokenizer, windows, cfg.hook, sum(len(w) for w in windows), group,
-            target_hook=cfg.target_hook, keep=keep,
+            model, tokenizer, windows, cfg.hook, group, target_hook=cfg.target_hook, keep=keep
         )  # fmt: skip
     if not acts:
         raise ConfigError(f"corpus {cfg.corpus} produced no tokens")
@@ -103,16 +102,15 @@ def collect_shares(
     tokenizer: Any,
     windows: list[list[int]],
     hook: str,
-    max_tokens: int,
     group: Ranks,
     batch_size: int = 32,
     target_hook: str | None = None,
     keep: TokenFilter | None = None,
 ) -> list[ActivationBatch]:
-    """`list(iter_activations(...))` with the model's work split over the ranks: each rank
-    runs its own replica over every world-th batch of the windows one process would read,
-    and the batches are gathered back in order (on every rank)."""
-    chosen, _ = select_windows(tokenizer, windows, max_tokens)
+    """`list(iter_activations(...))` of all of `windows` with the model's work split over
+    the ranks: each rank runs its own replica over every world-th batch of them, and the
+    batches are gathered back in order (on every rank)."""
+    chosen = windows
     starts = range(group.rank * batch_size, len(chosen), group.world * batch_size)
     mine = []
     for w0 in starts:
@@ -127,11 +125,4 @@ def collect_shares(
     ordered: list[ActivationBatch] = []  # batch i * world + r is gathered[r][i]
     for i in range(max(len(g) for g in gathered)):
         ordered += [g[i] for g in gathered if i < len(g)]
-    out, seen = [], 0
-    for b in ordered:  # one process stops at max_tokens, mid-batch
-        n = min(len(b.tokens), max_tokens - seen)
-        if n <= 0:
-            break
-        out.append(b.rows(slice(0, n)))
-        seen += n
-    return out
+    return ordered

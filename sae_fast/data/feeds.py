@@ -174,8 +174,7 @@ def collect_cache(cfg: TrainConfig, group: Ranks | None = None, device="cpu") ->
     keep = token_filter(cfg, model)
     if group.world > 1:  # each rank's model replica runs over its share; rank 0 writes
         acts: Any = collect_shares(
-            model, tokenizer, windows, cfg.hook, split.train_tokens + split.heldout_tokens,
-            group, target_hook=cfg.target_hook, keep=keep,
+            model, tokenizer, windows, cfg.hook, group, target_hook=cfg.target_hook, keep=keep
         )  # fmt: skip
     else:  # streamed to disk shard by shard
         acts = iter_activations(
