@@ -42,4 +42,6 @@ TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sae_fast native kernels (C++/OpenMP)";
   m.def("openmp_threads", &openmp_threads, "Threads OpenMP will use (1 without OpenMP)");
+  m.def("release_pooled_blocks", &sae_fast::release_pooled_blocks,
+        "Free the unused blocks kept for the kernels' large outputs; returns the bytes freed");
 }

@@ -43,4 +43,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_backward_cpu(
     const at::Tensor& W_enc, const at::Tensor& b_dec, const at::Tensor& W_dec, const at::Tensor& values,
     const at::Tensor& indices);
 
+// An uninitialised CPU tensor for a large kernel output, in memory reused from earlier
+// outputs of the same size once they are freed (block_pool.cpp); small sizes: at::empty.
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Frees every block the pool holds unused; returns the bytes released.
+int64_t release_pooled_blocks();
+
 }  // namespace sae_fast

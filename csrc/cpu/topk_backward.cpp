@@ -1,16 +1,31 @@
-// The whole TopK SAE backward on the CPU in one walk over the features (docs/design.md section 3):
-// one stable counting sort of the indices, then for each feature f and each position (b, j)
-// of its segment, with g = dL/drecon[b] and xc = x[b] - b_dec:
+// The whole TopK SAE backward on the CPU from one stable counting sort of the indices
+// (docs/design.md section 3). For each feature f and each position p = (b, j) of its segment,
+// with g = dL/drecon[b] and xc = x[b] - b_dec:
 //   dv           = g . W_dec[f] (+ grad_values[b, j])        d_pre[b, j] = dv * (v[b, j] > 0)
 //   dW_dec[f]   += v[b, j] * g        dW_enc[:, f] += d_pre[b, j] * xc     db_enc[f] += d_pre[b, j]
-// so each row of g and x is read once per position (the separate kernels read g twice, W_dec
-// once more and a materialised x - b_dec). Each feature is owned by one thread and summed in
-// position order: deterministic, and independent of the thread count.
+//
+// The rows of g and x are gathered (one per position), so the walk runs in column chunks of
+// d_in: a chunk of g (or x) over all B rows is sized to stay in a core's L2, and every gather
+// of a chunk pass hits it, where whole-row gathers of [B, d_in] streamed from L3 (at B=4096,
+// d_in=384 the whole-row walk was L3-bound and cost ~0.8x the encoder GEMM). Three passes:
+//   A, per chunk: dW_dec[f, chunk] and the chunk's part of each dv (summed over chunks in order);
+//   B: d_pre and db_enc from the finished dv;
+//   C, per chunk: dW_enc[chunk, f], stored as whole cache lines of kGroup features per row.
+// Each feature group is owned by one thread (interleaved, the same in every pass, so no pass
+// waits for another thread), and every sum runs in position order and chunk order: the result
+// is deterministic and independent of the thread count.
 #include <algorithm>
 #include <type_traits>
+#include <new>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include <ATen/OpMathType.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -30,134 +45,143 @@ inline acc_t centred(acc_t diff) {
   else return static_cast<acc_t>(static_cast<scalar_t>(diff));
 }
 
-// One feature's positions and the tensors its walk reads.
-template <typename scalar_t>
-struct Segment {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t* pos;  // [n] flat positions b * k + j, ascending
-  int64_t n, k, D;
-  const scalar_t* g;    // [B, D] dL/drecon
-  const scalar_t* x;    // [B, D]
-  const scalar_t* v;    // [B * k] values
-  const acc_t* gv;      // [B * k] direct gradient on the values, or null
+constexpr int64_t kGroup = 64;      // features per group: dW_enc rows are stored 64 columns (4 lines) at a time
+constexpr int64_t kMaxChunk = 128;  // widest chunk (elements)
+constexpr int64_t kAhead = 4;       // positions ahead whose chunk of a row is prefetched
+constexpr int64_t kAheadRows = 8;   // features ahead whose chunk of W_dec is prefetched
+
+// The chunk width: the widest power of two in [16, kMaxChunk] whose [B, chunk] slab of one
+// source fits ~1 MiB (half a core's L2 here), at most d_in rounded up; a function of B and
+// d_in only, so the sums' order never depends on the machine.
+inline int64_t chunk_width(int64_t B, int64_t D, int64_t itemsize) {
+  int64_t w = kMaxChunk;
+  while (w > 16 && B * w * itemsize > (int64_t(1) << 20)) w /= 2;
+  while (w > 16 && w / 2 >= D) w /= 2;
+  return w;
+}
+
+// The positions of the walk in feature order, with what each pass reads of them.
+template <typename acc_t>
+struct Walk {
+  const int64_t* offsets;  // [d_sae + 1]
+  const int64_t* row;      // [N] the position's row b = perm / k
+  const acc_t* val;        // [N] v at the position
+  acc_t* dv;               // [N] dL/dv, then d_pre
+  int64_t D;
+  int64_t N;  // positions in all
+  int64_t d_sae;
 };
 
-constexpr int64_t kAhead = 4;  // positions ahead whose rows pass 1 prefetches
-
-// Pass 1 of a feature: d_pre of each of its positions (written to dpp and, with v, to
-// coef[2 * i], coef[2 * i + 1]); returns their sum, dL/db_enc[f].
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-acc_t feature_dpre(const Segment<scalar_t>& s, const acc_t* __restrict__ w, acc_t* __restrict__ dpp,
-                   acc_t* __restrict__ coef) {
-  acc_t total = 0;
-  for (int64_t i = 0; i < s.n; ++i) {
-    const int64_t pos = s.pos[i];
-    const scalar_t* __restrict__ grow = s.g + (pos / s.k) * s.D;
-    if (i + kAhead < s.n) {  // the rows a few positions on are gathered, not streamed: prefetch
-      const int64_t ahead = (s.pos[i + kAhead] / s.k) * s.D;
-      const char* ga = reinterpret_cast<const char*>(s.g + ahead);
-      const char* xa = reinterpret_cast<const char*>(s.x + ahead);
-      for (int64_t byte = 0; byte < s.D * int64_t(sizeof(scalar_t)); byte += 64) {
-        __builtin_prefetch(ga + byte);
-        __builtin_prefetch(xa + byte);
-      }
-    }
-    acc_t dv = 0;
-#if defined(__AVX512F__)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (s.D % 64 == 0) {  // four independent accumulators: the dot is not one long chain
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t d = 0; d < s.D; d += 64) {
-          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(grow + d), _mm512_loadu_ps(w + d), a0);
-          a1 = _mm512_fmadd_ps(_mm512_loadu_ps(grow + d + 16), _mm512_loadu_ps(w + d + 16), a1);
-          a2 = _mm512_fmadd_ps(_mm512_loadu_ps(grow + d + 32), _mm512_loadu_ps(w + d + 32), a2);
-          a3 = _mm512_fmadd_ps(_mm512_loadu_ps(grow + d + 48), _mm512_loadu_ps(w + d + 48), a3);
-        }
-        dv = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-      } else {
-#pragma omp simd reduction(+ : dv)
-        for (int64_t d = 0; d < s.D; ++d) dv += grow[d] * w[d];
-      }
-    } else
+// Each thread's copy of one chunk of g or x over all B rows, [B, w] contiguous: gathered rows
+// are then w apart, on few pages (huge pages where the kernel gives them), not D apart across
+// the whole input.
+template <typename T>
+struct Slab {
+  T* data = nullptr;
+  explicit Slab(int64_t n) {
+    const size_t bytes = ((n * sizeof(T) + kHuge - 1) / kHuge) * kHuge;
+    if (posix_memalign(reinterpret_cast<void**>(&data), kHuge, bytes) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(data, bytes, MADV_HUGEPAGE);
 #endif
-    {
-#pragma omp simd reduction(+ : dv)
-      for (int64_t d = 0; d < s.D; ++d) dv += static_cast<acc_t>(grow[d]) * w[d];
-    }
-    if (s.gv) dv += s.gv[pos];
-    const acc_t val = static_cast<acc_t>(s.v[pos]);
-    const acc_t dp = dv * static_cast<acc_t>(val > acc_t(0));  // the ReLU mask, as the reference
-    dpp[pos] = dp;
-    coef[2 * i] = val;
-    coef[2 * i + 1] = dp;
-    total += dp;
   }
-  return total;
+  ~Slab() { free(data); }
+  Slab(const Slab&) = delete;
+  Slab& operator=(const Slab&) = delete;
+  static constexpr size_t kHuge = size_t(1) << 21;
+};
+
+inline void prefetch_chunk(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
 }
 
-#if defined(__AVX512F__)
-// Pass 2 for fp32, NV vectors of D at a time held in registers across the whole segment:
-// da[d0 + ...] = sum_i v_i g_i, ea[d0 + ...] = sum_i dpre_i (x_i - b_dec).
-template <int NV>
-inline void feature_sums_block(const Segment<float>& s, const float* __restrict__ coef, const float* __restrict__ bb,
-                               int64_t d0, float* __restrict__ da, float* __restrict__ ea) {
-  __m512 acc_d[NV], acc_e[NV], bias[NV];
-  for (int q = 0; q < NV; ++q) {
-    acc_d[q] = _mm512_setzero_ps();
-    acc_e[q] = _mm512_setzero_ps();
-    bias[q] = _mm512_loadu_ps(bb + d0 + 16 * q);
-  }
-  for (int64_t i = 0; i < s.n; ++i) {
-    const int64_t row = (s.pos[i] / s.k) * s.D + d0;
-    const __m512 val = _mm512_set1_ps(coef[2 * i]), dp = _mm512_set1_ps(coef[2 * i + 1]);
-    for (int q = 0; q < NV; ++q) {
-      acc_d[q] = _mm512_fmadd_ps(val, _mm512_loadu_ps(s.g + row + 16 * q), acc_d[q]);
-      const __m512 xc = _mm512_sub_ps(_mm512_loadu_ps(s.x + row + 16 * q), bias[q]);
-      acc_e[q] = _mm512_fmadd_ps(dp, xc, acc_e[q]);
-    }
-  }
-  for (int q = 0; q < NV; ++q) {
-    _mm512_storeu_ps(da + d0 + 16 * q, acc_d[q]);
-    _mm512_storeu_ps(ea + d0 + 16 * q, acc_e[q]);
-  }
-}
-#endif
-
-// Pass 2 of a feature: da = dL/dW_dec[f] and ea = dL/dW_enc[:, f] from the (v, d_pre) pairs.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void feature_sums(const Segment<scalar_t>& s, const acc_t* __restrict__ coef, const acc_t* __restrict__ bb,
-                  acc_t* __restrict__ da, acc_t* __restrict__ ea) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (s.D % 16 == 0) {
-      int64_t d0 = 0;
-      for (; d0 + 128 <= s.D; d0 += 128) feature_sums_block<8>(s, coef, bb, d0, da, ea);
-      for (; d0 < s.D; d0 += 16) feature_sums_block<1>(s, coef, bb, d0, da, ea);
+// dst[0:n] = src[0:n] (cast), by non-temporal stores where they can be (fp32, whole aligned
+// lines): the gradients are written once and not read here again, so they must not evict the
+// chunk of g or x that the gathers read from L2.
+template <typename scalar_t, typename acc_t>
+inline void store_out(scalar_t* __restrict__ dst, const acc_t* __restrict__ src, int64_t n) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+      for (int64_t d = 0; d < n; d += 16) _mm512_stream_ps(dst + d, _mm512_load_ps(src + d));
       return;
     }
   }
 #endif
-  for (int64_t d = 0; d < s.D; ++d) da[d] = ea[d] = acc_t(0);
-  for (int64_t i = 0; i < s.n; ++i) {
-    const int64_t row = (s.pos[i] / s.k) * s.D;
-    const scalar_t* __restrict__ grow = s.g + row;
-    const scalar_t* __restrict__ xrow = s.x + row;
-    const acc_t val = coef[2 * i], dp = coef[2 * i + 1];
-#pragma omp simd
-    for (int64_t d = 0; d < s.D; ++d) {
-      da[d] += val * static_cast<acc_t>(grow[d]);
-      ea[d] += dp * centred<scalar_t>(static_cast<acc_t>(xrow[d]) - bb[d]);
+  for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<scalar_t>(src[d]);
+}
+
+// Pass A of one feature on columns [c0, c0 + w) (W > 0: w == W, known at compile time):
+// dW_dec[f, c0:c0 + w] = sum_p v_p g[b_p, c0:c0 + w], and dv_p += g[b_p, c0:c0 + w] . W_dec[f, c0:c0 + w].
+template <int W, typename scalar_t, typename acc_t>
+void decoder_chunk(const Walk<acc_t>& s, int64_t f, int64_t c0, int64_t wrt, const acc_t* __restrict__ g,
+                   const scalar_t* __restrict__ wdec, scalar_t* __restrict__ dW_dec) {
+  const int64_t w = W > 0 ? W : wrt;
+  alignas(64) acc_t wd[kMaxChunk], acc[kMaxChunk];
+  const scalar_t* wrow = wdec + f * s.D + c0;
+  if (f + kAheadRows < s.d_sae)  // a later feature's chunk of W_dec: rows are short, memory is far
+    prefetch_chunk(wrow + kAheadRows * s.D, w * int64_t(sizeof(scalar_t)));
+  for (int64_t d = 0; d < w; ++d) {
+    wd[d] = static_cast<acc_t>(wrow[d]);
+    acc[d] = acc_t(0);
+  }
+  const int64_t end = s.offsets[f + 1];
+  for (int64_t i = s.offsets[f]; i < end; ++i) {
+    if (i + kAhead < s.N) prefetch_chunk(g + s.row[i + kAhead] * w, w * int64_t(sizeof(acc_t)));
+    const acc_t* __restrict__ gr = g + s.row[i] * w;
+    const acc_t v = s.val[i];
+    acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < w; ++d) {
+      dot += gr[d] * wd[d];
+      acc[d] += v * gr[d];
     }
+    s.dv[i] += dot;
+  }
+  store_out(dW_dec + f * s.D + c0, acc, w);
+}
+
+// Pass C of a group of nf features on columns [c0, c0 + w): dW_enc[c0 + d, f0 + q] =
+// sum_p d_pre_p (x[b_p, c0 + d] - b_dec[c0 + d]) over feature f0 + q's positions.
+template <int W, typename scalar_t, typename acc_t>
+void encoder_chunk(const Walk<acc_t>& s, int64_t f0, int64_t nf, int64_t c0, int64_t wrt,
+                   const acc_t* __restrict__ xc, int64_t d_sae, scalar_t* __restrict__ dW_enc) {
+  const int64_t w = W > 0 ? W : wrt;
+  alignas(64) acc_t enc[kGroup][kMaxChunk];
+  for (int64_t q = 0; q < nf; ++q) {
+    acc_t* __restrict__ acc = enc[q];
+    for (int64_t d = 0; d < w; ++d) acc[d] = acc_t(0);
+    const int64_t end = s.offsets[f0 + q + 1];
+    for (int64_t i = s.offsets[f0 + q]; i < end; ++i) {
+      if (i + kAhead < s.N) prefetch_chunk(xc + s.row[i + kAhead] * w, w * int64_t(sizeof(acc_t)));
+      const acc_t* __restrict__ xr = xc + s.row[i] * w;
+      const acc_t dp = s.dv[i];
+#pragma omp simd
+      for (int64_t d = 0; d < w; ++d) acc[d] += dp * xr[d];
+    }
+  }
+  alignas(64) acc_t line[kGroup];
+  for (int64_t d = 0; d < w; ++d) {
+    for (int64_t q = 0; q < nf; ++q) line[q] = enc[q][d];
+    store_out(dW_enc + (c0 + d) * d_sae + f0, line, nf);
   }
 }
 
-// Both passes of one feature; returns dL/db_enc[f].
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-acc_t walk_feature(const Segment<scalar_t>& s, const acc_t* w, const acc_t* bb, acc_t* dpp, acc_t* coef,
-                   acc_t* da, acc_t* ea) {
-  const acc_t total = feature_dpre<scalar_t>(s, w, dpp, coef);
-  feature_sums<scalar_t>(s, coef, bb, da, ea);
-  return total;
+// Calls fn.template operator()<W>(c0, w) for each chunk of [0, D): whole chunks of width
+// `chunk` with a compile-time width, the tail (if any) with a run-time one.
+template <typename Fn>
+void for_chunks(int64_t D, int64_t chunk, Fn&& fn) {
+  int64_t c0 = 0;
+  for (; c0 + chunk <= D; c0 += chunk) {
+    switch (chunk) {
+      case 128: fn(std::integral_constant<int, 128>{}, c0, chunk); break;
+      case 64: fn(std::integral_constant<int, 64>{}, c0, chunk); break;
+      case 32: fn(std::integral_constant<int, 32>{}, c0, chunk); break;
+      default: fn(std::integral_constant<int, 16>{}, c0, chunk); break;
+    }
+  }
+  if (c0 < D) fn(std::integral_constant<int, 0>{}, c0, D - c0);
 }
 
 }  // namespace
@@ -192,13 +216,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_backward_cpu(
   auto wd = W_dec.contiguous();
   auto v = values.contiguous();
   auto bd = b_dec.contiguous();
+  const int64_t N = B * k;
   at::Tensor d_pre, dW_enc, db_enc, dW_dec;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wd.scalar_type(), "sparse_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     d_pre = at::empty({B, k}, wd.options().dtype(acc_dtype));
-    dW_enc = at::empty({D, d_sae}, W_enc.options());
-    dW_dec = at::empty({d_sae, D}, wd.options());
+    dW_enc = pooled_empty({D, d_sae}, W_enc.options());  // every element is written below
+    dW_dec = pooled_empty({d_sae, D}, wd.options());
     db_enc = at::empty({d_sae}, wd.options().dtype(acc_dtype));
     at::Tensor gv;
     if (grad_values.has_value()) gv = grad_values->to(acc_dtype).contiguous();
@@ -214,35 +239,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_backward_cpu(
     scalar_t* dencp = dW_enc.data_ptr<scalar_t>();
     scalar_t* ddecp = dW_dec.data_ptr<scalar_t>();
     acc_t* dbp = db_enc.data_ptr<acc_t>();
-    // Features go in groups of kGroup: a group's dW_enc columns are summed into scratch, then
-    // stored as whole cache lines of each row of dW_enc (dW_enc[d, f0:f0 + kGroup]).
-    constexpr int64_t kGroup = 16;
-    int64_t max_seg = 1;  // the longest segment: scratch for its (v, d_pre) pairs
-    for (int64_t f = 0; f < d_sae; ++f) max_seg = std::max(max_seg, op[f + 1] - op[f]);
+    std::vector<int64_t> row(N);
+    std::vector<acc_t> val(N), dv(N), bdec(D);
+    for (int64_t d = 0; d < D; ++d) bdec[d] = static_cast<acc_t>(bp[d]);
+_Pragma("omp parallel for schedule(static)")
+    for (int64_t i = 0; i < N; ++i) {  // the positions in feature order, with what they read
+      const int64_t pos = pp[i];
+      row[i] = pos / k;
+      val[i] = static_cast<acc_t>(vp[pos]);
+      dv[i] = gvp ? gvp[pos] : acc_t(0);
+    }
+    const Walk<acc_t> s{op, row.data(), val.data(), dv.data(), D, N, d_sae};
+    const int64_t chunk = chunk_width(B, D, int64_t(sizeof(acc_t)));
     const int64_t n_groups = (d_sae + kGroup - 1) / kGroup;
+#ifdef _OPENMP
+    const int64_t max_threads = omp_get_max_threads();
+#else
+    const int64_t max_threads = 1;
+#endif
+    Slab<acc_t> slabs(max_threads * B * chunk);  // allocated here: nothing may throw inside the region
 _Pragma("omp parallel")
     {
-      std::vector<acc_t> enc(kGroup * D), dec(D), w(D), bdec(D), coef_buf(2 * max_seg);
-      acc_t* coef = coef_buf.data();
-      for (int64_t d = 0; d < D; ++d) bdec[d] = static_cast<acc_t>(bp[d]);
-_Pragma("omp for schedule(dynamic, 2)")
-      for (int64_t grp = 0; grp < n_groups; ++grp) {
-        const int64_t f0 = grp * kGroup, nf = std::min(kGroup, d_sae - f0);
-        for (int64_t f = f0; f < f0 + nf; ++f) {
-          acc_t* __restrict__ ea = enc.data() + (f - f0) * D;  // [D], dW_enc[:, f]
-          acc_t* __restrict__ da = dec.data();                 // [D], dW_dec[f]
-          acc_t* __restrict__ wr = w.data();
-          const acc_t* __restrict__ bb = bdec.data();
-          for (int64_t d = 0; d < D; ++d) wr[d] = static_cast<acc_t>(wp[f * D + d]);
-          dbp[f] = walk_feature<scalar_t>(Segment<scalar_t>{pp + op[f], op[f + 1] - op[f], k, D, gp, xp, vp, gvp},
-                                          wr, bb, dpp, coef, da, ea);
-          for (int64_t d = 0; d < D; ++d) ddecp[f * D + d] = static_cast<scalar_t>(da[d]);
+      // Thread t owns groups t, t + nt, ...: the same in every pass, so a feature's dv is
+      // only ever read and written by one thread and no pass waits on another.
+#ifdef _OPENMP
+      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+      const int64_t nt = 1, t = 0;
+#endif
+      acc_t* slab = slabs.data + t * B * chunk;
+      for_chunks(D, chunk, [&](auto Wc, int64_t c0, int64_t w) {  // pass A
+        acc_t* gs = slab;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t d = 0; d < w; ++d) gs[b * w + d] = static_cast<acc_t>(gp[b * D + c0 + d]);
+        for (int64_t grp = t; grp < n_groups; grp += nt)
+          for (int64_t f = grp * kGroup; f < std::min(d_sae, (grp + 1) * kGroup); ++f)
+            decoder_chunk<decltype(Wc)::value>(s, f, c0, w, gs, wp, ddecp);
+      });
+      for (int64_t grp = t; grp < n_groups; grp += nt)  // pass B: d_pre, db_enc
+        for (int64_t f = grp * kGroup; f < std::min(d_sae, (grp + 1) * kGroup); ++f) {
+          acc_t total = 0;
+          for (int64_t i = op[f]; i < op[f + 1]; ++i) {
+            const acc_t dp = s.dv[i] * static_cast<acc_t>(s.val[i] > acc_t(0));  // the ReLU mask
+            s.dv[i] = dp;
+            dpp[pp[i]] = dp;
+            total += dp;
+          }
+          dbp[f] = total;
         }
-        for (int64_t d = 0; d < D; ++d) {
-          scalar_t* __restrict__ dst = dencp + d * d_sae + f0;
-          for (int64_t f = 0; f < nf; ++f) dst[f] = static_cast<scalar_t>(enc[f * D + d]);
+      for_chunks(D, chunk, [&](auto Wc, int64_t c0, int64_t w) {  // pass C
+        acc_t* xs = slab;  // x - b_dec on the chunk, as the reference rounds it
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t d = 0; d < w; ++d)
+            xs[b * w + d] = centred<scalar_t>(static_cast<acc_t>(xp[b * D + c0 + d]) - bdec[c0 + d]);
+        for (int64_t grp = t; grp < n_groups; grp += nt) {
+          const int64_t f0 = grp * kGroup;
+          encoder_chunk<decltype(Wc)::value, scalar_t>(s, f0, std::min(kGroup, d_sae - f0), c0, w, xs, d_sae,
+                                                       dencp);
         }
-      }
+      });
     }
   });
   return {d_pre, dW_enc, db_enc, dW_dec};

@@ -13,7 +13,7 @@ from torch import Tensor
 from . import reference as ref
 
 try:
-    from sae_fast import _C  # noqa: F401  (registers torch.ops.sae_fast.*)
+    from sae_fast import _C  # registers torch.ops.sae_fast.*
 
     NATIVE_AVAILABLE = True
     NATIVE_IMPORT_ERROR: str | None = None
@@ -32,15 +32,23 @@ def _require() -> None:
         )
 
 
+def release_pooled_blocks() -> int:
+    """Free the memory the native backward keeps to reuse for later gradients (blocks of
+    gradients already freed); returns the bytes freed, 0 without the extension."""
+    return int(_C.release_pooled_blocks()) if NATIVE_AVAILABLE else 0
+
+
 def encode_block(batch: int) -> int:
-    """Features per BLAS call in the native TopK encoder. The kernel tiles rows (at least 512
-    when the batch has them) so that BLAS repacks W_enc rarely; each [rows, block] tile is
-    selected from while in cache. On the 2-core EPYC (interleaved medians, 2026-12-02)
-    1024 gave 1.01x the bare GEMM at d_sae=12288 (512: 1.04, 12288: 1.10), 0.98x at the
-    wide-k64 shape and 1.15x at d_sae=1536 (where every block size gave 1.14-1.22x).
+    """Features per BLAS call in the native TopK encoder. A dictionary no wider than this is
+    encoded by whole rows (one multi-threaded GEMM per fifth of the batch, then a parallel
+    select); a wider one by row tiles (at least 512 rows when the batch has them) and blocks
+    of this many features, each selected from while in cache. On the 2-core Xeon (AVX-512,
+    interleaved medians, 2026-12-06), x the bare GEMM for blocks 1024 / 2048 / 4096: d_sae=1536
+    1.45 / 1.31 / 1.24 (the last two by whole rows), d_sae=12288 1.19 / 1.17 / 1.16, and the
+    wide-k64 shape 1.13 / 1.12 / 1.09; whole rows at d_sae=12288 gave 1.35.
     `batch` is kept for callers; the block does not depend on it."""
     del batch
-    return 1024
+    return 4096
 
 
 def decode_sparse(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

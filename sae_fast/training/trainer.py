@@ -30,6 +30,7 @@ from ..data.activations import ActivationBatch
 from ..data.collect import collect  # noqa: F401  (re-exported: tests and benchmarks)
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_json
+from ..ops import native
 from ..sae import SparseAutoencoder
 from . import checkpoint, distributed, heldout, losses, recipe, sharded, start
 from .basic import normalize_decoder_rows, project_decoder_grad
@@ -359,7 +360,11 @@ def run_together(trainers: list[Trainer]) -> list[TrainResult]:
         bar.close()
     lead.feed.close()
     seconds, tokens = time.perf_counter() - t0, lead.step * lead.cfg.batch_size - tokens0
-    return [t.finish(lg, seconds, tokens) for t, lg in zip(trainers, logs, strict=True)]
+    results = [t.finish(lg, seconds, tokens) for t, lg in zip(trainers, logs, strict=True)]
+    for t in trainers:  # the run is over: its gradients, and the blocks kept to reuse them, go
+        t.opt.zero_grad(set_to_none=True)
+    native.release_pooled_blocks()
+    return results
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -206,6 +206,26 @@ def test_sparse_backward_ops_match_explicit_formulas(dtype, B, d_in, d_sae, k):
     assert torch.equal(cols, dW_enc_t.t()) and torch.equal(db_cols, db_enc)
 
 
+def test_topk_encode_by_whole_rows_matches_the_reference_at_any_thread_count():
+    """A dictionary no wider than the block is encoded by whole rows, one GEMM per fifth of
+    the batch (here 5 chunks of 260 rows), rows split between threads: the indices equal the
+    reference's and the blocked path's, and the result is the same bits at 1-3 threads."""
+    x, W, be, bd = _enc_inputs(1300, 24, 300, seed=9)
+    want_v, want_i = ref.encode_topk(x, W, be, bd, 8)
+    assert torch.equal(native.encode_topk(x, W, be, bd, 8, 64)[1], want_i)  # blocked
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got.append(native.encode_topk(x, W, be, bd, 8, 300))
+    finally:
+        torch.set_num_threads(before)
+    for v, i in got:
+        assert torch.equal(i, want_i) and torch.equal(v, got[0][0])
+    assert_close(got[0][0], want_v, "whole rows", rtol=1e-5, atol=1e-6)
+
+
 def test_feature_segments_is_a_stable_counting_sort():
     i = torch.tensor([[4, 1], [1, 0], [4, 4]])
     perm, offsets = native.feature_segments(i, 6)

@@ -94,6 +94,50 @@ def test_heavy_collisions_and_thread_counts_give_the_same_bits():
         assert_close(a, b, name, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("B,d_in,d_sae,k", [(4100, 40, 300, 3), (9000, 40, 7, 2)])
+def test_large_batches_walk_narrow_chunks_with_the_same_bits_at_any_thread_count(B, d_in, d_sae, k):
+    """A [B, chunk] slab of g or x stays ~1 MiB: chunks of 32 (B=4100) and 16 (B=9000)
+    columns, each followed by an 8-column tail; still the reference, bit for bit at 1-3 threads."""
+    p, x, v, i, grad, extra = _case(B, d_in, d_sae, k, seed=11)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(_run(p, x, v, i, grad, extra))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for name, a, b in zip(NAMES, results[0], other, strict=True):
+            assert torch.equal(a, b), name
+    want = _want(p, x, v, i, grad, extra)
+    for name, a, b in zip(NAMES, results[0], want, strict=True):
+        assert_close(a, b, name, rtol=1e-5, atol=1e-4)
+
+
+def test_gradients_in_reused_memory_are_whole_and_the_pool_can_be_emptied():
+    """dW_enc and dW_dec of 1 MiB or more come from blocks kept after earlier gradients were
+    freed; every element is rewritten (a block left full of NaN by hand gives no NaN), and
+    `release_pooled_blocks` frees what the pool holds."""
+    from sae_fast import _C
+
+    p, x, v, i, grad, extra = _case(64, 64, 4200, 4, seed=5)  # [4200, 64] fp32: 1.03 MiB
+    first = _run(p, x, v, i, grad, extra)
+    first[1].fill_(float("nan"))
+    first[3].fill_(float("nan"))
+    ptrs = {first[1].data_ptr(), first[3].data_ptr()}
+    del first  # both blocks go back to the pool
+    p2, x2, v2, i2, grad2, extra2 = _case(64, 64, 4200, 4, seed=6)
+    again = _run(p2, x2, v2, i2, grad2, extra2)
+    assert {again[1].data_ptr(), again[3].data_ptr()} == ptrs  # the same memory, reused
+    want = _want(p2, x2, v2, i2, grad2, extra2)
+    for name, a, b in zip(NAMES, again, want, strict=True):
+        assert_close(a, b, name, rtol=1e-5, atol=1e-5)
+    del again
+    assert _C.release_pooled_blocks() >= 2 * 4200 * 64 * 4
+    assert _C.release_pooled_blocks() == 0
+
+
 def test_the_native_sae_backward_walks_once(monkeypatch):
     """SparseAutoencoder on the native backend takes its whole backward from this kernel:
     one call, and no separate grad_values / feature_reduce passes."""
