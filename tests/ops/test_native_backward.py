@@ -76,43 +76,33 @@ def test_low_precision_error_is_within_twice_torchs_own(dtype, B, d_in, d_sae, k
         assert ours <= 2 * theirs + 1e-3, f"{name} {dtype}: {ours:.2e} vs torch {theirs:.2e}"
 
 
-def test_heavy_collisions_and_thread_counts_give_the_same_bits():
-    p, x, v, i, grad, extra = _case(256, 144, 40, 8, seed=7, collide=True)
+def _same_bits_at_1_to_3_threads_and_the_reference(case) -> None:
+    """The kernel on `case` at 1, 2 and 3 threads: the same bits, and the reference's values."""
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append(_run(p, x, v, i, grad, extra))
+            results.append(_run(*case))
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
         for name, a, b in zip(NAMES, results[0], other, strict=True):
             assert torch.equal(a, b), name
-    want = _want(p, x, v, i, grad, extra)
+    want = _want(*case)
     for name, a, b in zip(NAMES, results[0], want, strict=True):
         assert_close(a, b, name, rtol=1e-5, atol=1e-4)
+
+
+def test_heavy_collisions_and_thread_counts_give_the_same_bits():
+    _same_bits_at_1_to_3_threads_and_the_reference(_case(256, 144, 40, 8, seed=7, collide=True))
 
 
 @pytest.mark.parametrize("B,d_in,d_sae,k", [(4100, 40, 300, 3), (9000, 40, 7, 2)])
 def test_large_batches_walk_narrow_chunks_with_the_same_bits_at_any_thread_count(B, d_in, d_sae, k):
     """A [B, chunk] slab of g or x stays ~1 MiB: chunks of 32 (B=4100) and 16 (B=9000)
     columns, each followed by an 8-column tail; still the reference, bit for bit at 1-3 threads."""
-    p, x, v, i, grad, extra = _case(B, d_in, d_sae, k, seed=11)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            results.append(_run(p, x, v, i, grad, extra))
-    finally:
-        torch.set_num_threads(before)
-    for other in results[1:]:
-        for name, a, b in zip(NAMES, results[0], other, strict=True):
-            assert torch.equal(a, b), name
-    want = _want(p, x, v, i, grad, extra)
-    for name, a, b in zip(NAMES, results[0], want, strict=True):
-        assert_close(a, b, name, rtol=1e-5, atol=1e-4)
+    _same_bits_at_1_to_3_threads_and_the_reference(_case(B, d_in, d_sae, k, seed=11))
 
 
 def test_gradients_in_reused_memory_are_whole_and_the_pool_can_be_emptied():
