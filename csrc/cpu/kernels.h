@@ -12,8 +12,9 @@ at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices
                              const at::Tensor& W_dec, const at::Tensor& b_dec);
 
 // TopK of pre = (x - b_dec) @ W_enc + b_enc per row, by row tile and feature block (one BLAS
-// call each, merged while in cache; peak extra memory threads * tile * block), ties to the
-// lower index, values ReLU'd.
+// call each, merged while in cache; peak extra memory threads * tile * block), or by whole
+// rows when d_sae <= block (one [max(256, B / 5), d_sae] buffer); ties to the lower index,
+// values ReLU'd.
 std::tuple<at::Tensor, at::Tensor> encode_topk_cpu(const at::Tensor& x, const at::Tensor& W_enc,
                                                    const at::Tensor& b_enc, const at::Tensor& b_dec,
                                                    int64_t k, int64_t block);

@@ -2,9 +2,10 @@
 // of features at a time (a BLAS call per tile and block on a strided view of W_enc, no copy),
 // merged into a running per-row top-k kept as a min-heap whose root is the worst kept entry.
 // Peak extra memory is O(threads * rows * block), never O(B * d_sae) (bf16/fp16 add one fp32
-// copy of W_enc, see below). A dictionary no wider than one block is encoded by whole rows
-// instead (encode_whole_rows): one buffer of at most 0.2x [B, d_sae]. Order: value descending, then lower index first; a later feature
-// never displaces an equal earlier one, so ties go to the lower index.
+// copy of W_enc, see below). A dictionary no wider than one block (at most 4096 features by
+// default) is encoded by whole rows instead (encode_whole_rows): one buffer of
+// [max(256, ceil(B / 5)), d_sae]. Order: value descending, then lower index first; a later
+// feature never displaces an equal earlier one, so ties go to the lower index.
 //
 // Ranking is on an integer key of the value (order_key): the same order as the floating-point
 // one, with -0 == +0, and NaN ranked above every number (as torch.topk does), so the order is
@@ -359,7 +360,7 @@ inline int64_t tile_rows(int64_t B, int64_t block, int64_t itemsize) {
   return std::max<int64_t>(std::min(by_cache, (B + 7) / 8), 16);
 }
 
-constexpr int64_t kWholeRowParts = 5;  // row chunks of the whole-row path: its buffer is 0.2x [B, d_sae]
+constexpr int64_t kWholeRowParts = 5;  // the whole-row path's chunks: a fifth of the batch (>= 256 rows)
 
 inline int64_t omp_threads() {
 #ifdef _OPENMP
