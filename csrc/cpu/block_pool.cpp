@@ -1,8 +1,8 @@
 // Reused memory for the kernels' large outputs (the backward's dW_enc and dW_dec). A training
 // step allocates each gradient anew and frees it at the next zero_grad(set_to_none=True);
-// glibc hands such blocks back to the kernel and maps them again, so every step paid a page
-// fault per 4 KiB page of every gradient (at d_in=384, d_sae=12288: ~11 ms of a 30 ms
-// backward on this machine). Freed blocks are kept here by size and handed out again, and
+// glibc may hand such blocks back to the kernel and map them again, and then a step pays a
+// page fault per 4 KiB page of every gradient (the backward alone, called in a loop at
+// d_in=384, d_sae=12288: ~11 ms of its 30 ms on this machine). Freed blocks are kept here by size and handed out again, and
 // blocks of 2 MiB or more are aligned for and advised to use huge pages (fewer TLB misses
 // in the backward's strided stores). Values never depend on it: every element is written.
 #include <cstdlib>
