@@ -5,20 +5,6 @@
 
 #include "cpu/kernels.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-namespace {
-int openmp_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-}  // namespace
-
 TORCH_LIBRARY(sae_fast, m) {
   m.def("decode_sparse(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec) -> Tensor");
   m.def("encode_topk(Tensor x, Tensor W_enc, Tensor b_enc, Tensor b_dec, int k, int block) -> (Tensor, Tensor)");
@@ -41,7 +27,7 @@ TORCH_LIBRARY_IMPL(sae_fast, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sae_fast native kernels (C++/OpenMP)";
-  m.def("openmp_threads", &openmp_threads, "Threads OpenMP will use (1 without OpenMP)");
+  m.def("openmp_threads", &sae_fast::omp_max_threads, "Threads OpenMP will use (1 without OpenMP)");
   m.def("release_pooled_blocks", &sae_fast::release_pooled_blocks,
         "Free the unused blocks kept for the kernels' large outputs; returns the bytes freed");
 }

@@ -5,7 +5,36 @@
 
 #include <tuple>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace sae_fast {
+
+// OpenMP's thread counts, and 1 / thread 0 in a build without it.
+inline int64_t omp_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int64_t omp_threads() {  // in a parallel region: its threads
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int64_t omp_thread() {  // in a parallel region: this thread's number
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 // recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] + b_dec   -> [B, d_in]
 at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices,

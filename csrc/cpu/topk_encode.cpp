@@ -28,10 +28,6 @@
 
 #include <ATen/OpMathType.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "../checks.h"
 #include "kernels.h"
 
@@ -361,22 +357,6 @@ inline int64_t tile_rows(int64_t B, int64_t block, int64_t itemsize) {
 }
 
 constexpr int64_t kWholeRowParts = 5;  // the whole-row path's chunks: a fifth of the batch (>= 256 rows)
-
-inline int64_t omp_threads() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
-inline int64_t omp_thread() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 // Whole rows (block >= d_sae): one multi-threaded BLAS GEMM per chunk of rows into a bounded
 // buffer ([ceil(B / kWholeRowParts), d_sae], at least 256 rows), then the chunk's rows selected
