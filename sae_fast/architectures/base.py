@@ -163,6 +163,15 @@ class Architecture:
     def after_step(cls, sae: SparseAutoencoder) -> None:
         """Projection after each optimiser step (e.g. keep a threshold >= 0)."""
 
+    @classmethod
+    def after_update(
+        cls, run: TrainState, x: Tensor, out: SAEOutput, group: Any
+    ) -> dict[str, float]:
+        """After each optimiser step, with the step's input `x` and forward `out`: training
+        state updates that read the batch (TopK revives silent latents); `group` is the
+        run's `distributed.Group`. Returns logs for the step."""
+        return {}
+
     # ---------------------------------------------------------------- SAELens
     @classmethod
     def fold_input_bias(cls, tensors: dict[str, Tensor]) -> None:
@@ -222,6 +231,22 @@ class AuxKTraining:
     def check(cfg: Any) -> None:
         """ConfigError naming a bad field."""
         check_fields(cfg, AuxKTraining)
+
+
+@dataclass
+class ReviveTraining:
+    """Training settings of silent-latent revival (topk; sae_fast/training/revive.py)."""
+
+    revive_after_tokens: int = train_field(
+        4096, "topk: a latent silent for this many tokens gets b_enc raised so that it would "
+        "have fired on its --revive-rows best rows of the step's batch (0: off)",
+    )  # fmt: skip
+    revive_rows: int = train_field(4, "topk: rows of the batch a revived latent would fire on")
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        """ConfigError naming a bad field."""
+        check_fields(cfg, ReviveTraining, {"revive_rows": 1})
 
 
 def auxk_term(run: TrainState, x: Tensor, target: Tensor, recon: Tensor) -> dict[str, Tensor]:

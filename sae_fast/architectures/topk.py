@@ -1,6 +1,7 @@
 """TopK (Gao et al. 2024): each row keeps its k largest pre-activations, ReLU'd; a sparse
 code `(values, indices)`, encoded and decoded by the backend's fused TopK SAE op. Trained on
-the MSE plus AuxK over the dead latents."""
+the MSE plus AuxK over the dead latents; latents silent for a while have b_enc raised
+after the step until they fire again (training/revive.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from ..ops import reference as ref
 from ..output import SAEOutput
-from .base import Architecture, AuxKTraining, TrainState, auxk_term
+from .base import Architecture, AuxKTraining, ReviveTraining, TrainState, auxk_term
 
 if TYPE_CHECKING:
     from ..sae import SparseAutoencoder
@@ -23,7 +24,7 @@ class TopK(Architecture):
     summary: ClassVar[str] = "k largest pre-activations per token (sparse code)"
     uses_k: ClassVar[bool] = True
     saelens_rescales: ClassVar[bool] = True
-    train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining,)
+    train_configs: ClassVar[tuple[type, ...]] = (AuxKTraining, ReviveTraining)
 
     @classmethod
     def encode_sparse(cls, sae: SparseAutoencoder, x: Tensor, ops: Any) -> ref.SparseCode:
@@ -63,3 +64,13 @@ class TopK(Architecture):
     ) -> tuple[SAEOutput, dict[str, Tensor]]:
         out = cls.train_forward(run.sae, x, run.shard)
         return out, auxk_term(run, x, target, out.reconstruction)
+
+    @classmethod
+    def after_update(
+        cls, run: TrainState, x: Tensor, out: SAEOutput, group: Any
+    ) -> dict[str, float]:
+        if ReviveTraining not in cls.train_configs:  # AbsTopK: it selects by |pre|
+            return {}
+        from ..training.revive import revive_silent
+
+        return {"revived": run.shard.total(float(revive_silent(run, x, out, group)))}

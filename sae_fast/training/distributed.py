@@ -180,6 +180,20 @@ def any_flag(flag: bool, group: Group) -> bool:
     return bool(t.item())
 
 
+def replica_topk(t: Tensor, m: int, group: Group) -> Tensor:
+    """The `m` largest of each column of `t` `[rows, n]` over the rows of every data replica,
+    descending (`[min(m, all rows), n]`; the same on every replica)."""
+    top = t.topk(min(m, t.shape[0]), dim=0).values
+    if group.replicas == 1:
+        return top
+    pad = top.new_full((m - top.shape[0], top.shape[1]), -torch.inf)
+    mine = torch.cat([top, pad]).contiguous()
+    parts = [torch.empty_like(mine) for _ in range(group.replicas)]
+    dist.all_gather(parts, mine, group=group.data_pg)
+    top = torch.cat(parts).topk(m, dim=0).values
+    return top[: int(torch.isfinite(top[:, 0]).sum()) if top.shape[1] else m]
+
+
 def replica_mean(t: Tensor, group: Group) -> Tensor:
     """The mean of `t` (float64, CPU) over data replicas."""
     if group.replicas == 1:

@@ -31,6 +31,7 @@ from ..data.collect import collect  # noqa: F401  (re-exported: tests and benchm
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, write_json
 from ..ops import native
+from ..output import SAEOutput
 from ..sae import SparseAutoencoder
 from . import checkpoint, distributed, heldout, losses, recipe, sharded, start
 from .basic import normalize_decoder_rows, project_decoder_grad
@@ -149,7 +150,7 @@ class Trainer:
         return self.source.tokenizer
 
     # ------------------------------------------------------------------ one step
-    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor, SAEOutput]:
         # The architecture gives the forward and its loss terms; feature-sharded, `sae` holds
         # this shard's latents and `shard.sum` adds up the partial reconstructions and
         # per-latent terms, so every shard computes the same loss. A skip transcoder's
@@ -165,7 +166,7 @@ class Trainer:
         logs["fvu"] = float(losses.fvu(y_hat.detach(), y))
         per_row, per_latent = out.counts()  # one count for both
         logs["l0"] = self.shard.total(float(per_row.float().mean()))
-        return total, logs, per_latent > 0
+        return total, logs, per_latent > 0, out
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's logs."""
@@ -182,7 +183,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            loss, logs, fired = self._loss(x, y)
+            loss, logs, fired, out = self._loss(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         sharded.sum_replicated_grad(self.sae.b_dec, self.shard)
@@ -196,8 +197,10 @@ class Trainer:
         fired = distributed.any_rank(fired, self.group)
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
+        update_logs = self.sae.arch.after_update(self, x, out, self.group)
         self.step += 1
         logs.update(
+            update_logs,
             loss=float(loss.detach()),
             lr=lr,
             step=self.step,

@@ -25,6 +25,8 @@ BASE = dict(
     checkpoint_every=4,
     log_every=2,
     dead_after_tokens=1024,  # latents die within the run: AuxK and the counters take part
+    # and latents silent as long are revived (topk): its exchanges take part too
+    revive_after_tokens=1024,
     seed=3,
     # the rate these equivalence tests were tuned at: the recipe's (2.3e-3 for 8 steps)
     # grows the float-order differences between ranks past their tolerance in 8 steps

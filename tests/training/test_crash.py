@@ -28,6 +28,7 @@ STEPS = 16
 FLAGS = ["--max-tokens", "2048", "--context-size", "64", "--batch-size", "256", "--k", "8"]
 FLAGS += ["--d-sae", "768", "--dead-after-tokens", "1024", "--seed", "3", "--no-progress"]
 FLAGS += ["--log-every", "1", "--lr", "4e-4", "--eval-tokens", "1024"]
+FLAGS += ["--revive-after-tokens", "1024"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 

@@ -3,6 +3,7 @@ single-process run with the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def _run_data_parallel(cfg: dict) -> None:
 def test_data_parallel_equals_one_process_and_resumes(tmp_path, cache):
     single = train(TrainConfig(**BASE, cache=cache, out=str(tmp_path / "single")))
     assert single.metrics["dead_pct"] > 0  # the dead-latent path was exercised
+    logs = (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["revived"] > 0 for line in logs)  # and revival (gathered)
     dp = dict(BASE, cache=cache, out=str(tmp_path / "dp"), parallel="data")
     _run_data_parallel(dp)
     assert_same_sae(tmp_path / "dp" / "sae", tmp_path / "single" / "sae")

@@ -4,6 +4,7 @@ single-process run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,8 @@ def test_feature_sharding_equals_one_process_and_resumes(tmp_path, cache):
         result = train(TrainConfig(**cfg(name, "single")))
         if name == "topk":
             assert result.metrics["dead_pct"] > 0  # AuxK ran, across shards below
+            logs = (tmp_path / "single" / name / "metrics.jsonl").read_text().splitlines()
+            assert any(json.loads(line)["revived"] > 0 for line in logs)  # and revival
     ckpt = tmp_path / "sharded" / "topk" / "checkpoints" / "step_00000004"
     runs = [cfg(name, "sharded", parallel="features") for name in RUNS]
     runs.append(cfg("topk", "resumed", parallel="features", resume=str(ckpt)))

@@ -78,7 +78,7 @@ def test_the_skip_term_learns_and_the_loss_is_the_output_error(tmp_path):
     y = _pairs().target[:128] * trainer.target_scale
     with torch.no_grad():
         trainer.sae.W_skip.normal_(0, 0.1)
-    _, logs, _ = trainer._loss(x, y)
+    _, logs, _, _ = trainer._loss(x, y)
     with torch.no_grad():
         y_hat = trainer.sae(x).reconstruction
     assert logs["mse"] == pytest.approx(float((y_hat - y).pow(2).sum(-1).mean()), rel=1e-5)
