@@ -365,6 +365,8 @@ def train_sae_fast(
         "grad_clip": cfg.grad_clip,
         "auxk_coefficient": getattr(cfg, "auxk_coefficient", None),
         "dead_after_tokens": cfg.dead_after_tokens,
+        "revive_after_tokens": cfg.revive_after_tokens,
+        "revive_rows": cfg.revive_rows,
         "normalize_activations": cfg.normalize_activations,
         "decay_start": cfg.decay_start,
         **{n: getattr(cfg, n) for n in ("warmup_tokens", "warmup_steps") if hasattr(cfg, n)},

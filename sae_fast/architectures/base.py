@@ -237,16 +237,19 @@ class AuxKTraining:
 class ReviveTraining:
     """Training settings of silent-latent revival (topk; sae_fast/training/revive.py)."""
 
-    revive_after_tokens: int = train_field(
-        4096, "topk: a latent silent for this many tokens gets b_enc raised so that it would "
-        "have fired on its --revive-rows best rows of the step's batch (0: off)",
+    revive_after_tokens: int | None = train_field(
+        None, "topk: a latent silent for this many tokens gets b_enc raised so that it would "
+        "have fired on its --revive-rows best rows of the step's batch (default: 1/128 of "
+        "the run's tokens, at least 4096; 0: off)",
     )  # fmt: skip
     revive_rows: int = train_field(4, "topk: rows of the batch a revived latent would fire on")
 
     @staticmethod
     def check(cfg: Any) -> None:
         """ConfigError naming a bad field."""
-        check_fields(cfg, ReviveTraining, {"revive_rows": 1})
+        if cfg.revive_after_tokens is not None:
+            check_int("revive_after_tokens", cfg.revive_after_tokens, 0)
+        check_int("revive_rows", cfg.revive_rows, 1)
 
 
 def auxk_term(run: TrainState, x: Tensor, target: Tensor, recon: Tensor) -> dict[str, Tensor]:

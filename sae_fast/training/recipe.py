@@ -23,6 +23,14 @@ enough to fire on none of 41k held-out rows (28.5% and 14.7%).
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
 short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
 (`dead_after_tokens`) counts tokens too.
+
+TopK latents silent for `revive_window` tokens are revived (training/revive.py). By default
+the window is 1/REVIVE_SHARE of the run's tokens, at least REVIVE_MIN_TOKENS: measured on the
+recipe benchmark's data (benchmarks/results/recipe-revive-cpu-2026-12-07.md), a 125-step run
+needs a short window (32x, batch 4096, 512k tokens: held-out dead 1.4% at 4,096 tokens,
+4.3% at 16,000, 11.7% without), while a 2,000-step run is hurt by one (8x, batch 1024, 2M
+tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at 16,384; 0.6% / 0.0941
+without).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ REF_WIDTH = 3072
 WIDTH_POWER = 0.0
 WARMUP_TOKENS = 51_200  # the default warmup...
 WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
+REVIVE_SHARE = 128  # the revival window: the run's tokens / REVIVE_SHARE...
+REVIVE_MIN_TOKENS = 4096  # ...and at least this many
 
 
 def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
@@ -64,3 +74,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if step < decay_from or cfg.steps <= decay_from:
         return warm
     return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
+
+
+def revive_window(cfg: TrainConfig) -> int:
+    """Tokens a TopK latent may stay silent before it is revived: `revive_after_tokens` when
+    given (0: never), else the run's tokens / REVIVE_SHARE, at least REVIVE_MIN_TOKENS."""
+    if cfg.revive_after_tokens is not None:
+        return int(cfg.revive_after_tokens)
+    return max(REVIVE_MIN_TOKENS, cfg.steps * cfg.batch_size // REVIVE_SHARE)

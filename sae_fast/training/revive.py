@@ -1,5 +1,5 @@
 """Reviving silent TopK latents: after an optimiser step, each latent that has not fired for
-`revive_after_tokens` tokens gets its encoder bias raised just enough that it would have been
+`recipe.revive_window` tokens gets its encoder bias raised just enough that it would have been
 selected, with a positive value, on its `revive_rows` best rows of the step's batch.
 
 Why: at the rates that give the lowest FVU in short runs, some latents drift to directions
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..ops import reference as ref
-from . import distributed
+from . import distributed, recipe
 
 if TYPE_CHECKING:
     from ..architectures.base import TrainState
@@ -43,13 +43,14 @@ def row_thresholds(out: SAEOutput, k: int, shard) -> Tensor:
 
 @torch.no_grad()
 def revive_silent(run: TrainState, x: Tensor, out: SAEOutput, group: distributed.Group) -> int:
-    """Raise b_enc of this shard's latents silent for `revive_after_tokens` (module
+    """Raise b_enc of this shard's latents silent for `recipe.revive_window` tokens (module
     docstring), from the step's input `x` (as the SAE saw it) and forward `out`. Returns how
     many this shard raised; 0 when off or none is silent."""
     cfg, sae = run.cfg, run.sae
-    if not cfg.revive_after_tokens:
+    window = recipe.revive_window(cfg)
+    if not window:
         return 0
-    silent = (run.since_fired >= cfg.revive_after_tokens).nonzero(as_tuple=True)[0]
+    silent = (run.since_fired >= window).nonzero(as_tuple=True)[0]
     # feature shards gather the thresholds together, whether or not they have silent latents
     # (data replicas agree on `silent`: their since_fired counters are kept in step)
     thresholds = row_thresholds(out, cfg.k, run.shard) if run.shard.count > 1 else None

@@ -116,3 +116,13 @@ def test_a_run_with_revival_keeps_more_latents_firing(tmp_path):
         else:
             assert max(revived) == 0
     assert dead[512] < 0.5 * dead[0], dead  # 3072 latents, k=8, 3000 tokens: many starve
+
+
+def test_the_window_is_a_share_of_the_run_unless_given():
+    from sae_fast.training.recipe import REVIVE_MIN_TOKENS, REVIVE_SHARE, revive_window
+
+    long = TrainConfig(steps=2000, batch_size=1024)
+    assert revive_window(long) == 2000 * 1024 // REVIVE_SHARE  # 16,000 tokens
+    assert revive_window(TrainConfig(steps=125, batch_size=4096)) == REVIVE_MIN_TOKENS
+    assert revive_window(TrainConfig(steps=2000, batch_size=1024, revive_after_tokens=0)) == 0
+    assert revive_window(TrainConfig(steps=10, revive_after_tokens=777)) == 777
