@@ -1,17 +1,19 @@
 """Reviving silent TopK latents: after an optimiser step, each latent that has not fired for
-`recipe.revive_window` tokens gets its encoder bias raised just enough that it would have been
-selected, with a positive value, on its `revive_rows` best rows of the step's batch.
+`recipe.revive_window` tokens gets its encoder bias raised just enough that it would be
+selected, with a positive value, on its `revive_rows` best rows of the step's batch (against
+the row thresholds of the step's forward).
 
 Why: at the rates that give the lowest FVU in short runs, some latents drift to directions
 that never make a row's top k; AuxK trains their directions but cannot make them win. Once
 selected, a latent gets the reconstruction gradient and finds a niche, or falls silent and is
 raised again. Measured on the recipe benchmark's data (README "Training recipe"): at 512k
-tokens it cut held-out dead latents at 32x, batch 4096 from 11.7% to 1.3% with the same rate.
+tokens it cut held-out dead latents at 32x, batch 4096 from 11.7% to 1.4% at the same rate
+(benchmarks/results/recipe-revive-cpu-2026-12-07.md).
 
 The margin of latent f on row r is pre[r, f] - t[r], with t[r] the smallest value the row
 selected (its k-th largest pre-activation, or 0 when that is negative: ReLU). b_enc[f] is
 raised by -(m-th best margin) + `MARGIN` when that is positive. Only the silent latents'
-pre-activations are computed ([B, n_silent]). Data parallel: the m best margins of every
+pre-activations are computed, CHUNK_ELEMENTS at a time. Data parallel: the m best margins of every
 replica are gathered, so every replica raises the same biases by what the global batch
 says. Feature-sharded: the row thresholds come from every shard's selected values.
 """
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ..output import SAEOutput
 
 MARGIN = 1e-3  # how far past the row's threshold a revived latent lands (input norm ~sqrt(d_in))
+CHUNK_ELEMENTS = 1 << 24  # pre-activations of silent latents held at once (64 MiB in fp32)
 
 
 @torch.no_grad()
@@ -58,9 +61,14 @@ def revive_silent(run: TrainState, x: Tensor, out: SAEOutput, group: distributed
         return 0
     if thresholds is None:
         thresholds = row_thresholds(out, cfg.k, run.shard)  # [B]
-    pre = ref.pre_activations(x, sae.W_enc[:, silent], sae.b_enc[silent], sae.input_bias)
-    margins = pre.float() - thresholds[:, None]  # [B, n_silent]
-    best = distributed.replica_topk(margins, cfg.revive_rows, group)  # [<= m, n_silent]
+    m = min(cfg.revive_rows, x.shape[0])
+    width = max(1, CHUNK_ELEMENTS // max(x.shape[0], 1))
+    best = []  # per chunk of silent latents: the m best margins on this replica's rows
+    for lo in range(0, len(silent), width):
+        cols = silent[lo : lo + width]
+        pre = ref.pre_activations(x, sae.W_enc[:, cols], sae.b_enc[cols], sae.input_bias)
+        best.append((pre.float() - thresholds[:, None]).topk(m, dim=0).values)
+    best = distributed.replica_topk(torch.cat(best, 1), cfg.revive_rows, group)
     raise_by = (MARGIN - best[-1]).clamp_min(0)  # from the m-th best margin
     sae.b_enc[silent] += raise_by.to(sae.b_enc.dtype)
     return int((raise_by > 0).sum())

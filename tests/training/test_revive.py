@@ -126,3 +126,17 @@ def test_the_window_is_a_share_of_the_run_unless_given():
     assert revive_window(TrainConfig(steps=125, batch_size=4096)) == REVIVE_MIN_TOKENS
     assert revive_window(TrainConfig(steps=2000, batch_size=1024, revive_after_tokens=0)) == 0
     assert revive_window(TrainConfig(steps=10, revive_after_tokens=777)) == 777
+
+
+def test_chunks_of_silent_latents_give_the_same_raise(monkeypatch):
+    from sae_fast.training import revive
+
+    silent = list(range(0, D_SAE, 3))
+    raised = []
+    for chunk in (1 << 24, 2 * B, B):  # all at once, 2 latents and 1 latent a chunk
+        monkeypatch.setattr(revive, "CHUNK_ELEMENTS", chunk)
+        run, x = _setup(silent)
+        before = run.sae.b_enc.detach().clone()
+        assert revive_silent(run, x, run.sae(x), distributed.Group()) == len(silent)
+        raised.append(run.sae.b_enc.detach() - before)
+    assert torch.equal(raised[0], raised[1]) and torch.equal(raised[0], raised[2])
