@@ -3,22 +3,25 @@ schedule, counted in tokens so that it means the same at any batch size.
 
     lr = BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
 
-with `steps` held within [MIN_STEPS, REF_STEPS]. At equal tokens (steps = tokens / batch)
-that is lr proportional to batch_size ** 0.4: a batch b times larger has sqrt(b) times less
-gradient noise, and Adam's normalised step may grow by up to as much. At equal batch a
-longer run gets a lower rate, down to BASE_LR from REF_STEPS on (not measured beyond).
+with `steps` held within [MIN_STEPS, REF_STEPS] and the width factor at most 1 (a dictionary
+narrower than REF_WIDTH takes REF_WIDTH's rate: not measured). At equal tokens (steps =
+tokens / batch) that is lr proportional to batch_size ** 0.4: a batch b times larger has
+sqrt(b) times less gradient noise, and Adam's normalised step may grow by up to as much. At
+equal batch a longer run gets a lower rate, down to BASE_LR from REF_STEPS on (not measured
+beyond). A wider dictionary gets a lower rate.
 
-Measured (README "Training recipe"; benchmarks/results/recipe-choice-cpu-2026-12-04.md):
-TopK k=32 SAEs on MiniLM's layers.3 residual stream, held-out FVU and dead latents at equal
-tokens. Raising the rate lowers held-out FVU until latents start to die; the highest rate
-that keeps dead latents (active on no held-out row) under 1% fell with the run's steps,
-about as steps ** -0.4, whatever the batch: ~6e-4 at 2,000 steps, ~1e-3 at 500 (batch 1024
-with 512k tokens and batch 4096 with 2M alike), ~1.3e-3 at 250, ~1.8e-3 at 125, above
-2.3e-3 at 62. The rule sits just below that line. A stronger AuxK term or a shorter dead
-window did not let a higher rate keep its latents alive. At 32x (batch 4096, 2M tokens)
-the rule's rate gave a lower held-out FVU than half of it (0.086 against 0.103), so the
-rate does not scale with the width (WIDTH_POWER 0); there both leave many latents rare
-enough to fire on none of 41k held-out rows (28.5% and 14.7%).
+Measured (README "Training recipe"; benchmarks/results/recipe-choice-cpu-2026-12-04.md and
+recipe-revive-cpu-2026-12-07.md): TopK k=32 SAEs on MiniLM's layers.3 residual stream,
+held-out FVU and dead latents (active on none of ~41k held-out rows) at equal tokens.
+Raising the rate lowers held-out FVU until latents start to die. Without revival, the
+highest rate that kept dead latents under 1% fell with the run's steps, about as
+steps ** -0.4, whatever the batch (2026-12-04: ~6e-4 at 2,000 steps, ~1e-3 at 500,
+~1.3e-3 at 250, ~1.8e-3 at 125). With silent latents revived (training/revive.py), 1.25x
+that line keeps them under 1% at 8x (d_sae 3,072) in every run measured: 512k tokens at
+batch 1024 / 4096 / 8192 (0.85 / 0.07 / 0.03% dead, FVU 0.1155 / 0.1345 / 0.1556 against
+0.1231 / 0.1434 / 0.1657 at 1x) and 2M tokens (0.88 / 0.62 / 0.62%, FVU 0.0905 / 0.0956 /
+0.1009). At 32x (d_sae 12,288) 1.25x left 3.2-3.7% dead at 512k and 1x 1.1-1.4%: 32x keeps
+1x, so WIDTH_POWER = log(1.25) / log(4).
 
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
 short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
@@ -40,12 +43,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
-BASE_LR = 5.66e-4  # at REF_STEPS steps (and more) and REF_WIDTH latents
+BASE_LR = 7.08e-4  # at REF_STEPS steps (and more) and REF_WIDTH latents (1.25 x 5.66e-4)
 REF_STEPS = 2000
 STEPS_POWER = 0.4
 MIN_STEPS = 60  # shorter runs take the rate of this many steps (the shortest measured: 62)
 REF_WIDTH = 3072
-WIDTH_POWER = 0.0
+WIDTH_POWER = 0.161  # log(1.25) / log(4): 32x (4 x REF_WIDTH) keeps 5.66e-4's line
 WARMUP_TOKENS = 51_200  # the default warmup...
 WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
 REVIVE_SHARE = 128  # the revival window: the run's tokens / REVIVE_SHARE...
@@ -58,7 +61,8 @@ def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
     if cfg.lr is not None:
         return float(cfg.lr)
     steps = min(max(cfg.steps, MIN_STEPS), REF_STEPS)
-    return BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
+    width = min(1.0, REF_WIDTH / d_sae) ** WIDTH_POWER
+    return BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * width
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

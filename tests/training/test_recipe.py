@@ -23,6 +23,9 @@ def test_the_default_lr_follows_the_written_rule_and_an_explicit_lr_wins():
             * (recipe.REF_WIDTH / width) ** recipe.WIDTH_POWER
         )
         assert lr(4096, steps, width) == pytest.approx(want)
+    # wider: lower (32x of MiniLM keeps the line measured without revival); narrower: capped
+    assert lr(1024, 2000, 4 * recipe.REF_WIDTH) == pytest.approx(5.66e-4, rel=2e-3)
+    assert lr(1024, 2000, recipe.REF_WIDTH // 4) == lr(1024, 2000)
     # at equal tokens the rate grows as a power of the batch size
     p = recipe.STEPS_POWER
     assert lr(4096, 500) == pytest.approx(4**p * lr(1024, 2000)) and 0 < p <= 0.5
