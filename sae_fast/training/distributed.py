@@ -181,7 +181,7 @@ def any_flag(flag: bool, group: Group) -> bool:
 
 
 def replica_topk(t: Tensor, m: int, group: Group) -> Tensor:
-    """The `m` largest of each column of `t` `[rows, n]` over the rows of every data replica,
+    """The `m` largest of each column of `t` `[rows, n >= 1]` over the rows of every data replica,
     descending (`[min(m, all rows), n]`; the same on every replica)."""
     top = t.topk(min(m, t.shape[0]), dim=0).values
     if group.replicas == 1:
@@ -191,7 +191,7 @@ def replica_topk(t: Tensor, m: int, group: Group) -> Tensor:
     parts = [torch.empty_like(mine) for _ in range(group.replicas)]
     dist.all_gather(parts, mine, group=group.data_pg)
     top = torch.cat(parts).topk(m, dim=0).values
-    return top[: int(torch.isfinite(top[:, 0]).sum()) if top.shape[1] else m]
+    return top[: int(torch.isfinite(top[:, 0]).sum())]  # fewer rows than m in all: no pad
 
 
 def replica_mean(t: Tensor, group: Group) -> Tensor:

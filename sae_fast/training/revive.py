@@ -56,11 +56,11 @@ def revive_silent(run: TrainState, x: Tensor, out: SAEOutput, group: distributed
     silent = (run.since_fired >= window).nonzero(as_tuple=True)[0]
     # feature shards gather the thresholds together, whether or not they have silent latents
     # (data replicas agree on `silent`: their since_fired counters are kept in step)
-    thresholds = row_thresholds(out, cfg.k, run.shard) if run.shard.count > 1 else None
+    if len(silent) == 0 and run.shard.count == 1:
+        return 0
+    thresholds = row_thresholds(out, cfg.k, run.shard)  # [B]
     if len(silent) == 0:
         return 0
-    if thresholds is None:
-        thresholds = row_thresholds(out, cfg.k, run.shard)  # [B]
     m = min(cfg.revive_rows, x.shape[0])
     width = max(1, CHUNK_ELEMENTS // max(x.shape[0], 1))
     best = []  # per chunk of silent latents: the m best margins on this replica's rows
