@@ -366,7 +366,7 @@ def train_sae_fast(
         "grad_clip": cfg.grad_clip,
         "auxk_coefficient": getattr(cfg, "auxk_coefficient", None),
         "dead_after_tokens": cfg.dead_after_tokens,
-        "revive_window": revive_window(cfg),
+        "revive_window": revive_window(cfg, trainer.shard.d_sae),
         "revive_rows": cfg.revive_rows,
         "normalize_activations": cfg.normalize_activations,
         "decay_start": cfg.decay_start,

@@ -28,12 +28,15 @@ short run); the decay starts after `decay_start` of the run's tokens; the dead-l
 (`dead_after_tokens`) counts tokens too.
 
 TopK latents silent for `revive_window` tokens are revived (training/revive.py). By default
-the window is 1/REVIVE_SHARE of the run's tokens, at least REVIVE_MIN_TOKENS: measured on the
-recipe benchmark's data (benchmarks/results/recipe-revive-cpu-2026-12-07.md), a 125-step run
-needs a short window (32x, batch 4096, 512k tokens: held-out dead 1.4% at 4,096 tokens,
-4.3% at 16,000, 11.7% without), while a 2,000-step run is hurt by one (8x, batch 1024, 2M
-tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at 16,384; 0.6% / 0.0941
-without).
+the window is 1/REVIVE_SHARE of the run's tokens, and at least REVIVE_MIN_FIRES times the
+d_sae / k tokens between an average latent's firings (4,032 tokens at d_sae 3,072, k 32;
+16,128 at 12,288). Measured on the recipe benchmark's data
+(benchmarks/results/recipe-revive-cpu-2026-12-07.md, recipe-optimizer-cpu-2026-12-07.md): a
+short run needs a short window (8x, batch 4096, 512k tokens), while a 2,000-step run is hurt
+by one (8x, batch 1024, 2M tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at
+16,384; 0.6% / 0.0941 without). A window that is short against the latents' own firing
+intervals thrashes: at 32x, batch 1024, 512k tokens, 4,096 tokens revived ~1,000 latents every
+step that fell silent again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ WIDTH_POWER = 0.161  # log(1.25) / log(4): 32x (4 x REF_WIDTH) keeps 5.66e-4's l
 WARMUP_TOKENS = 51_200  # the default warmup...
 WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
 REVIVE_SHARE = 128  # the revival window: the run's tokens / REVIVE_SHARE...
-REVIVE_MIN_TOKENS = 4096  # ...and at least this many
+REVIVE_MIN_FIRES = 42  # ...and at least this many of an average latent's intervals, d_sae / k
 
 
 def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
@@ -80,9 +83,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * max(0.0, 1.0 - (step - decay_from) / (cfg.steps - decay_from))
 
 
-def revive_window(cfg: TrainConfig) -> int:
-    """Tokens a TopK latent may stay silent before it is revived: `revive_after_tokens` when
-    given (0: never), else the run's tokens / REVIVE_SHARE, at least REVIVE_MIN_TOKENS."""
+def revive_window(cfg: TrainConfig, d_sae: int) -> int:
+    """Tokens a TopK latent of a `d_sae`-latent dictionary may stay silent before it is
+    revived: `revive_after_tokens` when given (0: never), else the run's tokens /
+    REVIVE_SHARE, at least REVIVE_MIN_FIRES * d_sae / k."""
     if cfg.revive_after_tokens is not None:
         return int(cfg.revive_after_tokens)
-    return max(REVIVE_MIN_TOKENS, cfg.steps * cfg.batch_size // REVIVE_SHARE)
+    return max(REVIVE_MIN_FIRES * d_sae // cfg.k, cfg.steps * cfg.batch_size // REVIVE_SHARE)

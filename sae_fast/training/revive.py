@@ -50,7 +50,7 @@ def revive_silent(run: TrainState, x: Tensor, out: SAEOutput, group: distributed
     docstring), from the step's input `x` (as the SAE saw it) and forward `out`. Returns how
     many this shard raised; 0 when off or none is silent."""
     cfg, sae = run.cfg, run.sae
-    window = recipe.revive_window(cfg)
+    window = recipe.revive_window(cfg, run.shard.d_sae)
     if not window:
         return 0
     silent = (run.since_fired >= window).nonzero(as_tuple=True)[0]
