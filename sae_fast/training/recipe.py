@@ -20,8 +20,9 @@ steps ** -0.4, whatever the batch (2026-12-04: ~6e-4 at 2,000 steps, ~1e-3 at 50
 that line keeps them under 1% at 8x (d_sae 3,072) in every run measured: 512k tokens at
 batch 1024 / 4096 / 8192 (0.85 / 0.07 / 0.03% dead, FVU 0.1155 / 0.1345 / 0.1556 against
 0.1231 / 0.1434 / 0.1657 at 1x) and 2M tokens (0.88 / 0.62 / 0.62%, FVU 0.0905 / 0.0956 /
-0.1009). At 32x (d_sae 12,288) 1.25x left 3.2-3.7% dead at 512k and 1x 1.1-1.4%: 32x keeps
-1x, so WIDTH_POWER = log(1.25) / log(4).
+0.1009). At 32x (d_sae 12,288) 1.25x left 3.2-3.7% dead at 512k and 1x 1.1-1.4% (with a
+4,096-token revival window, before its floor grew with d_sae / k): 32x keeps 1x, so
+WIDTH_POWER = log(1.25) / log(4).
 
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
 short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
