@@ -128,7 +128,8 @@ def test_the_window_is_a_share_of_the_run_and_of_the_firing_interval_unless_give
     assert revive_window(short, 12288) == REVIVE_MIN_FIRES * 384  # 16,128: 32x
     assert revive_window(long, 12288) == REVIVE_MIN_FIRES * 384  # above the run's share
     # a larger k fires each latent more often: a shorter floor
-    assert revive_window(TrainConfig(steps=125, batch_size=4096, k=64), 12288) == REVIVE_MIN_FIRES * 192
+    k64 = TrainConfig(steps=125, batch_size=4096, k=64)
+    assert revive_window(k64, 12288) == REVIVE_MIN_FIRES * 192
     off = TrainConfig(steps=2000, batch_size=1024, revive_after_tokens=0)
     assert revive_window(off, 3072) == 0
     assert revive_window(TrainConfig(steps=10, revive_after_tokens=777), 3072) == 777
