@@ -124,6 +124,10 @@ RUNS = {  # name -> config on top of BASE; every one also runs sharded
     "gated": dict(SHORT, activation="gated", l1_coefficient=0.5),
     # the widths cross the shards' boundary (768 latents, 384 a shard)
     "matryoshka": dict(SHORT, activation="matryoshka_batchtopk", matryoshka_widths="128,512"),
+    # the recipe's revival window, from the whole dictionary's d_sae on every shard: 2,016
+    # tokens here, none revived in 8 steps; a shard that used its own 384 latents (1,008)
+    # would revive one at step 5 and differ
+    "topk_window": dict(k=16, revive_after_tokens=None, checkpoint_every=0),
 }
 
 
