@@ -239,8 +239,8 @@ class ReviveTraining:
 
     revive_after_tokens: int | None = train_field(
         None, "topk: a latent silent for this many tokens gets b_enc raised so that it would "
-        "have fired on its --revive-rows best rows of the step's batch (default: 1/128 of "
-        "the run's tokens, at least 42 x d_sae / k; 0: off)",
+        "have fired on its --revive-rows best rows of the step's batch (default: max(42, "
+        "tokens / 12288) average firing intervals of d_sae / k tokens; 0: off)",
     )  # fmt: skip
     revive_rows: int = train_field(4, "topk: rows of the batch a revived latent would fire on")
 

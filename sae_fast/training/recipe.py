@@ -29,15 +29,19 @@ short run); the decay starts after `decay_start` of the run's tokens; the dead-l
 (`dead_after_tokens`) counts tokens too.
 
 TopK latents silent for `revive_window` tokens are revived (training/revive.py). By default
-the window is 1/REVIVE_SHARE of the run's tokens, and at least REVIVE_MIN_FIRES times the
-d_sae / k tokens between an average latent's firings (4,032 tokens at d_sae 3,072, k 32;
-16,128 at 12,288). Measured on the recipe benchmark's data
-(benchmarks/results/recipe-revive-cpu-2026-12-07.md, recipe-optimizer-cpu-2026-12-07.md): a
-short run needs a short window (8x, batch 4096, 512k tokens), while a 2,000-step run is hurt
-by one (8x, batch 1024, 2M tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at
-16,384; 0.6% / 0.0941 without). A window that is short against the latents' own firing
-intervals thrashes: at 32x, batch 1024, 512k tokens, 4,096 tokens revived ~1,000 latents every
-step that fell silent again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074).
+the window is max(REVIVE_MIN_FIRES, tokens / REVIVE_RUN_TOKENS) of an average latent's firing
+intervals, d_sae / k tokens: 42 intervals up to 516k tokens (4,032 tokens at d_sae 3,072, k 32;
+16,128 at 12,288), 167 at 2,048,000 (16,000 at 3,072; 64,000 at 12,288). Measured on the
+recipe benchmark's data (benchmarks/results/recipe-revive-cpu-2026-12-07.md,
+recipe-optimizer-cpu-2026-12-07.md, recipe-window-cpu-2026-12-07.md): a short run needs a
+short window (8x, batch 4096, 512k tokens), while a 2,000-step run is hurt by one (8x, batch
+1024, 2M tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at 16,384; 0.6% /
+0.0941 without). A window short against the latents' own firing intervals thrashes: at 32x,
+batch 1024, 512k tokens, 4,096 tokens revived ~1,000 latents every step that fell silent
+again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074). At 32x and 2M tokens
+the rare latents of a long run are many (a third fire less often than every 42 intervals):
+16,128 tokens revived ~250 every step to the end, held-out FVU 0.1027 and 0.228 on training
+rows, against 0.0793 / 0.0775 at 64,000 and 0.0783 / 0.0699 without.
 """
 
 from __future__ import annotations
@@ -55,8 +59,10 @@ REF_WIDTH = 3072
 WIDTH_POWER = 0.161  # log(1.25) / log(4): 32x (4 x REF_WIDTH) keeps 5.66e-4's line
 WARMUP_TOKENS = 51_200  # the default warmup...
 WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
-REVIVE_SHARE = 128  # the revival window: the run's tokens / REVIVE_SHARE...
-REVIVE_MIN_FIRES = 42  # ...and at least this many of an average latent's intervals, d_sae / k
+# The revival window, in an average latent's firing intervals (d_sae / k tokens): at least
+# REVIVE_MIN_FIRES, and one per REVIVE_RUN_TOKENS of the run's tokens
+REVIVE_MIN_FIRES = 42
+REVIVE_RUN_TOKENS = 12_288
 
 
 def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
@@ -86,8 +92,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def revive_window(cfg: TrainConfig, d_sae: int) -> int:
     """Tokens a TopK latent of a `d_sae`-latent dictionary may stay silent before it is
-    revived: `revive_after_tokens` when given (0: never), else the run's tokens /
-    REVIVE_SHARE, at least REVIVE_MIN_FIRES * d_sae / k."""
+    revived: `revive_after_tokens` when given (0: never), else max(REVIVE_MIN_FIRES,
+    tokens / REVIVE_RUN_TOKENS) average firing intervals of d_sae / k tokens."""
     if cfg.revive_after_tokens is not None:
         return int(cfg.revive_after_tokens)
-    return max(REVIVE_MIN_FIRES * d_sae // cfg.k, cfg.steps * cfg.batch_size // REVIVE_SHARE)
+    tokens = cfg.steps * cfg.batch_size
+    return max(REVIVE_MIN_FIRES * d_sae // cfg.k, tokens * d_sae // (cfg.k * REVIVE_RUN_TOKENS))

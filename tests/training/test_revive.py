@@ -118,18 +118,19 @@ def test_a_run_with_revival_keeps_more_latents_firing(tmp_path):
     assert dead[512] < 0.5 * dead[0], dead  # 3072 latents, k=8, 3000 tokens: many starve
 
 
-def test_the_window_is_a_share_of_the_run_and_of_the_firing_interval_unless_given():
-    from sae_fast.training.recipe import REVIVE_MIN_FIRES, REVIVE_SHARE, revive_window
+def test_the_window_is_a_number_of_firing_intervals_that_grows_with_the_run_unless_given():
+    from sae_fast.training.recipe import REVIVE_MIN_FIRES, REVIVE_RUN_TOKENS, revive_window
 
-    long = TrainConfig(steps=2000, batch_size=1024, k=32)
-    assert revive_window(long, 3072) == 2000 * 1024 // REVIVE_SHARE  # 16,000 tokens
-    short = TrainConfig(steps=125, batch_size=4096, k=32)
+    long = TrainConfig(steps=2000, batch_size=1024, k=32)  # 2,048,000 tokens: 166.7 intervals
+    assert revive_window(long, 3072) == 2000 * 1024 * 96 // REVIVE_RUN_TOKENS  # 16,000 tokens
+    assert revive_window(long, 12288) == 2000 * 1024 * 384 // REVIVE_RUN_TOKENS  # 64,000: 32x
+    short = TrainConfig(steps=125, batch_size=4096, k=32)  # 512,000 tokens: the floor
     assert revive_window(short, 3072) == REVIVE_MIN_FIRES * 96  # 4,032: 8x of MiniLM
     assert revive_window(short, 12288) == REVIVE_MIN_FIRES * 384  # 16,128: 32x
-    assert revive_window(long, 12288) == REVIVE_MIN_FIRES * 384  # above the run's share
-    # a larger k fires each latent more often: a shorter floor
+    # a larger k fires each latent more often: a shorter window
     k64 = TrainConfig(steps=125, batch_size=4096, k=64)
     assert revive_window(k64, 12288) == REVIVE_MIN_FIRES * 192
+    assert revive_window(TrainConfig(steps=2000, batch_size=1024, k=64), 12288) == 32_000
     off = TrainConfig(steps=2000, batch_size=1024, revive_after_tokens=0)
     assert revive_window(off, 3072) == 0
     assert revive_window(TrainConfig(steps=10, revive_after_tokens=777), 3072) == 777
