@@ -38,10 +38,10 @@ short window (8x, batch 4096, 512k tokens), while a 2,000-step run is hurt by on
 1024, 2M tokens: 1.5% dead and FVU 0.0957 at 4,096 tokens; 0.7% / 0.0941 at 16,384; 0.6% /
 0.0941 without). A window short against the latents' own firing intervals thrashes: at 32x,
 batch 1024, 512k tokens, 4,096 tokens revived ~1,000 latents every step that fell silent
-again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074). At 32x and 2M tokens
-the rare latents of a long run are many (a third fire less often than every 42 intervals):
-16,128 tokens revived ~250 every step to the end, held-out FVU 0.1027 and 0.228 on training
-rows, against 0.0793 / 0.0775 at 64,000 and 0.0783 / 0.0699 without.
+again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074). A long run thrashes at
+42 intervals too: at 32x, batch 1024, 2M tokens, 16,128 tokens revived ~250 rare latents
+every step to the end, held-out FVU 0.1027 and 0.228 on training rows, against 0.0794 /
+0.0776 at 64,000 and 0.0783 / 0.0699 without.
 """
 
 from __future__ import annotations
