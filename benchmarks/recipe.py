@@ -325,7 +325,7 @@ def train_sae_fast(
     returns (weights, info). Checks that its feed served `spec["order"]`."""
     from sae_fast.config import TrainConfig
     from sae_fast.data.activations import ActivationBatch
-    from sae_fast.training.recipe import revive_window
+    from sae_fast.training.recipe import auxk_window, revive_window
     from sae_fast.training.trainer import Trainer
 
     t = train
@@ -366,6 +366,7 @@ def train_sae_fast(
         "grad_clip": cfg.grad_clip,
         "auxk_coefficient": getattr(cfg, "auxk_coefficient", None),
         "dead_after_tokens": cfg.dead_after_tokens,
+        "auxk_window": auxk_window(cfg, trainer.shard.d_sae, revives=True),
         "revive_window": revive_window(cfg, trainer.shard.d_sae),
         "revive_rows": cfg.revive_rows,
         "normalize_activations": cfg.normalize_activations,

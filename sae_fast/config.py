@@ -189,7 +189,10 @@ class _RunSettings:
     )
     decay_start: float = _opt(0.8, "fraction of the run after which the LR decays linearly to 0")
     grad_clip: float | None = _opt(1.0, "max global grad norm (None: off)")
-    dead_after_tokens: int = _opt(200_000, "a latent is dead after this many tokens without firing")
+    dead_after_tokens: int = _opt(
+        200_000, "a latent is dead (dead %%) after this many tokens without firing; AuxK acts "
+        "on silent latents sooner where the architecture revives them (--auxk-after-tokens)",
+    )  # fmt: skip
     eval_tokens: int = _opt(
         16_384, "held-out tokens (the text after the training tokens), never trained on; 0: none"
     )

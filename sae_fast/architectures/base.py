@@ -221,16 +221,26 @@ class Architecture:
         return {"k": int(k)}
 
 
+AUXK_ROWS = 1024  # AuxK's estimate takes at most this many rows of a batch (its cost)
+
+
 @dataclass
 class AuxKTraining:
     """Training settings of the AuxK term (topk, batchtopk, matryoshka_batchtopk)."""
 
     auxk_coefficient: float = train_field(1 / 32, "topk, batchtopk, matryoshka: AuxK weight")
+    auxk_after_tokens: int | None = train_field(
+        None, "topk, batchtopk, matryoshka: AuxK trains the latents silent for this many "
+        "tokens (default: topk, 42 average firing intervals of d_sae / k tokens, at most the "
+        "revival window and --dead-after-tokens; the others, --dead-after-tokens)",
+    )  # fmt: skip
 
     @staticmethod
     def check(cfg: Any) -> None:
         """ConfigError naming a bad field."""
         check_fields(cfg, AuxKTraining)
+        if cfg.auxk_after_tokens is not None:
+            check_int("auxk_after_tokens", cfg.auxk_after_tokens, 1)
 
 
 @dataclass
@@ -252,11 +262,19 @@ class ReviveTraining:
         check_int("revive_rows", cfg.revive_rows, 1)
 
 
-def auxk_term(run: TrainState, x: Tensor, target: Tensor, recon: Tensor) -> dict[str, Tensor]:
-    """The AuxK term of TopK-style architectures (Gao et al.), weighted; empty when off."""
+def auxk_term(
+    run: TrainState, x: Tensor, target: Tensor, recon: Tensor, revives: bool = False
+) -> dict[str, Tensor]:
+    """The AuxK term of TopK-style architectures (Gao et al.), weighted; empty when off. It
+    trains the latents silent for `recipe.auxk_window` tokens (`revives`: the architecture
+    revives silent latents, so AuxK starts before revival does)."""
+    from ..training.recipe import auxk_window
+
     cfg, sae = run.cfg, run.sae
     if not cfg.auxk_coefficient:
         return {}
-    dead = run.since_fired >= cfg.dead_after_tokens
+    dead = run.since_fired >= auxk_window(cfg, run.shard.d_sae, revives)
+    if x.shape[0] > AUXK_ROWS:  # the batch's rows come shuffled: its first ones are a sample
+        x, target, recon = x[:AUXK_ROWS], target[:AUXK_ROWS], recon[:AUXK_ROWS]
     term = auxk(x, target, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.input_bias, dead, run.shard)
     return {"auxk": cfg.auxk_coefficient * term}

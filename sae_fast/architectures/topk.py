@@ -63,7 +63,8 @@ class TopK(Architecture):
         cls, run: TrainState, x: Tensor, target: Tensor
     ) -> tuple[SAEOutput, dict[str, Tensor]]:
         out = cls.train_forward(run.sae, x, run.shard)
-        return out, auxk_term(run, x, target, out.reconstruction)
+        revives = ReviveTraining in cls.train_configs  # not AbsTopK
+        return out, auxk_term(run, x, target, out.reconstruction, revives)
 
     @classmethod
     def after_update(

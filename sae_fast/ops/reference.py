@@ -74,11 +74,13 @@ def jumprelu_act(pre: Tensor, threshold: Tensor) -> Tensor:
     return pre * (pre > threshold).to(pre.dtype)
 
 
-def topk_select(scores: Tensor, k: int) -> SparseCode:
+def topk_select(scores: Tensor, k: int, ordered: bool = True) -> SparseCode:
     """Top-k of each row with a canonical order: value descending, then index ascending.
 
     Ties are broken by the lower index, also at the selection boundary, so the result is a
     pure function of `scores` (bitwise deterministic). Returns raw values (no ReLU).
+    `ordered=False` keeps the same selection in torch.topk's order (for a caller that
+    scatters it, where the order does not matter), saving two sorts.
     """
     n = scores.shape[-1]
     if not 1 <= k <= n:
@@ -98,6 +100,8 @@ def topk_select(scores: Tensor, k: int) -> SparseCode:
         idx = idx.clone()
         idx[rows] = order[:, :k]
         vals = torch.gather(scores, -1, idx)
+    if not ordered:
+        return SparseCode(vals, idx)
     # Canonical order within the selected set: sort by index, then stably by value.
     idx, perm = torch.sort(idx, dim=-1)
     vals = torch.gather(vals, -1, perm)

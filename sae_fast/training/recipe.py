@@ -42,6 +42,16 @@ again, and held-out FVU was 0.1525 (16,384: 0.1098; without: 0.1074). A long run
 42 intervals too: at 32x, batch 1024, 2M tokens, 16,128 tokens revived ~250 rare latents
 every step to the end, held-out FVU 0.1027 and 0.228 on training rows, against 0.0794 /
 0.0776 at 64,000 and 0.0783 / 0.0699 without.
+
+AuxK trains the latents silent for `auxk_window` tokens: REVIVE_MIN_FIRES average firing
+intervals, at most the revival window. Up to 516k tokens that is the revival window itself;
+in longer runs AuxK starts before revival (32x, 2M tokens: 16,128 tokens, revival 64,000).
+Until 2026-12-07 AuxK waited for `dead_after_tokens` (200,000), longer than any revival
+window, so with revival on it never acted. Measured at 32x, 2M tokens
+(benchmarks/results/recipe-auxk-cpu-2026-12-07.md): latents that fire on none of 40,960
+training rows fell from 2.97% to 0.50% at batch 4096 (AuxK after 16,384 tokens), at the same
+held-out FVU. A quarter of the revival window instead (8x, 512k tokens: 1,008 tokens) made
+AuxK act every step on hundreds of latents: slower, and not measured for quality.
 """
 
 from __future__ import annotations
@@ -98,3 +108,16 @@ def revive_window(cfg: TrainConfig, d_sae: int) -> int:
         return int(cfg.revive_after_tokens)
     tokens = cfg.steps * cfg.batch_size
     return max(REVIVE_MIN_FIRES * d_sae // cfg.k, tokens * d_sae // (cfg.k * REVIVE_RUN_TOKENS))
+
+
+def auxk_window(cfg: TrainConfig, d_sae: int, revives: bool) -> int:
+    """Tokens a latent may stay silent before AuxK trains it: `auxk_after_tokens` when given,
+    else, for an architecture that `revives` silent latents (and revival on), REVIVE_MIN_FIRES
+    average firing intervals (d_sae / k tokens), at most the revival window and
+    `dead_after_tokens`; else `dead_after_tokens`."""
+    if cfg.auxk_after_tokens is not None:
+        return int(cfg.auxk_after_tokens)
+    window = revive_window(cfg, d_sae) if revives else 0
+    if window:
+        return max(1, min(cfg.dead_after_tokens, window, REVIVE_MIN_FIRES * d_sae // cfg.k))
+    return int(cfg.dead_after_tokens)

@@ -92,3 +92,76 @@ def test_jumprelu_ste_threshold_gradient_matches_a_smoothed_finite_difference():
     f = lambda t: (pre * (pre > t)).mean().item()  # noqa: E731
     fd = (f(t0 + h) - f(t0 - h)) / (2 * h)
     assert ste == pytest.approx(fd, rel=0.05)
+
+
+@pytest.mark.parametrize("n_dead", [3, 5, 12, 30])  # all win; all win (k_aux); dense; sparse
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_auxk_dense_decode_matches_the_sparse_one(monkeypatch, n_dead, dtype):
+    from sae_fast.architectures import losses as arch_losses
+
+    g = torch.Generator().manual_seed(n_dead)
+    B, d_in, d_sae = 37, 10, 50  # k_aux = min(5, n_dead)
+
+    def run(dense_share: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(arch_losses, "DENSE_SHARE", dense_share)
+        g.manual_seed(n_dead)
+        x = torch.randn(B, d_in, generator=g, dtype=dtype)
+        recon = x + 0.3 * torch.randn(B, d_in, generator=g, dtype=dtype)
+        params = [
+            torch.randn(d_in, d_sae, generator=g, dtype=dtype).requires_grad_(),
+            torch.randn(d_sae, generator=g, dtype=dtype).requires_grad_(),
+            torch.randn(d_sae, d_in, generator=g, dtype=dtype).requires_grad_(),
+            torch.randn(d_in, generator=g, dtype=dtype).requires_grad_(),
+        ]
+        dead = torch.zeros(d_sae, dtype=torch.bool)
+        dead[torch.randperm(d_sae, generator=g)[:n_dead]] = True
+        W_enc, b_enc, W_dec, ib = params
+        loss = losses.auxk(x, x, recon, W_enc, b_enc, W_dec, ib, dead)
+        loss.backward()
+        return [loss.detach(), *(p.grad for p in params)]
+
+    sparse, dense = run(0), run(10**6)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    names = ("loss", "W_enc", "b_enc", "W_dec", "input_bias")
+    for name, a, b in zip(names, sparse, dense, strict=True):
+        assert (a - b).abs().max() <= tol * max(1.0, a.abs().max().item()), name
+    assert dense[1].abs().sum() > 0  # the dead latents' encoder columns are trained
+
+
+def test_topk_select_unordered_keeps_the_same_selection():
+    from sae_fast.ops import reference as ref
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 40, generator=g).round(decimals=1)  # many ties, also at k
+    for k in (1, 7, 40):
+        _, idx = ref.topk_select(scores, k)
+        uvals, uidx = ref.topk_select(scores, k, ordered=False)
+        assert torch.equal(idx.sort(-1).values, uidx.sort(-1).values)
+        assert torch.equal(torch.gather(scores, -1, uidx), uvals)
+
+
+def test_auxk_of_one_whole_shard_is_the_unsharded_term(monkeypatch):
+    from types import SimpleNamespace
+
+    from sae_fast import SparseAutoencoder, TrainConfig
+    from sae_fast.architectures import base
+    from sae_fast.training.sharded import Shard
+
+    g = torch.Generator().manual_seed(1)
+    sae = SparseAutoencoder(8, 40, activation="topk", k=4, backend="torch")
+    x = torch.randn(30, 8, generator=g)
+    recon = x + 0.5 * torch.randn(30, 8, generator=g)
+    since = torch.zeros(40, dtype=torch.int64)
+    since[::3] = 10**6  # 14 dead latents, k_aux = 4: the dense branch with a selection
+    run = SimpleNamespace(
+        cfg=TrainConfig(d_sae=40, k=4), sae=sae, shard=Shard.whole(40), since_fired=since
+    )
+    args = (x, x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.input_bias, since >= 10**6)
+    want = losses.auxk(*args)
+    assert torch.equal(losses.auxk(*args, Shard.whole(40)), want)
+    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], want / 32)
+    # a batch larger than AUXK_ROWS: the term is that of its first rows
+    monkeypatch.setattr(base, "AUXK_ROWS", 7)
+    first = losses.auxk(*(a[:7] for a in args[:3]), *args[3:])
+    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], first / 32)
+    assert not torch.equal(first, want)

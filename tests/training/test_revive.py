@@ -148,3 +148,43 @@ def test_chunks_of_silent_latents_give_the_same_raise(monkeypatch):
         assert revive_silent(run, x, run.sae(x), distributed.Group()) == len(silent)
         raised.append(run.sae.b_enc.detach() - before)
     assert torch.equal(raised[0], raised[1]) and torch.equal(raised[0], raised[2])
+
+
+def test_auxk_starts_after_42_firing_intervals_unless_given():
+    from sae_fast.training.recipe import REVIVE_MIN_FIRES, auxk_window, revive_window
+
+    long = TrainConfig(steps=2000, batch_size=1024, k=32)  # revival after 64,000 at 32x
+    assert REVIVE_MIN_FIRES == 42
+    assert auxk_window(long, 12288, revives=True) == 42 * 384  # 16,128 tokens at 32x
+    assert auxk_window(long, 3072, revives=True) == 42 * 96  # 4,032 at 8x (revival: 16,000)
+    short = TrainConfig(steps=125, batch_size=4096, k=32)  # a short run: revival's own floor
+    assert auxk_window(short, 3072, revives=True) == revive_window(short, 3072) == 4032
+    # at most the revival window and dead_after_tokens
+    quick = TrainConfig(steps=2000, revive_after_tokens=1000)
+    assert auxk_window(quick, 12288, revives=True) == 1000
+    assert auxk_window(TrainConfig(steps=2000, dead_after_tokens=5000), 12288, True) == 5000
+    # without revival (off, or an architecture without it): dead_after_tokens
+    off = TrainConfig(steps=2000, revive_after_tokens=0)
+    assert auxk_window(off, 12288, revives=True) == off.dead_after_tokens
+    assert auxk_window(long, 12288, revives=False) == long.dead_after_tokens
+    given = TrainConfig(steps=2000, auxk_after_tokens=777)
+    assert auxk_window(given, 12288, revives=True) == 777
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_bad_auxk_window_is_refused(bad):
+    with pytest.raises(ConfigError, match="auxk_after_tokens"):
+        TrainConfig(auxk_after_tokens=bad)
+
+
+def test_auxk_trains_latents_silent_for_its_own_window(tmp_path):
+    base = dict(SMALL_TRAIN, d_sae=3072, steps=6, dead_after_tokens=10**6, log_every=1)
+    data = collect(TrainConfig(**base))
+    auxk = {}
+    for name, extra in (("default", {}), ("late", dict(auxk_after_tokens=10**6))):
+        cfg = TrainConfig(**base, **extra, revive_after_tokens=1024, out=str(tmp_path / name))
+        trainer = Trainer(cfg, data)
+        auxk[name] = [trainer.train_step()["auxk"] for _ in range(6)]
+    # 3072 latents, k=8, 256-token steps: many silent for 1,024 tokens (the revival window)
+    assert auxk["default"][0] == 0 and max(auxk["default"]) > 0, auxk
+    assert max(auxk["late"]) == 0, auxk
