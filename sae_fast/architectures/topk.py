@@ -59,18 +59,22 @@ class TopK(Architecture):
         return SAEOutput(recon, values=values, indices=indices, d_sae=shard.size)
 
     @classmethod
+    def revives(cls) -> bool:
+        """Whether silent latents are revived (not AbsTopK: it selects by |pre|)."""
+        return ReviveTraining in cls.train_configs
+
+    @classmethod
     def train_terms(
         cls, run: TrainState, x: Tensor, target: Tensor
     ) -> tuple[SAEOutput, dict[str, Tensor]]:
         out = cls.train_forward(run.sae, x, run.shard)
-        revives = ReviveTraining in cls.train_configs  # not AbsTopK
-        return out, auxk_term(run, x, target, out.reconstruction, revives)
+        return out, auxk_term(run, x, target, out.reconstruction, cls.revives())
 
     @classmethod
     def after_update(
         cls, run: TrainState, x: Tensor, out: SAEOutput, group: Any
     ) -> dict[str, float]:
-        if ReviveTraining not in cls.train_configs:  # AbsTopK: it selects by |pre|
+        if not cls.revives():
             return {}
         from ..training.revive import revive_silent
 
