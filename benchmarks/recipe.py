@@ -33,8 +33,12 @@ Evaluation (here, the same code for all three): each SAE's weights in one layout
 {W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec} through one TopK forward
 (`sae_fast.ops.reference`: pre = (x - b_dec) @ W_enc + b_enc, top k, ReLU, decode) on the
 raw held-out rows: FVU = sum |x - x_hat|^2 / sum |x - mean x|^2 over all rows, L0 = mean
-active latents per row, dead % = latents that fire on no held-out row. Each side also
-checks that its library's own forward gives the same reconstruction (`check_err`).
+active latents per row, dead % = latents that fire on no held-out row. The same forward on
+as many training rows, spread evenly over them (`train_sample`), gives the dead % on
+training rows (and their FVU, in the JSON): the held-out rows are later text of one kind (at
+2M tokens, standard-library code only), so a latent that fires only on text of another kind
+(the prose that leads the corpus) is dead there and alive in training. Each side also checks
+that its library's own forward gives the same reconstruction (`check_err`).
 
 Writes `<out>/recipe-cpu-<date>.json` (setup and rows) and `.md` after every row (atomic),
 so a failure keeps the rows before it.
@@ -315,6 +319,12 @@ def evaluate(w: dict[str, Tensor], x: Tensor, k: int) -> dict[str, float]:
     }
 
 
+def train_sample(train_acts: Tensor, n: int) -> Tensor:
+    """`n` training rows (all of them when fewer), evenly spread: every (rows // n)-th."""
+    step = max(1, len(train_acts) // max(1, n))
+    return train_acts[::step][:n]
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -479,10 +489,12 @@ def markdown(setup: dict, rows: list[dict]) -> str:
         "",
         "FVU = sum |x - x_hat|^2 / sum |x - mean x|^2 over the held-out rows (raw activations, "
         "one TopK forward for all three); L0 = mean active latents per row; dead = latents "
-        "that fire on no held-out row. Best FVU per config in bold.",
+        "that fire on no held-out row; dead (training rows) = latents that fire on none of "
+        "as many training rows, spread evenly over them. Best FVU per config in bold.",
         "",
-        "| config | library | train s | tok/s | held-out FVU | L0 | dead % |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| config | library | train s | tok/s | held-out FVU | L0 | dead % | dead % "
+        "(training rows) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = {lib: i for i, lib in enumerate(LIBS)}
     for c in sorted({_config(r) for r in rows}):
@@ -492,9 +504,11 @@ def markdown(setup: dict, rows: list[dict]) -> str:
             fvu = f"{r['fvu']:.4f}"
             fvu = f"**{fvu}**" if r["fvu"] == best else fvu
             label = f"{r['expansion']}x (d_sae {r['d_sae']:,}), B={r['batch']}, {r['steps']} steps"
+            train_dead = r.get("train_dead_pct")
+            train_dead = "" if train_dead is None else f"{train_dead:.1f}"
             lines.append(
                 f"| {label} | {r['library']} | {r['train_s']:.1f} | {r['tokens_per_s']:,.0f} "
-                f"| {fvu} | {r['l0']:.1f} | {r['dead_pct']:.1f} |"
+                f"| {fvu} | {r['l0']:.1f} | {r['dead_pct']:.1f} | {train_dead} |"
             )
     text, _ = verdict(rows)
     lines += ["", f"Target {text}.", "", "## Each library's recipe (its defaults, as run)", ""]
@@ -554,6 +568,7 @@ def _run(a: argparse.Namespace, work: Path, libs: list[str], skipped: list[str])
     train_path, held_path = work / "train.safetensors", work / "heldout.safetensors"
     held = load_tensors(held_path)["acts"]
     train = load_tensors(train_path)
+    seen = train_sample(train["acts"], len(held))
     versions = {"torch": torch.__version__.split("+")[0]}
     if any(lib in PEERS for lib in libs):
         theirs = peer_versions()
@@ -605,8 +620,9 @@ def _run(a: argparse.Namespace, work: Path, libs: list[str], skipped: list[str])
                 print(f"  {E}x B={B} ({steps} steps): {lib} ...", flush=True)
                 t0 = time.perf_counter()
                 try:
-                    if lib == "sae_fast":
+                    if lib == "sae_fast":  # saved like the peers' (re-evaluated later)
                         weights, info = train_sae_fast(spec, train, held)
+                        _save_tensors(weights, Path(spec["weights"]))
                     else:
                         weights, info = train_peer(lib, spec)
                 except (Exception, SystemExit) as err:  # the other rows go on
@@ -616,7 +632,7 @@ def _run(a: argparse.Namespace, work: Path, libs: list[str], skipped: list[str])
                     write_report(a.out, stem, setup, rows)
                     continue
                 wall = time.perf_counter() - t0
-                m = evaluate(weights, held, K)
+                m, t = evaluate(weights, held, K), evaluate(weights, seen, K)
                 row = {
                     "expansion": E, "d_in": d_in, "d_sae": E * d_in, "k": K, "batch": B,
                     "steps": steps, "tokens": steps * B, "library": lib,
@@ -625,6 +641,7 @@ def _run(a: argparse.Namespace, work: Path, libs: list[str], skipped: list[str])
                     "wall_s": round(wall, 2),
                     "fvu": round(m["fvu"], 6), "l0": round(m["l0"], 3),
                     "dead_pct": round(m["dead_pct"], 3),
+                    "train_dead_pct": round(t["dead_pct"], 3), "train_fvu": round(t["fvu"], 6),
                     "check_err": float(info.get("check_err", math.nan)),
                     "recipe": info.get("recipe", {}),
                 }  # fmt: skip
@@ -635,7 +652,8 @@ def _run(a: argparse.Namespace, work: Path, libs: list[str], skipped: list[str])
                 print(
                     f"    {lib:9s} train {row['train_s']:8.1f} s ({row['tokens_per_s']:9,.0f} "
                     f"tok/s)  FVU {row['fvu']:.4f}  L0 {row['l0']:5.1f}  dead "
-                    f"{row['dead_pct']:5.1f}%  (own forward vs common: {row['check_err']:.1e})",
+                    f"{row['dead_pct']:5.1f}% ({row['train_dead_pct']:.1f}% on training rows)  "
+                    f"(own forward vs common: {row['check_err']:.1e})",
                     flush=True,
                 )
     jpath, mpath = write_report(a.out, stem, setup, rows)

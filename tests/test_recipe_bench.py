@@ -28,15 +28,22 @@ def test_recipe_sae_fast_side_writes_json_and_markdown(tmp_path, capsys):
     (row,) = rows
     assert (row["library"], row["expansion"], row["d_sae"]) == ("sae_fast", 4, 4 * 384)
     assert (row["batch"], row["steps"], row["tokens"]) == (1024, 4, 4096)
-    for name in ("fvu", "l0", "dead_pct", "train_s", "tokens_per_s"):
+    for name in ("fvu", "l0", "dead_pct", "train_dead_pct", "train_fvu", "train_s"):
         assert math.isfinite(row[name]), name
     assert 0.0 < row["fvu"] < 1.5
     assert 0.0 <= row["dead_pct"] <= 100.0
+    # the training-row column is the same evaluation on an even sample of the training rows
+    train_acts = recipe.load_tensors(work / "train.safetensors")["acts"]
+    weights = recipe.load_tensors(work / "runs" / "sae_fast-e4-b1024" / "weights.safetensors")
+    seen = recipe.evaluate(weights, train_acts[::4], recipe.K)
+    assert row["train_dead_pct"] == round(seen["dead_pct"], 3)
+    assert row["train_fvu"] == round(seen["fvu"], 6)
     assert 0.0 < row["l0"] <= recipe.K
     assert row["train_s"] > 0 and row["check_err"] < 1e-4  # its own forward = the common one
     assert row["recipe"]["peak_lr"] > 0
     md = stem.with_suffix(".md").read_text()
-    assert "| config | library | train s | tok/s | held-out FVU | L0 | dead % |" in md
+    assert "| held-out FVU | L0 | dead % | dead % (training rows) |" in md
+    assert f"| {row['dead_pct']:.1f} | {row['train_dead_pct']:.1f} |" in md
     assert f"**{row['fvu']:.4f}**" in md and "Target not checked" in md
     # the held-out rows come after the training windows, and the data is reused
     train = recipe.load_tensors(work / "train.safetensors")
@@ -48,6 +55,13 @@ def test_recipe_sae_fast_side_writes_json_and_markdown(tmp_path, capsys):
     capsys.readouterr()
     assert recipe.prepare(work, 4096, 1024)["n_train"] == 4096
     assert "reusing" in capsys.readouterr().out
+
+
+def test_train_sample_spreads_over_the_rows():
+    rows = torch.arange(10).float()[:, None]
+    assert recipe.train_sample(rows, 3).flatten().tolist() == [0.0, 3.0, 6.0]
+    assert recipe.train_sample(rows, 4).flatten().tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert len(recipe.train_sample(rows, 50)) == 10
 
 
 def test_served_order_is_the_memory_feeds():
