@@ -228,7 +228,9 @@ AUXK_ROWS = 1024  # AuxK's estimate takes at most this many rows of a batch (its
 class AuxKTraining:
     """Training settings of the AuxK term (topk, batchtopk, matryoshka_batchtopk)."""
 
-    auxk_coefficient: float = train_field(1 / 32, "topk, batchtopk, matryoshka: AuxK weight")
+    auxk_coefficient: float = train_field(
+        1 / 8, "topk, batchtopk, matryoshka: AuxK weight (measured on topk: training/recipe.py)"
+    )
     auxk_after_tokens: int | None = train_field(
         None, "topk, batchtopk, matryoshka: AuxK trains the latents silent for this many "
         "tokens (default: topk, 42 average firing intervals of d_sae / k tokens, at most the "

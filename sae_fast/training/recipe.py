@@ -1,28 +1,31 @@
 """The training recipe: the peak learning rate a run uses when `--lr` is not given, and its
 schedule, counted in tokens so that it means the same at any batch size.
 
-    lr = BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * (REF_WIDTH / d_sae) ** WIDTH_POWER
+    lr = BASE_LR * (REF_STEPS / steps) ** STEPS_POWER
 
-with `steps` held within [MIN_STEPS, REF_STEPS] and the width factor at most 1 (a dictionary
-narrower than REF_WIDTH takes REF_WIDTH's rate: not measured). At equal tokens (steps =
-tokens / batch) that is lr proportional to batch_size ** 0.4: a batch b times larger has
-sqrt(b) times less gradient noise, and Adam's normalised step may grow by up to as much. At
-equal batch a longer run gets a lower rate, down to BASE_LR from REF_STEPS on (not measured
-beyond). A wider dictionary gets a lower rate.
+with `steps` held within [MIN_STEPS, REF_STEPS]. At equal tokens (steps = tokens / batch)
+that is lr proportional to batch_size ** 0.4: a batch b times larger has sqrt(b) times less
+gradient noise, and Adam's normalised step may grow by up to as much. At equal batch a
+longer run gets a lower rate, down to BASE_LR from REF_STEPS on (not measured beyond). The
+width of the dictionary does not enter: measured flat between 8x and 32x (below).
 
-Measured (README "Training recipe"; benchmarks/results/recipe-choice-cpu-2026-12-04.md and
-recipe-revive-cpu-2026-12-07.md): TopK k=32 SAEs on MiniLM's layers.3 residual stream,
-held-out FVU and dead latents (active on none of ~41k held-out rows) at equal tokens.
-Raising the rate lowers held-out FVU until latents start to die. Without revival, the
-highest rate that kept dead latents under 1% fell with the run's steps, about as
-steps ** -0.4, whatever the batch (2026-12-04: ~6e-4 at 2,000 steps, ~1e-3 at 500,
-~1.3e-3 at 250, ~1.8e-3 at 125). With silent latents revived (training/revive.py), 1.25x
-that line keeps them under 1% at 8x (d_sae 3,072) in every run measured: 512k tokens at
-batch 1024 / 4096 / 8192 (0.85 / 0.07 / 0.03% dead, FVU 0.1155 / 0.1345 / 0.1556 against
+Measured (README "Training recipe"; benchmarks/results/recipe-choice-cpu-2026-12-04.md,
+recipe-revive-cpu-2026-12-07.md and recipe-width-cpu-2026-12-08.md): TopK k=32 SAEs on
+MiniLM's layers.3 residual stream, held-out FVU and dead latents (active on none of ~41k
+held-out rows) at equal tokens. Raising the rate lowers held-out FVU until latents start to
+die. Without revival, the highest rate that kept dead latents under 1% fell with the run's
+steps, about as steps ** -0.4, whatever the batch (2026-12-04: ~6e-4 at 2,000 steps, ~1e-3
+at 500, ~1.3e-3 at 250, ~1.8e-3 at 125). With silent latents revived (training/revive.py),
+1.25x that line keeps them under 1% at 8x (d_sae 3,072) in every run measured: 512k tokens
+at batch 1024 / 4096 / 8192 (0.85 / 0.07 / 0.03% dead, FVU 0.1155 / 0.1345 / 0.1556 against
 0.1231 / 0.1434 / 0.1657 at 1x) and 2M tokens (0.88 / 0.62 / 0.62%, FVU 0.0905 / 0.0956 /
-0.1009). At 32x (d_sae 12,288) 1.25x left 3.2-3.7% dead at 512k and 1x 1.1-1.4% (with a
-4,096-token revival window, before its floor grew with d_sae / k): 32x keeps 1x, so
-WIDTH_POWER = log(1.25) / log(4).
+0.1009). At 32x (d_sae 12,288) 1.25x left 3.2-3.7% dead at 512k before AuxK acted early,
+so until 2026-12-08 32x kept 1x (a width term, (3072 / d_sae) ** 0.161). With AuxK from 42
+firing intervals at weight 1/8 (below), 1.25x at 32x and 2M tokens gave held-out FVU 0.0749
+/ 0.0797 / 0.0849 at batch 1024 / 4096 / 8192 against 0.0784 / 0.0836 / 0.0896 at 1x and
+weight 1/32, with fewer dead latents on the held-out rows (9.7 / 7.9 / 7.7% against 13.7 /
+10.3 / 10.1%) and on training rows (0.15 / 0.11 / 0.15% against 0.89 / 0.50 / 0.52%): the
+width term was dropped.
 
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
 short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
@@ -51,7 +54,12 @@ window, so with revival on it never acted. Measured at 32x, 2M tokens
 (benchmarks/results/recipe-auxk-cpu-2026-12-07.md): latents that fire on none of 40,960
 training rows fell from 2.97% to 0.50% at batch 4096 (AuxK after 16,384 tokens), at the same
 held-out FVU. A quarter of the revival window instead (8x, 512k tokens: 1,008 tokens) made
-AuxK act every step on hundreds of latents: slower, and not measured for quality.
+AuxK act every step on hundreds of latents: slower, and not measured for quality. AuxK's
+weight (`auxk_coefficient`, architectures/base.py) is 1/8, not Gao et al.'s 1/32: at 32x,
+batch 8192, 2M tokens and 1.25x the rate, 1/8 left 7.7% of the latents dead on the held-out
+rows and 0.15% on training rows against 16.3% and 1.4% at 1/32, for held-out FVU 0.0849
+against 0.0844; at 8x, batch 1024, 2M tokens 0.52% / 0.0904 against 0.8% / 0.0905
+(recipe-width-cpu-2026-12-08.md).
 """
 
 from __future__ import annotations
@@ -61,12 +69,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
-BASE_LR = 7.08e-4  # at REF_STEPS steps (and more) and REF_WIDTH latents (1.25 x 5.66e-4)
+BASE_LR = 7.08e-4  # at REF_STEPS steps (and more) (1.25 x 5.66e-4)
 REF_STEPS = 2000
 STEPS_POWER = 0.4
 MIN_STEPS = 60  # shorter runs take the rate of this many steps (the shortest measured: 62)
-REF_WIDTH = 3072
-WIDTH_POWER = 0.161  # log(1.25) / log(4): 32x (4 x REF_WIDTH) keeps 5.66e-4's line
 WARMUP_TOKENS = 51_200  # the default warmup...
 WARMUP_MAX_FRACTION = 0.05  # ...over at most this share of a short run's tokens
 # The revival window, in an average latent's firing intervals (d_sae / k tokens): at least
@@ -75,14 +81,13 @@ REVIVE_MIN_FIRES = 42
 REVIVE_RUN_TOKENS = 12_288
 
 
-def peak_lr(cfg: TrainConfig, d_sae: int) -> float:
+def peak_lr(cfg: TrainConfig) -> float:
     """`cfg.lr` when given, else the rule of the module docstring for a run of `cfg.steps`
-    steps of `cfg.batch_size` tokens on a `d_sae`-latent dictionary."""
+    steps of `cfg.batch_size` tokens (whatever the dictionary's width)."""
     if cfg.lr is not None:
         return float(cfg.lr)
     steps = min(max(cfg.steps, MIN_STEPS), REF_STEPS)
-    width = min(1.0, REF_WIDTH / d_sae) ** WIDTH_POWER
-    return BASE_LR * (REF_STEPS / steps) ** STEPS_POWER * width
+    return BASE_LR * (REF_STEPS / steps) ** STEPS_POWER
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

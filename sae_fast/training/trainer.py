@@ -105,7 +105,7 @@ class Trainer:
         )
         # Fused Adam: one kernel over all parameters (CPU and CUDA); ~5x faster than the
         # per-op implementation at d_sae=12288 on CPU.
-        self.peak_lr = recipe.peak_lr(cfg, d_sae)
+        self.peak_lr = recipe.peak_lr(cfg)
         self.opt = torch.optim.Adam(
             self.sae.parameters(), lr=self.peak_lr, betas=(0.9, 0.999), fused=True
         )

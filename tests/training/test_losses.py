@@ -159,9 +159,9 @@ def test_auxk_of_one_whole_shard_is_the_unsharded_term(monkeypatch):
     args = (x, x, recon, sae.W_enc, sae.b_enc, sae.W_dec, sae.input_bias, since >= 10**6)
     want = losses.auxk(*args)
     assert torch.equal(losses.auxk(*args, Shard.whole(40)), want)
-    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], want / 32)
+    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], want * run.cfg.auxk_coefficient)
     # a batch larger than AUXK_ROWS: the term is that of its first rows
     monkeypatch.setattr(base, "AUXK_ROWS", 7)
     first = losses.auxk(*(a[:7] for a in args[:3]), *args[3:])
-    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], first / 32)
+    assert torch.equal(base.auxk_term(run, x, x, recon)["auxk"], first * run.cfg.auxk_coefficient)
     assert not torch.equal(first, want)

@@ -1,31 +1,26 @@
-"""The recipe's learning rate and schedule (training/recipe.py): the rule of batch size and
-width, an explicit --lr winning, and warmup and decay in tokens, the same at any batch."""
+"""The recipe's learning rate and schedule (training/recipe.py): the rule of batch size, the
+same at any width, an explicit --lr winning, and warmup and decay in tokens, the same at any
+batch."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
 
 from sae_fast import TrainConfig
 from sae_fast.training import recipe
 
 
 def test_the_default_lr_follows_the_written_rule_and_an_explicit_lr_wins():
-    def lr(batch: int, steps: int, width: int = recipe.REF_WIDTH) -> float:
-        return recipe.peak_lr(TrainConfig(batch_size=batch, steps=steps), width)
+    def lr(batch: int, steps: int) -> float:
+        return recipe.peak_lr(TrainConfig(batch_size=batch, steps=steps))
 
     assert lr(1024, recipe.REF_STEPS) == pytest.approx(recipe.BASE_LR)
-    for steps, width in ((500, 3072), (250, 12288), (1000, 24576)):
-        want = (
-            recipe.BASE_LR
-            * (recipe.REF_STEPS / steps) ** recipe.STEPS_POWER
-            * (recipe.REF_WIDTH / width) ** recipe.WIDTH_POWER
-        )
-        assert lr(4096, steps, width) == pytest.approx(want)
-    # wider: lower (32x of MiniLM keeps the line measured without revival); narrower: capped
-    assert lr(1024, 2000, 4 * recipe.REF_WIDTH) == pytest.approx(5.66e-4, rel=2e-3)
-    assert lr(1024, 2000, recipe.REF_WIDTH // 4) == lr(1024, 2000)
+    for steps in (500, 250, 1000):
+        want = recipe.BASE_LR * (recipe.REF_STEPS / steps) ** recipe.STEPS_POWER
+        assert lr(4096, steps) == pytest.approx(want)
     # at equal tokens the rate grows as a power of the batch size
     p = recipe.STEPS_POWER
     assert lr(4096, 500) == pytest.approx(4**p * lr(1024, 2000)) and 0 < p <= 0.5
@@ -33,7 +28,28 @@ def test_the_default_lr_follows_the_written_rule_and_an_explicit_lr_wins():
     # outside the measured steps it is held at the ends of the range
     assert lr(1024, 100_000) == lr(1024, recipe.REF_STEPS)
     assert lr(1024, 10) == lr(1024, recipe.MIN_STEPS)
-    assert recipe.peak_lr(TrainConfig(batch_size=8192, lr=1e-3), 99) == 1e-3
+    assert recipe.peak_lr(TrainConfig(batch_size=8192, lr=1e-3)) == 1e-3
+
+
+def test_the_trainer_takes_the_rate_of_the_rule_at_any_width(tmp_path):
+    from sae_fast.data.activations import ActivationBatch
+    from sae_fast.training.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    batch = ActivationBatch(
+        torch.randn(n, 16, generator=g), torch.zeros(n, dtype=torch.long),
+        torch.arange(n) // 64, torch.arange(n) % 64,
+    )  # fmt: skip
+    rates = []
+    for expansion in (2, 8):
+        cfg = TrainConfig(
+            expansion=expansion, k=4, batch_size=128, steps=4, max_tokens=n, progress=False,
+            out=str(tmp_path / f"e{expansion}"), checkpoint_every=0, device="cpu",
+        )  # fmt: skip
+        rates.append(Trainer(cfg, data=(batch, None, None)).peak_lr)
+    assert rates == [recipe.peak_lr(cfg)] * 2
+    assert TrainConfig().auxk_coefficient == 1 / 8  # the measured weight (module docstring)
 
 
 def test_warmup_and_decay_are_counted_in_tokens():
