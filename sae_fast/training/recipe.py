@@ -25,7 +25,9 @@ firing intervals at weight 1/8 (below), 1.25x at 32x and 2M tokens gave held-out
 / 0.0797 / 0.0849 at batch 1024 / 4096 / 8192 against 0.0784 / 0.0836 / 0.0896 at 1x and
 weight 1/32, with fewer dead latents on the held-out rows (9.7 / 7.9 / 7.7% against 13.7 /
 10.3 / 10.1%) and on training rows (0.15 / 0.11 / 0.15% against 0.89 / 0.50 / 0.52%): the
-width term was dropped.
+width term was dropped. Its cost, measured after (recipe-512k-cpu-2026-12-08.md): at 32x and
+512k tokens, where AuxK's window equals revival's, dead latents rose (batch 1024: 21.6% on the
+held-out rows, 8.1% on training rows, against 12.5% held-out at 1x) for 4-7% lower FVU.
 
 Warmup is `warmup_tokens` long whatever the batch (by default 51,200, at most 5% of a
 short run); the decay starts after `decay_start` of the run's tokens; the dead-latent window
