@@ -504,11 +504,9 @@ def markdown(setup: dict, rows: list[dict]) -> str:
             fvu = f"{r['fvu']:.4f}"
             fvu = f"**{fvu}**" if r["fvu"] == best else fvu
             label = f"{r['expansion']}x (d_sae {r['d_sae']:,}), B={r['batch']}, {r['steps']} steps"
-            train_dead = r.get("train_dead_pct")
-            train_dead = "" if train_dead is None else f"{train_dead:.1f}"
             lines.append(
                 f"| {label} | {r['library']} | {r['train_s']:.1f} | {r['tokens_per_s']:,.0f} "
-                f"| {fvu} | {r['l0']:.1f} | {r['dead_pct']:.1f} | {train_dead} |"
+                f"| {fvu} | {r['l0']:.1f} | {r['dead_pct']:.1f} | {r['train_dead_pct']:.1f} |"
             )
     text, _ = verdict(rows)
     lines += ["", f"Target {text}.", "", "## Each library's recipe (its defaults, as run)", ""]

@@ -33,9 +33,9 @@ def test_recipe_sae_fast_side_writes_json_and_markdown(tmp_path, capsys):
     assert 0.0 < row["fvu"] < 1.5
     assert 0.0 <= row["dead_pct"] <= 100.0
     # the training-row column is the same evaluation on an even sample of the training rows
-    train_acts = recipe.load_tensors(work / "train.safetensors")["acts"]
+    train = recipe.load_tensors(work / "train.safetensors")
     weights = recipe.load_tensors(work / "runs" / "sae_fast-e4-b1024" / "weights.safetensors")
-    seen = recipe.evaluate(weights, train_acts[::4], recipe.K)
+    seen = recipe.evaluate(weights, train["acts"][::4], recipe.K)
     assert row["train_dead_pct"] == round(seen["dead_pct"], 3)
     assert row["train_fvu"] == round(seen["fvu"], 6)
     assert 0.0 < row["l0"] <= recipe.K
@@ -46,7 +46,6 @@ def test_recipe_sae_fast_side_writes_json_and_markdown(tmp_path, capsys):
     assert f"| {row['dead_pct']:.1f} | {row['train_dead_pct']:.1f} |" in md
     assert f"**{row['fvu']:.4f}**" in md and "Target not checked" in md
     # the held-out rows come after the training windows, and the data is reused
-    train = recipe.load_tensors(work / "train.safetensors")
     held = recipe.load_tensors(work / "heldout.safetensors")
     assert train["acts"].dtype == torch.float32 and held["acts"].shape == (1024, 384)
     assert int(held["window"].min()) == 0  # window numbers count from each set's first
@@ -78,7 +77,7 @@ def _row(lib: str, fvu: float, dead: float, batch: int = 1024) -> dict:
     return {
         "expansion": 8, "d_sae": 3072, "batch": batch, "steps": 10, "library": lib,
         "train_s": 1.0, "tokens_per_s": 1e4, "fvu": fvu, "l0": 32.0, "dead_pct": dead,
-        "recipe": {"lr": 1e-3},
+        "train_dead_pct": dead, "recipe": {"lr": 1e-3},
     }  # fmt: skip
 
 
